@@ -1,0 +1,3 @@
+from mnistlab.cli import main
+
+raise SystemExit(main())
