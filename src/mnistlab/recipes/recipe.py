@@ -1,0 +1,320 @@
+"""Recipes: a training run described as data.
+
+A recipe is a TOML file: the model and its initialisation, the optimiser with every
+hyperparameter, the learning-rate schedule, batch size, length, loss, training split and, for a
+seed recipe, the claim it reproduces. Loading validates every key, type and value, and a mistake
+is reported with the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mnistlab.errors import MnistlabError
+
+
+class RecipeError(MnistlabError):
+    pass
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a seed document says its program achieves, and where it says so."""
+
+    seed: str
+    document: str
+    accuracy: float | None = None  # claimed test accuracy (fraction), None when none is stated
+    text: str = ""
+
+    def check(self) -> None:
+        if self.accuracy is not None and not 0 < self.accuracy <= 1:
+            raise ValueError("accuracy: expected a fraction in (0, 1], such as 0.992")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    init: str | None = None  # the model's own default scheme when None
+    args: dict[str, Any] = field(default_factory=dict)  # every other key of [model]
+
+
+OPTIMIZER_KEYS = {
+    "sgd": {"lr", "momentum", "nesterov", "weight_decay"},
+    "adam": {"lr", "betas", "eps", "weight_decay"},
+    "adamw": {"lr", "betas", "eps", "weight_decay"},
+    # RMSprop as Keras computes it: lr * g / sqrt(v + eps), rho 0.9 and eps 1e-7 by default.
+    "keras-rmsprop": {"lr", "rho", "eps"},
+}
+
+
+@dataclass(frozen=True)
+class OptimizerSection:
+    name: str
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    rho: float = 0.9
+
+    def check(self) -> None:
+        _one_of("name", self.name, OPTIMIZER_KEYS)
+        if not self.lr > 0:
+            raise ValueError("lr: expected a learning rate above 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError("betas: expected two numbers in [0, 1), such as [0.9, 0.999]")
+        if not (0 <= self.rho < 1 and 0 <= self.momentum < 1):
+            raise ValueError("rho and momentum: expected numbers in [0, 1)")
+        if self.eps <= 0 or self.weight_decay < 0:
+            raise ValueError("eps: expected > 0; weight_decay: expected >= 0")
+
+
+SCHEDULES = {
+    "constant": "the same learning rate throughout",
+    "onecycle": "linear warm-up to lr over `warmup` of the run, then linear decay to lr * final",
+    "cosine": "linear warm-up over `warmup`, then cosine decay to lr * final",
+}
+
+
+@dataclass(frozen=True)
+class ScheduleSection:
+    name: str = "constant"
+    warmup: float = 0.0  # fraction of all steps
+    final: float = 0.0  # final learning rate as a fraction of the peak
+
+    def check(self) -> None:
+        _one_of("name", self.name, SCHEDULES)
+        if not 0 <= self.warmup < 1:
+            raise ValueError("warmup: expected a fraction of the run in [0, 1)")
+        if not 0 <= self.final <= 1:
+            raise ValueError("final: expected a fraction of the peak learning rate in [0, 1]")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    batch_size: int
+    epochs: int | None = None  # exactly one of epochs and steps
+    steps: int | None = None
+    split: str = "train"  # "train" (validated on "validation") or "train-full"
+    loss_reduction: str = "mean"  # "sum" where a seed summed the loss over the batch
+    label_smoothing: float = 0.0
+    precision: str = "fp32"  # or "bf16" (autocast) where the device supports it
+    log_every: int = 100
+
+    def check(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("epochs/steps: expected exactly one of them")
+        for key in ("batch_size", "epochs", "steps", "log_every"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key}: expected a whole number of at least 1")
+        _one_of("split", self.split, ("train", "train-full"))
+        _one_of("loss_reduction", self.loss_reduction, ("mean", "sum"))
+        _one_of("precision", self.precision, ("fp32", "bf16"))
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing: expected a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "mnist"
+
+
+@dataclass(frozen=True)
+class QuirksSection:
+    """Faithful reproductions of what a seed's printed code really does."""
+
+    # Seed 001 as printed runs the optimiser only when step % 100 == 0, though a batch is
+    # drawn on every iteration.
+    update_every: int = 1
+    # Seed 000 as printed never sets dropout's keep probability to 1 for the test.
+    dropout_at_test: bool = False
+
+    def check(self) -> None:
+        if self.update_every < 1:
+            raise ValueError("update_every: expected a whole number of at least 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    model: ModelSection
+    optimizer: OptimizerSection
+    train: TrainSection
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    data: DataSection = field(default_factory=DataSection)
+    quirks: QuirksSection = field(default_factory=QuirksSection)
+    claim: Claim | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_length(self, *, epochs: int | None = None, steps: int | None = None) -> Recipe:
+        """The same recipe trained for another length (one of epochs or steps)."""
+        if epochs is None and steps is None:
+            return self
+        train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
+        return _checked(dataclasses.replace(self, train=train), "command line")
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[: -len(".toml")] for p in _shipped() if p.name.endswith(".toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name, or a user's TOML file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".toml") or path.exists() or "/" in text:
+        try:
+            source = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError(f"{path}: no such recipe file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError(f"{path}: cannot read recipe: {e}") from None
+        return parse_recipe(source, str(path))
+    shipped = _shipped() / f"{text}.toml"
+    if not shipped.is_file():
+        raise RecipeError(
+            f"unknown recipe '{text}'; shipped recipes: {', '.join(recipe_names())} "
+            "(or give the path of a .toml file)"
+        )
+    return parse_recipe(shipped.read_text(encoding="utf-8"), f"recipe '{text}'")
+
+
+def parse_recipe(source: str, where: str) -> Recipe:
+    try:
+        table = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{where}: not valid TOML: {e}") from None
+    return recipe_from_dict(table, where)
+
+
+def recipe_from_dict(table: dict[str, Any], where: str) -> Recipe:
+    """Build and validate a recipe from a TOML table (or a checkpoint's copy of one)."""
+    table = dict(table)
+    model = table.get("model")
+    if isinstance(model, dict):
+        # [model] holds name and init; every other key is an argument of the model.
+        known = {"name", "init", "args"}
+        args = dict(model.get("args") or {})
+        args.update({k: v for k, v in model.items() if k not in known})
+        table["model"] = {k: v for k, v in model.items() if k in known} | {"args": args}
+    recipe = _build(Recipe, table, where, "")
+    return _checked(recipe, where)
+
+
+def _checked(recipe: Recipe, where: str) -> Recipe:
+    sections = {
+        "claim": recipe.claim,
+        "optimizer": recipe.optimizer,
+        "schedule": recipe.schedule,
+        "train": recipe.train,
+        "quirks": recipe.quirks,
+    }
+    for name, section in sections.items():
+        if section is None:
+            continue
+        try:
+            section.check()
+        except ValueError as e:
+            raise RecipeError(f"{where}: [{name}] {e}") from None
+    unused = _unused_optimizer_keys(recipe.optimizer)
+    if unused:
+        raise RecipeError(
+            f"{where}: [optimizer] {', '.join(sorted(unused))} does not apply to "
+            f"'{recipe.optimizer.name}', which takes: "
+            f"{', '.join(sorted(OPTIMIZER_KEYS[recipe.optimizer.name]))}"
+        )
+    return recipe
+
+
+def _unused_optimizer_keys(opt: OptimizerSection) -> set[str]:
+    defaults = OptimizerSection(name=opt.name, lr=opt.lr)
+    changed = {f.name for f in dataclasses.fields(opt) if getattr(opt, f.name) != getattr(defaults, f.name)}
+    return changed - OPTIMIZER_KEYS[opt.name] - {"name", "lr"}
+
+
+def _build(cls: type, table: Any, where: str, prefix: str) -> Any:
+    """Instantiate dataclass `cls` from `table`, checking every key and type."""
+    section = f"[{prefix}]" if prefix else "top level"
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: {section}: expected a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(table) - set(fields)
+    if unknown:
+        raise RecipeError(
+            f"{where}: {section}: unknown key '{sorted(unknown)[0]}'; expected one of: "
+            f"{', '.join(fields)}"
+        )
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in table:
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if no_default:
+                raise RecipeError(f"{where}: missing key '{key}'")
+            continue
+        values[name] = _convert(table[name], hints[name], where, key)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, where: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in args if a is not type(None)]
+        if value is None and type(None) in args:
+            return None
+        return _convert(value, options[0], where, key)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: '{key}': expected a list, got {_describe(value)}")
+        return [_convert(v, args[0], where, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: '{key}': expected a table, got {_describe(value)}")
+        return dict(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: '{key}': expected a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: '{key}': expected a finite number, got {value}")
+        return float(value)
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RecipeError(f"{where}: '{key}': expected a whole number, got {_describe(value)}")
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise RecipeError(f"{where}: '{key}': expected {_NAMES[hint]}, got {_describe(value)}")
+    return value
+
+
+_NAMES = {str: "a string", bool: "true or false"}
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
+
+
+def _one_of(key: str, value: str, allowed: Any) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: expected one of {', '.join(allowed)}, got '{value}'")
+
+
+def _shipped() -> Any:
+    return resources.files("mnistlab.recipes")

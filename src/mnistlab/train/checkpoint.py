@@ -1,0 +1,193 @@
+"""Checkpoints: weights in safetensors, metadata in JSON, nothing ever unpickled.
+
+A run folder holds
+- `model.safetensors`: the model's weights; its header carries the metadata (model name and
+  arguments, recipe, input normalisation, metrics, versions) so the one file is complete and is
+  replaced in one atomic rename;
+- `model.json`: the same metadata, readable by people and tools;
+- `training-state.safetensors`: what `--resume` needs besides the weights (optimiser state,
+  random-number generator states, the step), also written in one atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+import mnistlab
+from mnistlab.errors import MnistlabError
+from mnistlab.fileio import atomic_write_bytes, atomic_write_text
+from mnistlab.models import build_model
+
+MODEL_FILE = "model.safetensors"
+MODEL_META_FILE = "model.json"
+STATE_FILE = "training-state.safetensors"
+FORMAT = "mnistlab.model/1"
+STATE_FORMAT = "mnistlab.training-state/1"
+MAX_FILE_BYTES = 1 << 30  # no model of ours comes near; refuse before reading a huge file
+
+
+class CheckpointError(MnistlabError):
+    pass
+
+
+def versions() -> dict[str, str]:
+    return {"mnistlab": mnistlab.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+
+def save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    meta = {"format": FORMAT, **meta}
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    path = Path(run_dir) / MODEL_FILE
+    atomic_write_bytes(path, safetensors.torch.save(_tensors(model.state_dict()), {"mnistlab": text}))
+    atomic_write_text(Path(run_dir) / MODEL_META_FILE, text + "\n")
+    return path
+
+
+def resolve_checkpoint(target: str | Path) -> Path:
+    """A run folder or a .safetensors file to the model file it names."""
+    path = Path(target)
+    if path.is_dir():
+        path = path / MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{target}: no {MODEL_FILE} in this folder (is it a run folder?)")
+    elif not path.exists():
+        raise CheckpointError(f"{target}: no such checkpoint file or run folder")
+    return path
+
+
+def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint describes and load its weights, refusing anything odd."""
+    path = resolve_checkpoint(target)
+    tensors, meta = _read(path, "mnistlab")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mnistlab model checkpoint (format {meta.get('format')!r})")
+    spec = meta.get("model")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("args", {}), dict)):
+        raise CheckpointError(f"{path}: metadata has no valid 'model' entry (name and args)")
+    try:
+        model = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
+    except MnistlabError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model arguments are invalid: {e}") from None
+    load_weights(model, tensors, str(path))
+    return model.to(device), meta
+
+
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where}: weights do not match the model: "
+            + "; ".join(filter(None, [missing and f"missing {', '.join(missing[:3])}",
+                                      unexpected and f"unexpected {', '.join(unexpected[:3])}"]))
+        )
+    for key, want in expected.items():
+        got = tensors[key]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise CheckpointError(
+                f"{where}: tensor '{key}' is {got.dtype} {tuple(got.shape)}, "
+                f"the model needs {want.dtype} {tuple(want.shape)}"
+            )
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise CheckpointError(f"{where}: tensor '{key}' holds NaN or infinite values")
+    model.load_state_dict(tensors)
+
+
+# ---- training state, for --resume ---------------------------------------------------------
+
+
+def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"format": STATE_FORMAT, **meta, "param_groups": opt["param_groups"],
+            "optim_scalars": scalars}
+    text = json.dumps(meta, sort_keys=True)
+    atomic_write_bytes(Path(run_dir) / STATE_FILE, safetensors.torch.save(_tensors(tensors), {"mnistlab": text}))
+
+
+def read_training_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume: no {STATE_FILE} in this folder")
+    tensors, meta = _read(path, "mnistlab")
+    if meta.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not an mnistlab training state")
+    return tensors, meta
+
+
+def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                           model: nn.Module, optimizer: torch.optim.Optimizer, where: str) -> None:
+    load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, values in meta.get("optim_scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: optimiser state does not fit this recipe: {e}") from None
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+# ---- shared --------------------------------------------------------------------------------
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants contiguous CPU tensors that share no memory
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _read(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise CheckpointError(f"{path}: {size} bytes is too large for a checkpoint")
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        tensors = safetensors.torch.load(data)
+        # the header (8-byte little-endian length, then JSON) holds the metadata; safetensors
+        # has just validated its layout
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+    except Exception as e:  # safetensors raises its own error types for every malformed file
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+    try:
+        meta = json.loads(header[key])
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: no valid mnistlab metadata in the header ({e})") from None
+    return tensors, meta

@@ -1,0 +1,335 @@
+"""One training engine for every recipe.
+
+The whole training split lives on the device as one uint8 tensor; a batch is an index into it,
+turned into floats on the fly. The loop reads nothing back from the device between log points,
+so a GPU is never left waiting on Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from mnistlab.data.registry import get_spec
+from mnistlab.data.splits import Split, load_split
+from mnistlab.errors import MnistlabError
+from mnistlab.models import build_model
+from mnistlab.recipes import Recipe, recipe_from_dict
+from mnistlab.train import checkpoint
+from mnistlab.train.batches import BatchPlan
+from mnistlab.train.metrics import Metrics, as_input, compute_metrics
+from mnistlab.train.optim import lr_factor, make_optimizer
+from mnistlab.train.progress import Progress, format_duration
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(MnistlabError):
+    pass
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    recipe: Recipe
+    device: str
+    steps_done: int
+    total_steps: int
+    train_seconds: float  # first step to last, without data loading, validation or checkpoints
+    images_per_s: float
+    test: Metrics | None  # None when the run was interrupted
+    validation: Metrics | None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.test is None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MnistlabError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise MnistlabError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def new_run_dir(recipe_name: str, parent: Path = Path("runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = parent / f"{recipe_name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = parent / f"{recipe_name}-{stamp}-{n}"
+    return path
+
+
+class Trainer:
+    """Trains one recipe into one run folder; `request_stop` ends it cleanly at the next step."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, *, seed: int = 0, device: str = "auto",
+                 data_dir: str | None = None, progress: Progress | None = None,
+                 on_step: Callable[[Trainer, int], None] | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.data_dir = data_dir
+        self.progress = progress
+        self.on_step = on_step
+        self._stop = threading.Event()
+
+    @classmethod
+    def resuming(cls, run_dir: Path, **kwargs: Any) -> Trainer:
+        _, meta = checkpoint.read_training_state(run_dir)
+        recipe = recipe_from_dict(meta["recipe"], f"{run_dir}/{checkpoint.STATE_FILE}")
+        trainer = cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"), **kwargs)
+        trainer._resume = True
+        return trainer
+
+    _resume = False
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self._prepare_run_dir()
+        try:
+            return self._run()
+        finally:
+            if hasattr(self, "_metrics"):
+                self._metrics.close()
+
+    def _run(self) -> RunResult:
+        recipe, train_cfg = self.recipe, self.recipe.train
+        train = load_split(train_cfg.split, recipe.data.dataset, self.data_dir, self.device)
+        validation = (load_split("validation", recipe.data.dataset, self.data_dir, self.device)
+                      if train_cfg.split == "train" else None)
+        if train_cfg.batch_size > len(train):
+            raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
+                                f"{len(train)} training images")
+        torch.manual_seed(self.seed)  # the model's initial weights, then dropout
+        model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args).to(self.device)
+        optimizer = make_optimizer(model, recipe.optimizer)
+        plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
+                         steps=train_cfg.steps, device=self.device)
+        start_step, train_seconds = 0, 0.0
+        if self._resume:
+            tensors, meta = checkpoint.read_training_state(self.run_dir)
+            checkpoint.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
+            start_step, train_seconds = meta["step"], meta["train_seconds"]
+        self._open_metrics(keep_until=start_step)
+        progress = self.progress or Progress(plan.total_steps)
+        progress.total = plan.total_steps
+        if start_step:
+            progress.line(f"resuming {self.run_dir} at step {start_step}/{plan.total_steps}")
+
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+                    if train_cfg.precision == "bf16" else contextlib.nullcontext())
+        sum_loss = train_cfg.loss_reduction == "sum"
+        update_every = recipe.quirks.update_every
+        window_loss = torch.zeros((), device=self.device)
+        window_correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        window_images = 0
+        last_loss = last_acc = None
+        last_validation: Metrics | None = None
+        images_done = 0
+        session_start = time.perf_counter()
+        paused = 0.0  # time spent validating and saving, which is not training time
+        steps_done = start_step
+
+        model.train()
+        with _stop_on_sigint(self):
+            for step in range(start_step, plan.total_steps):
+                if step % update_every == 0:  # seed 001 as printed skips the others entirely
+                    idx = plan.indices(step)
+                    x, y = as_input(train.images[idx]), train.labels[idx]
+                    lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with autocast:
+                        logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing,
+                                           reduction=train_cfg.loss_reduction)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    window_loss += loss.detach() if sum_loss else loss.detach() * len(y)
+                    window_correct += (logits.argmax(1) == y).sum()
+                    window_images += len(y)
+                    images_done += len(y)
+                done = steps_done = step + 1
+                epoch_end = plan.epoch_ends(step)
+                if window_images and (done % train_cfg.log_every == 0 or epoch_end):
+                    last_loss = float(window_loss) / window_images
+                    last_acc = float(window_correct) / window_images
+                    if not math.isfinite(last_loss):
+                        raise TrainingDiverged(
+                            f"the training loss became {last_loss} by step {done}: the run diverged "
+                            f"(try a lower learning rate); the last good checkpoint is in {self.run_dir}")
+                    window_loss.zero_(), window_correct.zero_()
+                    window_images = 0
+                    self._log({"event": "train", "step": done, "epoch": done / plan.steps_per_epoch,
+                               "loss": last_loss, "accuracy": last_acc, "lr": lr})
+                elapsed = time.perf_counter() - session_start - paused
+                rate = images_done / elapsed if elapsed > 0 else 0.0
+                progress.update(done, images_per_s=rate, loss=last_loss, accuracy=last_acc,
+                                seconds_left=elapsed / max(1, done - start_step) * (plan.total_steps - done))
+                stop = self._stop.is_set()
+                if epoch_end or stop:
+                    pause_start = time.perf_counter()
+                    if epoch_end:
+                        last_validation = self._end_epoch(model, validation, plan, done, last_loss,
+                                                          last_acc, progress)
+                    self._save(model, optimizer, done, plan.total_steps,
+                               train_seconds + elapsed, last_validation)
+                    paused += time.perf_counter() - pause_start
+                if self.on_step is not None:
+                    self.on_step(self, done)
+                if stop:
+                    break
+
+        elapsed = time.perf_counter() - session_start - paused
+        train_seconds += elapsed
+        result = RunResult(self.run_dir, recipe, str(self.device), steps_done, plan.total_steps,
+                           train_seconds, images_done / elapsed if elapsed > 0 else 0.0, None,
+                           last_validation)
+        if self._stop.is_set() and steps_done < plan.total_steps:
+            progress.line(f"stopped at step {steps_done}/{plan.total_steps}; checkpoint saved. "
+                          f"Continue with: mnistlab train --resume {self.run_dir}")
+            return result
+
+        test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
+        result.test = compute_metrics(model, test.images, test.labels,
+                                      dropout_at_test=recipe.quirks.dropout_at_test)
+        self._log({"event": "test", "step": steps_done, "loss": result.test.loss,
+                   "accuracy": result.test.accuracy, "train_seconds": train_seconds})
+        self._save(model, None, steps_done, plan.total_steps, train_seconds, last_validation,
+                   test=result.test)
+        return result
+
+    # ---- pieces ----------------------------------------------------------------------------
+
+    def _end_epoch(self, model, validation: Split | None, plan: BatchPlan, done: int,
+                   loss: float | None, acc: float | None, progress: Progress) -> Metrics | None:
+        epoch = math.ceil(done / plan.steps_per_epoch)
+        total_epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
+        text = f"epoch {epoch}/{total_epochs}  step {done}/{plan.total_steps}"
+        if loss is not None:
+            text += f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
+        metrics = None
+        if validation is not None:
+            metrics = compute_metrics(model, validation.images, validation.labels)
+            self._log({"event": "validation", "step": done, "epoch": epoch,
+                       "loss": metrics.loss, "accuracy": metrics.accuracy})
+            text += f"  val_loss {metrics.loss:.4f}  val_acc {100 * metrics.accuracy:.2f}%"
+        progress.line(text)
+        return metrics
+
+    def _save(self, model, optimizer, step: int, total: int, train_seconds: float,
+              validation: Metrics | None, test: Metrics | None = None) -> None:
+        common = {
+            "recipe": self.recipe.to_dict(), "seed": self.seed, "step": step, "total_steps": total,
+            "device": str(self.device), "data_dir": self.data_dir, "train_seconds": train_seconds,
+            "versions": checkpoint.versions(),
+        }
+        if optimizer is not None:  # the final save after the test needs no resume state
+            checkpoint.save_training_state(self.run_dir, model, optimizer, common)
+        metrics = {"train_seconds": train_seconds}
+        if validation is not None:
+            metrics["validation"] = {"accuracy": validation.accuracy, "loss": validation.loss}
+        if test is not None:
+            metrics["test"] = {"accuracy": test.accuracy, "loss": test.loss}
+        dataset = self.recipe.data.dataset
+        checkpoint.save_model(self.run_dir, model, {
+            **common,
+            "model": {"name": self.recipe.model.name, "args": self.recipe.model.args},
+            # what the model expects: 28x28 grayscale, white ink on black, pixel / 255
+            "input": {"height": 28, "width": 28, "channels": 1, "scale": 1 / 255,
+                      "mean": 0.0, "std": 1.0, "ink": "light on dark"},
+            "class_names": list(get_spec(dataset).class_names) if self.data_dir is None else
+            [str(i) for i in range(10)],
+            "dropout_at_test": self.recipe.quirks.dropout_at_test,
+            "complete": test is not None,
+            "metrics": metrics,
+        })
+
+    def _prepare_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
+        if not os.access(self.run_dir, os.W_OK):
+            raise MnistlabError(f"the run folder {self.run_dir} is not writable")
+        if not self._resume and (self.run_dir / checkpoint.STATE_FILE).exists():
+            raise MnistlabError(f"{self.run_dir} already holds a run: continue it with --resume "
+                                "or choose another --out")
+
+    def _open_metrics(self, keep_until: int) -> None:
+        path = self.run_dir / METRICS_FILE
+        kept = []
+        if keep_until and path.exists():  # drop what was logged after the checkpoint we resume
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= keep_until:
+                        kept.append(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+        try:
+            self._metrics = open(path, "w", encoding="utf-8")
+        except OSError as e:
+            raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from None
+        self._metrics.write("".join(f"{line}\n" for line in kept))
+        self._metrics.flush()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record["time"] = round(time.time(), 3)
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(trainer: Trainer):
+    """Ctrl-C asks the trainer to stop after the current step and save; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer._stop.is_set():
+            raise KeyboardInterrupt
+        trainer.request_stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train_summary(result: RunResult) -> str:
+    lines = []
+    if result.test is not None:
+        claim = result.recipe.claim
+        text = f"test accuracy {100 * result.test.accuracy:.2f}% (loss {result.test.loss:.4f}) on {result.test.count:,} images"
+        if claim is not None and claim.accuracy is not None:
+            text += f"; seed {claim.seed} claims {100 * claim.accuracy:.2f}%"
+        lines.append(text)
+    lines.append(f"trained {result.steps_done:,} steps in {format_duration(result.train_seconds)} "
+                 f"({result.train_seconds:.1f} s, {result.images_per_s:,.0f} images/s) on {result.device}")
+    lines.append(f"run saved in {result.run_dir}")
+    return "\n".join(lines)

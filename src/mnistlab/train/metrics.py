@@ -1,0 +1,72 @@
+"""Accuracy, loss and the confusion matrix of a model over a whole split."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Metrics:
+    accuracy: float
+    loss: float  # mean cross-entropy per image
+    count: int
+    confusion: list[list[int]]  # confusion[true][predicted]
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        return [row[i] / max(1, sum(row)) for i, row in enumerate(self.confusion)]
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "count": self.count,
+            "per_class_accuracy": self.per_class_accuracy,
+            "confusion": self.confusion,
+        }
+
+
+def as_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images (N, H, W) to the float (N, 1, H, W) in [0, 1] every seed feeds its model."""
+    x = images.unsqueeze(1).to(torch.float32).div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                    num_classes: int = 10, batch_size: int = 2000,
+                    dropout_at_test: bool = False) -> Metrics:
+    """Evaluate `model` on every image, in large batches, with one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    if dropout_at_test:  # reproduce a seed that left dropout switched on for its test
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
+    device = labels.device
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = as_input(images[start : start + batch_size])
+            y = labels[start : start + batch_size]
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            confusion += torch.bincount(y * num_classes + logits.argmax(1),
+                                        minlength=num_classes * num_classes)
+    finally:
+        model.train(was_training)
+    matrix = confusion.view(num_classes, num_classes).cpu()
+    count = int(matrix.sum())
+    loss = float(loss_sum) / max(1, count)
+    return Metrics(
+        accuracy=float(matrix.diag().sum()) / max(1, count),
+        loss=loss if math.isfinite(loss) else float("inf"),
+        count=count,
+        confusion=matrix.tolist(),
+    )
