@@ -18,7 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mnistlab.errors import MnistlabError
+from mnistlab.models import build_model
 
 
 class RecipeError(MnistlabError):
@@ -232,6 +235,11 @@ def _checked(recipe: Recipe, where: str) -> Recipe:
             section.check()
         except ValueError as e:
             raise RecipeError(f"{where}: [{name}] {e}") from None
+    try:  # build the model on the meta device: checks name, arguments and init, allocates nothing
+        with torch.device("meta"):
+            build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
+    except MnistlabError as e:
+        raise RecipeError(f"{where}: [model] {e}") from None
     unused = _unused_optimizer_keys(recipe.optimizer)
     if unused:
         raise RecipeError(

@@ -1,0 +1,58 @@
+import torch
+
+from mnistlab.recipes.recipe import ScheduleSection
+from mnistlab.train.batches import BatchPlan
+from mnistlab.train.optim import KerasRMSprop, lr_factor
+
+
+def test_epochs_cover_every_example_once_with_a_smaller_last_batch():
+    plan = BatchPlan(10, 4, seed=3, epochs=2)
+    assert (plan.steps_per_epoch, plan.total_steps) == (3, 6)
+    batches = [plan.indices(s) for s in range(6)]
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in range(2):
+        seen = torch.cat(batches[3 * epoch : 3 * epoch + 3])
+        assert sorted(seen.tolist()) == list(range(10))
+    assert not torch.equal(torch.cat(batches[:3]), torch.cat(batches[3:]))  # reshuffled
+    assert [plan.epoch_ends(s) for s in range(6)] == [False, False, True, False, False, True]
+
+
+def test_steps_stream_full_batches_across_epochs_like_next_batch():
+    plan = BatchPlan(10, 4, seed=3, steps=5)
+    batches = [plan.indices(s) for s in range(5)]
+    assert all(len(b) == 4 for b in batches)
+    stream = torch.cat(batches)  # 20 positions = exactly two shuffled epochs
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+
+
+def test_order_depends_only_on_seed_and_step():
+    a = BatchPlan(100, 7, seed=1, steps=50)
+    b = BatchPlan(100, 7, seed=1, steps=50)
+    late = b.indices(40)  # asked out of order, as a resumed run does
+    assert torch.equal(late, a.indices(40))
+    assert not torch.equal(BatchPlan(100, 7, seed=2, steps=50).indices(0), a.indices(0))
+
+
+def test_keras_rmsprop_follows_keras_arithmetic():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = KerasRMSprop([w], lr=0.1, rho=0.9, eps=1e-7)
+    v = torch.zeros(2)
+    expected = w.detach().clone()
+    for grad in (torch.tensor([0.5, -1.0]), torch.tensor([0.25, 3.0])):
+        w.grad = grad.clone()
+        opt.step()
+        v = 0.9 * v + 0.1 * grad**2
+        expected -= 0.1 * grad / torch.sqrt(v + 1e-7)
+        assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+def test_schedules():
+    constant = ScheduleSection()
+    assert lr_factor(constant, 0, 100) == lr_factor(constant, 99, 100) == 1.0
+    onecycle = ScheduleSection(name="onecycle", warmup=0.2, final=0.1)
+    assert lr_factor(onecycle, 0, 100) == 1 / 20
+    assert lr_factor(onecycle, 19, 100) == 1.0
+    assert abs(lr_factor(onecycle, 99, 100) - (0.1 + 0.9 / 80)) < 1e-9
+    cosine = ScheduleSection(name="cosine", final=0.0)
+    assert lr_factor(cosine, 0, 100) == 1.0 and lr_factor(cosine, 50, 100) == 0.5

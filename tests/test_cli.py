@@ -1,0 +1,70 @@
+"""The `mnistlab` command as a user runs it: a real process, real output, real exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def mnistlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_models_and_summary():
+    out = mnistlab("models")
+    assert out.returncode == 0
+    assert "93,322" in out.stdout and "3,274,634" in out.stdout and "325,418" in out.stdout
+    summary = mnistlab("summary", "keras-cnn").stdout
+    for count in ("320", "18,496", "36,928", "650", "Total params: 93,322"):
+        assert count in summary
+
+
+def test_recipes_and_datasets():
+    recipes = mnistlab("recipes").stdout
+    assert "seed003-keras-cnn" in recipes and "quick (default)" in recipes and "claims 98.91%" in recipes
+    datasets = mnistlab("datasets").stdout
+    assert "mnist" in datasets and "shipped" in datasets and "fashion-mnist" in datasets
+    verify = mnistlab("datasets", "verify", "mnist")
+    assert verify.returncode == 0 and verify.stdout.count("ok") == 4
+
+
+def test_train_then_evaluate(tmp_path, small_mnist):
+    run = tmp_path / "run"
+    out = mnistlab("train", "--recipe", "seed003-keras-cnn", "--steps", "40", "--out", run,
+                   "--data-dir", small_mnist, "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout and f"run saved in {run}" in out.stdout
+    assert "\r" not in out.stderr  # no live progress line when output is not a terminal
+    ev = mnistlab("evaluate", run, "--json")
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    assert report["count"] == 600 and len(report["confusion"]) == 10
+    assert sum(map(sum, report["confusion"])) == 600
+    text = mnistlab("evaluate", run).stdout
+    assert "per-class accuracy" in text and "confusion matrix" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "--recipe", "missing.toml"], "missing.toml: no such recipe file"),
+    (["evaluate", "nowhere"], "nowhere: no such checkpoint file or run folder"),
+    (["train", "--resume", "nowhere"], "nothing to resume"),
+    (["train", "--resume", "x", "--seed", "3"], "give no --recipe"),
+    (["train", "--device", "tpu", "--steps", "1"], "expected auto, cpu or cuda"),
+    (["summary", "lenet"], "unknown model 'lenet'"),
+])
+def test_user_errors_are_one_clear_line(tmp_path, args, message):
+    out = mnistlab(*args, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.startswith("mnistlab: error: ") and message in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_bad_recipe_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndescription = ""\n[model]\nname = "softmax"\n[optimizer]\nname = "sgd"\n'
+                   'lr = "fast"\n[train]\nbatch_size = 10\nsteps = 1\n')
+    out = mnistlab("train", "--recipe", bad)
+    assert out.returncode == 1 and "bad.toml" in out.stderr and "optimizer.lr" in out.stderr

@@ -1,0 +1,357 @@
+"""The models layer: architectures against the seeds' arithmetic, init schemes, registry, summary."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.errors import MnistlabError
+from mnistlab.models import (
+    INIT_SCHEMES,
+    MODELS,
+    build_model,
+    count_parameters,
+    format_summary,
+    init_weights,
+    model_names,
+    summarize,
+)
+from mnistlab.models.init import glorot_bound
+from mnistlab.models.layers import Conv2dTFSame, tf_same_padding
+
+EXPECTED_PARAMS = {
+    "softmax": 784 * 10 + 10,
+    "deep-cnn": 832 + 51_264 + 3_212_288 + 10_250,
+    "strided-cnn": 800 + 51_200 + 263_168 + 10_250,
+    "keras-cnn": 320 + 18_496 + 36_928 + 36_928 + 650,
+    "mnistlab-cnn": 288 + 64 + 9_216 + 64 + 18_432 + 128 + 36_864 + 128 + 73_728 + 256 + 1_290,
+}
+
+
+def shapes(name: str, **kwargs) -> dict[str, tuple]:
+    return {r.name: r.output_shape for r in summarize(build_model(name, **kwargs))}
+
+
+# -- architectures ---------------------------------------------------------------------------
+
+
+def test_registry_lists_every_model():
+    assert model_names() == list(EXPECTED_PARAMS)
+    for entry in MODELS.values():
+        assert entry.default_init in INIT_SCHEMES
+        json.dumps(entry.arguments())  # checkpoints record them
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_parameter_counts(name):
+    assert count_parameters(build_model(name)) == EXPECTED_PARAMS[name]
+
+
+def test_parameter_count_literals():
+    assert EXPECTED_PARAMS["softmax"] == 7_850
+    assert EXPECTED_PARAMS["deep-cnn"] == 3_274_634
+    assert EXPECTED_PARAMS["strided-cnn"] == 325_418
+    assert EXPECTED_PARAMS["keras-cnn"] == 93_322
+
+
+def test_keras_cnn_matches_keras_summary():
+    rows = summarize(build_model("keras-cnn"))
+    with_params = [(r.name, r.params) for r in rows if r.params]
+    assert with_params == [
+        ("conv1", 320),
+        ("conv2", 18_496),
+        ("conv3", 36_928),
+        ("fc1", 36_928),
+        ("fc2", 650),
+    ]
+    assert sum(r.params for r in rows) == 93_322
+    assert shapes("keras-cnn") == {
+        "conv1": (None, 32, 26, 26),
+        "pool1": (None, 32, 13, 13),
+        "conv2": (None, 64, 11, 11),
+        "pool2": (None, 64, 5, 5),
+        "conv3": (None, 64, 3, 3),
+        "flatten": (None, 576),
+        "fc1": (None, 64),
+        "fc2": (None, 10),
+    }
+
+
+def test_strided_cnn_shapes_follow_tf_same():
+    assert shapes("strided-cnn") == {
+        "conv1": (None, 32, 14, 14),
+        "pool1": (None, 32, 7, 7),
+        "conv2": (None, 64, 4, 4),
+        "pool2": (None, 64, 2, 2),
+        "flatten": (None, 256),
+        "fc1": (None, 1024),
+        "dropout": (None, 1024),
+        "fc2": (None, 10),
+    }
+    model = build_model("strided-cnn")
+    assert model.conv1.bias is None and model.conv2.bias is None
+
+
+def test_deep_cnn_shapes():
+    assert shapes("deep-cnn") == {
+        "conv1": (None, 32, 28, 28),
+        "pool1": (None, 32, 14, 14),
+        "conv2": (None, 64, 14, 14),
+        "pool2": (None, 64, 7, 7),
+        "flatten": (None, 3136),
+        "fc1": (None, 1024),
+        "dropout": (None, 1024),
+        "fc2": (None, 10),
+    }
+
+
+def test_deep_cnn_as_seed_000():
+    model = build_model("deep-cnn", init="normal", dropout=0.2)
+    assert model.dropout.p == 0.2
+    assert build_model("deep-cnn").dropout.p == 0.5
+
+
+def test_mnistlab_cnn_is_parametric():
+    model = build_model("mnistlab-cnn", widths=[8, 16, 24], dropout=0.0)
+    assert model.fc.in_features == 24
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert shapes("mnistlab-cnn")["block5.conv"] == (None, 128, 7, 7)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_logits_shape_and_channels_last(name):
+    torch.manual_seed(0)
+    model = build_model(name, init="pytorch").eval()
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (5, 10) and y.dtype == torch.float32
+        model_cl = model.to(memory_format=torch.channels_last)
+        y_cl = model_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_cl, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_compiles_without_graph_breaks(name):
+    torch._dynamo.reset()
+    model = build_model(name, init="pytorch").eval()
+    x = torch.rand(3, 1, 28, 28)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+# -- TensorFlow SAME padding -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, dilation, pads",
+    [
+        (28, 5, 2, 1, (1, 2)),  # out 14: (14-1)*2+5-28 = 3, the extra one after
+        (7, 5, 2, 1, (2, 2)),  # out 4: (4-1)*2+5-7 = 4
+        (28, 5, 1, 1, (2, 2)),  # stride 1, odd kernel: symmetric
+        (28, 3, 1, 1, (1, 1)),
+        (5, 2, 2, 1, (0, 1)),  # out 3: (3-1)*2+2-5 = 1
+        (28, 2, 2, 1, (0, 0)),  # 2x2 pool on an even size pads nothing
+        (4, 1, 2, 1, (0, 0)),  # negative total is clamped to 0
+        (10, 3, 1, 2, (2, 2)),  # dilation 2: effective kernel 5
+        (14, 4, 3, 1, (1, 1)),  # out 5: (5-1)*3+4-14 = 2
+        (16, 4, 3, 1, (1, 2)),  # out 6: (6-1)*3+4-16 = 3, the extra one after
+    ],
+)
+def test_tf_same_padding(size, kernel, stride, dilation, pads):
+    assert tf_same_padding(size, kernel, stride, dilation) == pads
+
+
+def test_conv2d_tf_same_pads_bottom_right():
+    torch.manual_seed(0)
+    conv = Conv2dTFSame(1, 4, 5, stride=2, bias=False)
+    x = torch.rand(2, 1, 28, 28)
+    expected = F.conv2d(F.pad(x, (1, 2, 1, 2)), conv.weight, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    assert conv(x).shape == (2, 4, 14, 14)
+    with pytest.raises(ValueError):
+        Conv2dTFSame(1, 4, 5, padding=2)
+
+
+# -- init schemes ----------------------------------------------------------------------------
+
+
+def weights_and_biases(model):
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return layers, [m.weight for m in layers], [m.bias for m in layers if m.bias is not None]
+
+
+def test_zeros():
+    model = build_model("softmax")
+    assert torch.count_nonzero(model.fc.weight) == 0 and torch.count_nonzero(model.fc.bias) == 0
+    assert torch.equal(model(torch.rand(3, 1, 28, 28)), torch.zeros(3, 10))
+
+
+def test_truncated_normal():
+    torch.manual_seed(0)
+    model = build_model("deep-cnn")
+    _, weights, biases = weights_and_biases(model)
+    for w in weights:
+        assert w.abs().max() <= 0.2
+    # Normal std 0.1 truncated at 2 sigma has std 0.1 * 0.8796.
+    assert model.fc1.weight.std().item() == pytest.approx(0.08796, abs=0.001)
+    for b in biases:
+        assert torch.all(b == 0.1)
+
+
+def test_normal():
+    torch.manual_seed(0)
+    model = build_model("deep-cnn", init="normal")
+    assert model.fc1.weight.std().item() == pytest.approx(1.0, abs=0.01)
+    assert model.fc1.weight.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert model.fc1.bias.std().item() == pytest.approx(1.0, abs=0.1)
+    assert model.conv1.bias.abs().max() > 0
+
+
+def test_glorot_uniform():
+    torch.manual_seed(0)
+    model = build_model("keras-cnn")
+    layers, _, biases = weights_and_biases(model)
+    assert len(layers) == 5
+    for layer in layers:
+        fan_in = layer.weight[0].numel()
+        fan_out = layer.weight.shape[0] * layer.weight[0, 0].numel()
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert glorot_bound(layer.weight) == pytest.approx(bound)
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.9 * bound  # uniform fills its range
+    assert model.conv2.weight.abs().max() <= math.sqrt(6 / (9 * 32 + 9 * 64))
+    for b in biases:
+        assert torch.count_nonzero(b) == 0
+
+
+def test_seed_002():
+    torch.manual_seed(0)
+    model = build_model("strided-cnn")
+    for conv in (model.conv1, model.conv2):
+        assert conv.weight.abs().max() <= 0.2
+    assert model.conv2.weight.std().item() == pytest.approx(0.08796, abs=0.003)
+    for fc in (model.fc1, model.fc2):
+        assert fc.weight.abs().max() <= glorot_bound(fc.weight)
+        assert torch.count_nonzero(fc.bias) == 0
+
+
+def test_pytorch_scheme_leaves_defaults():
+    torch.manual_seed(1)
+    a = build_model("keras-cnn", init="pytorch")
+    torch.manual_seed(1)
+    b = type(a)()  # PyTorch's own init, untouched
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_batchnorm_keeps_identity_start():
+    model = build_model("mnistlab-cnn", init="normal")
+    assert torch.all(model.block1.bn.weight == 1) and torch.all(model.block1.bn.bias == 0)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
+def test_same_seed_same_weights(name):
+    def weights(seed):
+        torch.manual_seed(seed)
+        return build_model(name, init="normal" if name == "softmax" else None).state_dict()
+
+    a, b, c = weights(7), weights(7), weights(8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+
+
+def test_init_weights_in_place():
+    torch.manual_seed(0)
+    model = build_model("keras-cnn")
+    init_weights(model, "zeros")
+    assert all(torch.count_nonzero(p) == 0 for p in model.parameters())
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_model():
+    with pytest.raises(MnistlabError, match="unknown model 'resnet'; known models: softmax"):
+        build_model("resnet")
+
+
+def test_unknown_argument():
+    with pytest.raises(MnistlabError) as err:
+        build_model("deep-cnn", widht=3)
+    assert str(err.value) == "model 'deep-cnn' takes no argument 'widht'; it takes: dropout"
+    with pytest.raises(MnistlabError, match="'keras-cnn' takes no argument 'dropout'; it takes no"):
+        build_model("keras-cnn", dropout=0.5)
+
+
+def test_invalid_arguments():
+    with pytest.raises(MnistlabError, match="dropout must be"):
+        build_model("deep-cnn", dropout=1.5)
+    with pytest.raises(MnistlabError, match="dropout must be"):
+        build_model("strided-cnn", dropout="0.5")
+    with pytest.raises(MnistlabError, match="widths must be a list of 3 positive integers"):
+        build_model("mnistlab-cnn", widths=[32, 64])
+    with pytest.raises(MnistlabError, match="widths"):
+        build_model("mnistlab-cnn", widths=[32, 64, 0])
+
+
+def test_unknown_init():
+    with pytest.raises(MnistlabError, match="unknown init scheme 'he'; known schemes: zeros, "):
+        build_model("softmax", init="he")
+    with pytest.raises(MnistlabError, match="glorot-uniform"):
+        init_weights(build_model("softmax"), "xavier")
+
+
+def test_errors_are_one_line():
+    for call in (
+        lambda: build_model("nope"),
+        lambda: build_model("deep-cnn", widht=1),
+        lambda: build_model("softmax", init="he"),
+    ):
+        with pytest.raises(MnistlabError) as err:
+            call()
+        assert "\n" not in str(err.value)
+
+
+# -- summary ---------------------------------------------------------------------------------
+
+
+def test_format_summary_keras_cnn():
+    text = format_summary(build_model("keras-cnn"), "keras-cnn")
+    assert 'Model: "keras-cnn"' in text
+    for expected in (
+        "Layer (type)",
+        "Output Shape",
+        "Param #",
+        "Total params: 93,322",
+        "Trainable params: 93,322",
+        "Non-trainable params: 0",
+        "channels",
+    ):
+        assert expected in text
+    conv1 = next(line for line in text.splitlines() if "conv1" in line)
+    assert conv1.split() == ["conv1", "(Conv2d)", "(None,", "32,", "26,", "26)", "320"]
+
+
+def test_summary_counts_frozen_params_and_not_buffers():
+    model = build_model("mnistlab-cnn")
+    model.fc.weight.requires_grad_(False)
+    text = format_summary(model)
+    assert "Total params: 140,458" in text  # BatchNorm running stats are buffers, not counted
+    assert "Trainable params: 139,178" in text
+    assert "Non-trainable params: 1,280" in text
+
+
+def test_summarize_restores_training_mode():
+    model = build_model("mnistlab-cnn").train()
+    model.block1.bn.eval()
+    summarize(model)
+    assert model.training and model.dropout.training and not model.block1.bn.training
+    assert model.block2.bn.num_batches_tracked == 0  # ran in eval mode: no stats updated
+    model.eval()
+    summarize(model)
+    assert not model.training and not model.dropout.training

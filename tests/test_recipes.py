@@ -1,0 +1,92 @@
+import pytest
+
+from mnistlab.recipes import RecipeError, load_recipe, recipe_names
+
+VALID = """
+name = "tiny"
+description = "a test recipe"
+[model]
+name = "keras-cnn"
+[optimizer]
+name = "adam"
+lr = 1e-3
+[train]
+batch_size = 32
+steps = 10
+"""
+
+
+def test_every_shipped_recipe_loads():
+    names = recipe_names()
+    assert {"quick", "seed001-softmax", "seed001-deep-cnn", "seed001-deep-cnn-printed",
+            "seed000-cnn", "seed002-strided-cnn", "seed003-keras-cnn"} <= set(names)
+    for name in names:
+        assert load_recipe(name).name == name
+
+
+def test_seed_recipes_follow_the_seeds():
+    softmax = load_recipe("seed001-softmax")
+    assert (softmax.model.name, softmax.model.init) == ("softmax", "zeros")
+    assert (softmax.optimizer.name, softmax.optimizer.lr) == ("sgd", 0.01)
+    assert (softmax.train.batch_size, softmax.train.steps, softmax.train.loss_reduction) == (50, 1000, "sum")
+    assert softmax.claim.accuracy == 0.91
+
+    deep = load_recipe("seed001-deep-cnn")
+    printed = load_recipe("seed001-deep-cnn-printed")
+    for r in (deep, printed):
+        assert (r.model.name, r.model.init, r.model.args) == ("deep-cnn", "truncated-normal", {"dropout": 0.5})
+        assert (r.optimizer.name, r.optimizer.lr, r.train.batch_size, r.train.steps) == ("adam", 1e-4, 50, 20000)
+        assert r.train.loss_reduction == "sum" and r.train.split == "train"
+    assert (deep.quirks.update_every, printed.quirks.update_every) == (1, 100)
+
+    opengenus = load_recipe("seed000-cnn")
+    assert (opengenus.model.init, opengenus.model.args) == ("normal", {"dropout": 0.2})
+    assert (opengenus.optimizer.lr, opengenus.train.batch_size, opengenus.train.steps) == (1e-3, 128, 10 * 429)
+    assert opengenus.quirks.dropout_at_test and opengenus.train.loss_reduction == "mean"
+
+    strided = load_recipe("seed002-strided-cnn")
+    assert (strided.model.name, strided.train.steps, strided.train.batch_size) == ("strided-cnn", 18 * 1100, 50)
+    assert strided.train.loss_reduction == "mean" and strided.claim.accuracy == 0.992
+
+    keras = load_recipe("seed003-keras-cnn")
+    opt = keras.optimizer
+    assert (opt.name, opt.lr, opt.rho, opt.eps) == ("keras-rmsprop", 1e-3, 0.9, 1e-7)
+    assert (keras.train.batch_size, keras.train.epochs, keras.train.split) == (64, 5, "train-full")
+    assert keras.claim.accuracy == 0.9891
+
+
+def test_user_recipe_by_path(recipe_file):
+    recipe = load_recipe(recipe_file(VALID))
+    assert recipe.name == "tiny" and recipe.train.steps == 10
+    assert recipe.with_length(epochs=2).train.epochs == 2
+    assert recipe.with_length(epochs=2).train.steps is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (("batch_size = 32", "batch_sise = 32"), "[train]: unknown key 'batch_sise'"),
+    (("batch_size = 32", 'batch_size = "32"'), "'train.batch_size': expected a whole number, got str '32'"),
+    (("batch_size = 32", "batch_size = 0"), "[train] batch_size: expected a whole number of at least 1"),
+    (("lr = 1e-3", "lr = -1.0"), "[optimizer] lr: expected a learning rate above 0"),
+    (('name = "adam"', 'name = "adamax"'), "[optimizer] name: expected one of sgd, adam, adamw, keras-rmsprop"),
+    (("lr = 1e-3", "lr = 1e-3\nrho = 0.5"), "[optimizer] rho does not apply to 'adam'"),
+    (("steps = 10", "steps = 10\nepochs = 2"), "[train] epochs/steps: expected exactly one of them"),
+    (('name = "keras-cnn"', 'name = "keras-cnn"\nwidth = 3'), "[model] model 'keras-cnn'"),
+    (('name = "keras-cnn"', 'name = "resnet"'), "[model] unknown model 'resnet'"),
+    (("[train]", "[training]"), "unknown key 'training'"),
+    (("steps = 10", "steps = 10 ]"), "not valid TOML"),
+])
+def test_mistakes_name_the_file_and_key(recipe_file, change, message):
+    path = recipe_file(VALID.replace(*change, 1))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_section_and_unknown_name(recipe_file, tmp_path):
+    with pytest.raises(RecipeError, match="missing key 'optimizer'"):
+        load_recipe(recipe_file(VALID.split("[optimizer]")[0] + "[train]\nbatch_size = 1\nsteps = 1\n"))
+    with pytest.raises(RecipeError, match="unknown recipe 'nope'; shipped recipes: .*quick"):
+        load_recipe("nope")
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "absent.toml")

@@ -1,0 +1,119 @@
+"""The engine on real MNIST data (a small slice of it where whole epochs are needed)."""
+
+import pytest
+import safetensors.torch
+import torch
+
+from mnistlab.errors import MnistlabError
+from mnistlab.recipes import load_recipe
+from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
+from mnistlab.train.engine import METRICS_FILE, Trainer, TrainingDiverged
+from mnistlab.train.metrics import compute_metrics
+from mnistlab.train.progress import Progress
+
+QUIET = dict(progress=Progress(1, quiet=True))
+
+SMALL = """
+name = "small"
+description = "strided CNN with dropout, two short epochs"
+[model]
+name = "strided-cnn"
+dropout = 0.5
+[optimizer]
+name = "adam"
+lr = 2e-3
+[schedule]
+name = "onecycle"
+warmup = 0.2
+[train]
+batch_size = 100
+epochs = 3
+log_every = 5
+"""
+
+
+def weights(run_dir):
+    return safetensors.torch.load_file(str(run_dir / MODEL_FILE))
+
+
+def test_short_training_on_real_mnist_reaches_a_real_accuracy(tmp_path):
+    recipe = load_recipe("seed003-keras-cnn").with_length(steps=400)
+    result = Trainer(recipe, tmp_path / "run", seed=0, device="cpu", **QUIET).run()
+    assert result.test.count == 10_000
+    assert result.test.accuracy > 0.95  # 400 steps of 64 images: about 97% in practice
+    assert result.steps_done == 400 and result.train_seconds > 0
+    model, meta = load_model(tmp_path / "run")
+    assert meta["metrics"]["test"]["accuracy"] == result.test.accuracy
+    assert meta["model"] == {"name": "keras-cnn", "args": {}} and meta["complete"]
+    events = [line for line in (tmp_path / "run" / METRICS_FILE).read_text().splitlines()]
+    assert '"event": "test"' in events[-1] and len(events) >= 5
+
+
+def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist, recipe_file):
+    recipe = load_recipe(recipe_file(SMALL)).with_length(steps=30)
+    runs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        Trainer(recipe, tmp_path / name, seed=seed, device="cpu", data_dir=str(small_mnist), **QUIET).run()
+        runs.append(weights(tmp_path / name))
+    a, b, c = runs
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_mnist, recipe_file):
+    recipe = load_recipe(recipe_file(SMALL))  # 3 epochs of 24 steps, dropout, a schedule
+    data = dict(device="cpu", data_dir=str(small_mnist), **QUIET)
+    straight = Trainer(recipe, tmp_path / "straight", seed=7, **data).run()
+
+    def stop_at_step_31(trainer, done):  # mid-epoch, as Ctrl-C would
+        if done == 31:
+            trainer.request_stop()
+
+    first = Trainer(recipe, tmp_path / "resumed", seed=7, on_step=stop_at_step_31, **data).run()
+    assert first.interrupted and first.steps_done == 31
+    assert read_training_state(tmp_path / "resumed")[1]["step"] == 31
+    second = Trainer.resuming(tmp_path / "resumed", device="cpu", **QUIET).run()
+    assert second.steps_done == straight.steps_done == 72
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert second.test.accuracy == straight.test.accuracy > 0.6
+    steps = [line for line in (tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()
+             if '"train"' in line]
+    assert len(steps) == len(set(steps))  # no step logged twice after the resume
+
+
+def test_a_diverging_loss_stops_the_run(tmp_path, small_mnist, recipe_file):
+    text = SMALL.replace("lr = 2e-3", "lr = 1e6").replace('name = "adam"', 'name = "sgd"')
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)"):
+        Trainer(load_recipe(recipe_file(text)), tmp_path / "run", device="cpu",
+                data_dir=str(small_mnist), **QUIET).run()
+
+
+def test_printed_seed001_updates_only_every_hundredth_iteration(tmp_path):
+    recipe = load_recipe("seed001-deep-cnn-printed").with_length(steps=300)
+    Trainer(recipe, tmp_path / "run", device="cpu", **QUIET).run()
+    tensors, _ = read_training_state(tmp_path / "run")
+    adam_steps = {float(v) for k, v in tensors.items() if k.endswith(".step")}
+    assert adam_steps == {3.0}  # iterations 0, 100 and 200
+
+
+def test_a_run_folder_is_not_overwritten(tmp_path, small_mnist, recipe_file):
+    recipe = load_recipe(recipe_file(SMALL)).with_length(steps=2)
+    Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist), **QUIET).run()
+    assert (tmp_path / "run" / STATE_FILE).exists()
+    with pytest.raises(MnistlabError, match="already holds a run"):
+        Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist), **QUIET).run()
+
+
+def test_dropout_at_test_keeps_dropout_on_for_evaluation():
+    torch.manual_seed(0)
+    from mnistlab.models import build_model
+    from mnistlab.data.splits import load_split
+
+    model = build_model("deep-cnn", dropout=0.5)
+    data = load_split("test")
+    images, labels = data.images[:200], data.labels[:200]
+    plain = [compute_metrics(model, images, labels).loss for _ in range(2)]
+    noisy = [compute_metrics(model, images, labels, dropout_at_test=True).loss for _ in range(2)]
+    assert plain[0] == plain[1] and noisy[0] != noisy[1]
+    assert model.training  # evaluation leaves the mode as it found it
