@@ -84,9 +84,12 @@ def check(tmp_path, content: bytes, *patterns: str, name="f-idx"):
 
 
 def test_truncated(tmp_path):
-    check(tmp_path, header(dims=(60000, 28, 28)) + bytes(1000),
-          "truncated: header declares 60000x28x28 uint8 (47040000 bytes of data)",
-          "holds 1000")
+    check(
+        tmp_path,
+        header(dims=(60000, 28, 28)) + bytes(1000),
+        "truncated: header declares 60000x28x28 uint8 (47040000 bytes of data)",
+        "holds 1000",
+    )
 
 
 def test_truncated_gzip_content(tmp_path):

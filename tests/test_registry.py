@@ -63,11 +63,14 @@ def md5(path: Path) -> str:
 def tiny_spec(served: Path, base_url: str, monkeypatch) -> DatasetSpec:
     """Register a dataset 'tiny' whose files are in `served`, published at `base_url`."""
     files = tuple(
-        registry.DatasetFile(role, STANDARD[role] + ".gz", None, md5(served / f"{STANDARD[role]}.gz"))
+        registry.DatasetFile(
+            role, STANDARD[role] + ".gz", None, md5(served / f"{STANDARD[role]}.gz")
+        )
         for role in registry.ROLES
     )
-    spec = DatasetSpec("tiny", "test set", files, (base_url,), False, "", "", 10,
-                       tuple("abcdefghij"))
+    spec = DatasetSpec(
+        "tiny", "test set", files, (base_url,), False, "", "", 10, tuple("abcdefghij")
+    )
     monkeypatch.setitem(DATASETS, "tiny", spec)
     return spec
 
@@ -287,7 +290,7 @@ def test_download_gives_up_after_retries(served, tmp_path):
 
 
 def test_wrong_checksum_leaves_no_file(served, tmp_path):
-    root, server = served
+    _, server = served
     dest = tmp_path / "out" / "f.gz"
     with pytest.raises(DownloadError, match="expected 0123.*nothing was saved"):
         download_file(server.url + "train-labels-idx1-ubyte.gz", dest, "0123" * 8, backoff=0)
@@ -310,7 +313,7 @@ def test_not_found_is_not_retried(served, tmp_path):
 
 
 def test_progress_bar_on_request(served, tmp_path, capsys):
-    root, server = served
+    _, server = served
     download_file(server.url + "t10k-labels-idx1-ubyte.gz", tmp_path / "f", None, progress=True)
     err = capsys.readouterr().err
     assert "t10k" not in err and "f  " in err and "100%" in err and "MB/s" in err

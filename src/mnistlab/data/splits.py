@@ -1,0 +1,63 @@
+"""Named splits of a dataset, each as two whole tensors on a device.
+
+The validation split is the tail of the training file, as TensorFlow's `input_data` made it
+for the seeds (55,000 train, 5,000 validation); the test file is only ever the test split.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mnistlab.data.registry import load_arrays
+from mnistlab.errors import MnistlabError
+
+SPLITS = ("train", "validation", "train-full", "test")
+
+
+def validation_size(num_train: int) -> int:
+    """5,000 like input_data when the training file is big enough, else its last twelfth."""
+    return 5000 if num_train >= 10000 else num_train // 12
+
+
+@dataclass
+class Split:
+    name: str
+    images: torch.Tensor  # uint8 (N, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: str | torch.device) -> Split:
+        return Split(self.name, self.images.to(device), self.labels.to(device))
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    # The cached arrays are read-only and shared: each split gets its own copy.
+    return torch.from_numpy(np.array(a))
+
+
+def load_split(
+    split: str,
+    dataset: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> Split:
+    """One split of a dataset (see SPLITS), whole, on `device`."""
+    if split not in SPLITS:
+        raise MnistlabError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    arrays = load_arrays(dataset, data_dir)
+    if split == "test":
+        images, labels = arrays.test_images, arrays.test_labels
+    else:
+        images, labels = arrays.train_images, arrays.train_labels
+        cut = len(labels) - validation_size(len(labels))
+        if split == "train":
+            images, labels = images[:cut], labels[:cut]
+        elif split == "validation":
+            images, labels = images[cut:], labels[cut:]
+    return Split(split, _tensor(images), _tensor(labels)).to(device)
