@@ -63,7 +63,7 @@ def test_hostile_or_mismatched_contents_are_refused(saved):
         ({**state, "fc2.weight": torch.zeros(3, 3)}, {**META, "format": "mnistlab.model/1"}, "the model needs"),
         ({k: v.double() for k, v in state.items()}, {**META, "format": "mnistlab.model/1"}, "torch.float64"),
         ({k: v for k, v in list(state.items())[1:]}, {**META, "format": "mnistlab.model/1"}, "missing"),
-        ({k: v.fill_(float("nan")) for k, v in state.items()}, {**META, "format": "mnistlab.model/1"}, "NaN"),
+        ({k: torch.full_like(v, float("nan")) for k, v in state.items()}, {**META, "format": "mnistlab.model/1"}, "NaN"),
     ]
     for tensors, meta, message in cases:
         rewrite(folder, tensors, meta)

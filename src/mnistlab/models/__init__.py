@@ -1,0 +1,18 @@
+"""Models: the seeds' networks and ours, a registry by name, init schemes, a Keras-style summary."""
+
+from mnistlab.models.init import INIT_SCHEMES, init_weights
+from mnistlab.models.summary import LayerRow, format_summary, summarize
+from mnistlab.models.zoo import MODELS, ModelEntry, build_model, count_parameters, model_names
+
+__all__ = [
+    "INIT_SCHEMES",
+    "MODELS",
+    "LayerRow",
+    "ModelEntry",
+    "build_model",
+    "count_parameters",
+    "format_summary",
+    "init_weights",
+    "model_names",
+    "summarize",
+]

@@ -174,7 +174,7 @@ class Recipe:
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.name[: -len(".toml")] for p in _shipped() if p.name.endswith(".toml"))
+    return sorted(p.name[: -len(".toml")] for p in _shipped().iterdir() if p.name.endswith(".toml"))
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:

@@ -189,6 +189,8 @@ class Trainer:
                 rate = images_done / elapsed if elapsed > 0 else 0.0
                 progress.update(done, images_per_s=rate, loss=last_loss, accuracy=last_acc,
                                 seconds_left=elapsed / max(1, done - start_step) * (plan.total_steps - done))
+                if self.on_step is not None:
+                    self.on_step(self, done)
                 stop = self._stop.is_set()
                 if epoch_end or stop:
                     pause_start = time.perf_counter()
@@ -198,8 +200,6 @@ class Trainer:
                     self._save(model, optimizer, done, plan.total_steps,
                                train_seconds + elapsed, last_validation)
                     paused += time.perf_counter() - pause_start
-                if self.on_step is not None:
-                    self.on_step(self, done)
                 if stop:
                     break
 

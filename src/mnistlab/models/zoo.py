@@ -1,0 +1,287 @@
+"""The models, and a registry of them by name.
+
+Every model takes a float tensor (N, 1, 28, 28) of pixels in [0, 1] and returns logits (N, 10).
+None applies a softmax: the loss and the predictor do, and Keras' softmax followed by categorical
+cross-entropy is the same function as cross-entropy on logits.
+
+Layers are named so that `format_summary` reads like the seeds' own descriptions. Activations
+are functional (F.relu), as in the seeds, where an activation belongs to its layer.
+
+Tensors are flattened in PyTorch's (channels, height, width) order where TF flattens (height,
+width, channels). That permutes the inputs of the first dense layer and nothing else: with
+independently drawn initial weights the two are the same model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.errors import MnistlabError
+from mnistlab.models.init import init_weights
+from mnistlab.models.layers import Conv2dTFSame
+
+# -----------------------------------------------------------------------------
+# Argument checks. Constructor arguments are recorded in checkpoints as JSON, so they are plain
+# ints, floats and lists, and a bad one is the user's mistake (a recipe, a command line).
+
+
+def _check_dropout(p: Any) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise MnistlabError(f"dropout must be a drop probability in [0, 1), got {p!r}")
+    return float(p)
+
+
+def _check_widths(widths: Any, count: int) -> list[int]:
+    ok = (
+        isinstance(widths, (list, tuple))
+        and len(widths) == count
+        and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
+    )
+    if not ok:
+        raise MnistlabError(f"widths must be a list of {count} positive integers, got {widths!r}")
+    return list(widths)
+
+
+# -----------------------------------------------------------------------------
+# Seed 001: softmax regression.
+
+
+class Softmax(nn.Module):
+    """Softmax regression: one linear layer from the 784 pixels to 10 logits (seed 001)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(x))
+
+
+# -----------------------------------------------------------------------------
+# Seeds 001 and 000: the deep CNN of TensorFlow's "Deep MNIST for Experts".
+
+
+class DeepCNN(nn.Module):
+    """Two 5x5 SAME convolutions with max-pooling, a 1024-unit dense layer, dropout (seed 001).
+
+    Seed 000 is the same network with N(0, 1) initialisation and dropout 0.2 (keep 0.8).
+    """
+
+    def __init__(self, *, dropout: float = 0.5) -> None:
+        super().__init__()
+        dropout = _check_dropout(dropout)
+        # Stride 1 and a 5x5 kernel: TF's SAME is 2 on every side, so padding=2 is exact.
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)  # 28x28
+        # TF pools 2x2 with SAME padding, which on even sizes (28, 14) pads nothing.
+        self.pool1 = nn.MaxPool2d(2)  # 14x14
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.pool2 = nn.MaxPool2d(2)  # 7x7
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(7 * 7 * 64, 1024)
+        self.dropout = nn.Dropout(dropout)  # TF's keep_prob is 1 - dropout
+        self.fc2 = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(F.relu(self.conv2(x)))
+        x = F.relu(self.fc1(self.flatten(x)))
+        return self.fc2(self.dropout(x))
+
+
+# -----------------------------------------------------------------------------
+# Seed 002: the strided CNN.
+
+
+class StridedCNN(nn.Module):
+    """Two stride-2 convolutions without bias or activation, each max-pooled (seed 002).
+
+    The seed's convolutions are purely linear (no bias, no ReLU): the first nonlinearity is the
+    max-pooling, then the ReLU of the dense layer. Kept as printed.
+    """
+
+    def __init__(self, *, dropout: float = 0.5) -> None:
+        super().__init__()
+        dropout = _check_dropout(dropout)
+        # TF SAME with stride 2 pads asymmetrically (see layers.py): 28 -> 14, 7 -> 4.
+        self.conv1 = Conv2dTFSame(1, 32, 5, stride=2, bias=False)  # 14x14
+        self.pool1 = nn.MaxPool2d(2)  # VALID: 7x7
+        self.conv2 = Conv2dTFSame(32, 64, 5, stride=2, bias=False)  # 4x4
+        self.pool2 = nn.MaxPool2d(2)  # 2x2
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(2 * 2 * 64, 1024)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.conv1(x))
+        x = self.pool2(self.conv2(x))
+        x = F.relu(self.fc1(self.flatten(x)))
+        return self.fc2(self.dropout(x))
+
+
+# -----------------------------------------------------------------------------
+# Seed 003: the small Keras CNN of "Deep Learning with Python".
+
+
+class KerasCNN(nn.Module):
+    """Three 3x3 VALID convolutions, two max-pools, Dense 64, Dense 10: 93,322 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3)  # 26x26
+        self.pool1 = nn.MaxPool2d(2)  # 13x13
+        self.conv2 = nn.Conv2d(32, 64, 3)  # 11x11
+        self.pool2 = nn.MaxPool2d(2)  # 5x5 (floor, as Keras)
+        self.conv3 = nn.Conv2d(64, 64, 3)  # 3x3
+        self.flatten = nn.Flatten()  # 576
+        self.fc1 = nn.Linear(3 * 3 * 64, 64)
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(F.relu(self.conv2(x)))
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.fc1(self.flatten(x)))
+        return self.fc2(x)
+
+
+# -----------------------------------------------------------------------------
+# Ours: a small modern CNN, to be tuned for speed and accuracy.
+
+
+class ConvBlock(nn.Module):
+    """3x3 convolution (no bias: the BatchNorm's shift replaces it), BatchNorm, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class MnistlabCNN(nn.Module):
+    """Two blocks at 28x28, two at 14x14, one at 7x7, global max pool, dropout, linear."""
+
+    def __init__(self, *, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.1) -> None:
+        super().__init__()
+        w0, w1, w2 = _check_widths(widths, 3)
+        dropout = _check_dropout(dropout)
+        self.block1 = ConvBlock(1, w0)  # 28x28
+        self.block2 = ConvBlock(w0, w0)
+        self.pool1 = nn.MaxPool2d(2)  # 14x14
+        self.block3 = ConvBlock(w0, w1)
+        self.block4 = ConvBlock(w1, w1)
+        self.pool2 = nn.MaxPool2d(2)  # 7x7
+        self.block5 = ConvBlock(w1, w2)
+        self.pool3 = nn.AdaptiveMaxPool2d(1)  # 1x1: "is this stroke anywhere?"
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(w2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.block2(self.block1(x)))
+        x = self.pool2(self.block4(self.block3(x)))
+        x = self.pool3(self.block5(x))
+        return self.fc(self.dropout(self.flatten(x)))
+
+
+# -----------------------------------------------------------------------------
+# The registry.
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    seed: str | None  # the seed tutorial(s) it reproduces, e.g. "001", or None for ours
+    default_init: str  # a key of INIT_SCHEMES
+    builder: Callable[..., nn.Module]  # takes keyword arguments only
+
+    def arguments(self) -> dict[str, Any]:
+        """The builder's keyword arguments and their defaults (lists, not tuples: JSON-ready)."""
+        params = inspect.signature(self.builder).parameters.values()
+        return {
+            p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("softmax", "softmax regression, 784 -> 10", "001", "zeros", Softmax),
+        ModelEntry(
+            "deep-cnn",
+            "two 5x5 SAME convs + pools, fc 1024, dropout (seeds 001, 000)",
+            "001",
+            "truncated-normal",
+            DeepCNN,
+        ),
+        ModelEntry(
+            "strided-cnn",
+            "two 5x5 stride-2 convs without bias or activation + pools, fc 1024, dropout",
+            "002",
+            "seed-002",
+            StridedCNN,
+        ),
+        ModelEntry(
+            "keras-cnn",
+            "three 3x3 VALID convs, two pools, dense 64, dense 10 (93,322 parameters)",
+            "003",
+            "glorot-uniform",
+            KerasCNN,
+        ),
+        ModelEntry(
+            "mnistlab-cnn",
+            "conv-BN-ReLU blocks, global max pool, dropout, linear (ours)",
+            None,
+            "pytorch",
+            MnistlabCNN,
+        ),
+    ]
+}
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for `name`, or a MnistlabError listing the known models."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(MODELS)
+        raise MnistlabError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build model `name` with `kwargs`, then initialise it (default: the seed's scheme).
+
+    Initialisation draws from torch's global RNG: seed it first for reproducible weights.
+    """
+    entry = get_entry(name)
+    accepted = entry.arguments()
+    for key in kwargs:
+        if key not in accepted:
+            takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no arguments"
+            raise MnistlabError(f"model {name!r} takes no argument {key!r}; {takes}")
+    model = entry.builder(**kwargs)
+    init_weights(model, entry.default_init if init is None else init)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
