@@ -90,8 +90,10 @@ class DeepCNN(nn.Module):
         self.fc2 = nn.Linear(1024, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(F.relu(self.conv1(x)))
-        x = self.pool2(F.relu(self.conv2(x)))
+        # ReLU after the pool instead of before: the same function and gradient (max-pooling
+        # commutes with any non-decreasing function), on a quarter of the values.
+        x = F.relu(self.pool1(self.conv1(x)))
+        x = F.relu(self.pool2(self.conv2(x)))
         x = F.relu(self.fc1(self.flatten(x)))
         return self.fc2(self.dropout(x))
 
@@ -146,8 +148,9 @@ class KerasCNN(nn.Module):
         self.fc2 = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(F.relu(self.conv1(x)))
-        x = self.pool2(F.relu(self.conv2(x)))
+        # ReLU after the pool, as in DeepCNN: same result, a quarter of the work.
+        x = F.relu(self.pool1(self.conv1(x)))
+        x = F.relu(self.pool2(self.conv2(x)))
         x = F.relu(self.conv3(x))
         x = F.relu(self.fc1(self.flatten(x)))
         return self.fc2(x)

@@ -53,7 +53,7 @@ def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     try:
         for start in range(0, len(labels), batch_size):
-            x = as_input(images[start : start + batch_size])
+            x = as_input(images[start : start + batch_size], channels_last=True)
             y = labels[start : start + batch_size]
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
