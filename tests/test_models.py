@@ -27,7 +27,7 @@ EXPECTED_PARAMS = {
     "deep-cnn": 832 + 51_264 + 3_212_288 + 10_250,
     "strided-cnn": 800 + 51_200 + 263_168 + 10_250,
     "keras-cnn": 320 + 18_496 + 36_928 + 36_928 + 650,
-    "mnistlab-cnn": 288 + 64 + 9_216 + 64 + 18_432 + 128 + 36_864 + 128 + 73_728 + 256 + 1_290,
+    "mnistlab-cnn": 288 + 64 + 18_432 + 128 + 73_728 + 256 + 128 * 4 * 4 * 10 + 10,
 }
 
 
@@ -116,9 +116,10 @@ def test_deep_cnn_as_seed_000():
 
 def test_mnistlab_cnn_is_parametric():
     model = build_model("mnistlab-cnn", widths=[8, 16, 24], dropout=0.0)
-    assert model.fc.in_features == 24
+    assert model.fc.in_features == 24 * 4 * 4
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    assert shapes("mnistlab-cnn")["block5.conv"] == (None, 128, 7, 7)
+    rows = shapes("mnistlab-cnn")
+    assert rows["block3.conv"] == (None, 128, 7, 7) and rows["block3.pool"] == (None, 128, 4, 4)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
@@ -341,9 +342,9 @@ def test_summary_counts_frozen_params_and_not_buffers():
     model = build_model("mnistlab-cnn")
     model.fc.weight.requires_grad_(False)
     text = format_summary(model)
-    assert "Total params: 140,458" in text  # BatchNorm running stats are buffers, not counted
-    assert "Trainable params: 139,178" in text
-    assert "Non-trainable params: 1,280" in text
+    assert "Total params: 113,386" in text  # BatchNorm running stats are buffers, not counted
+    assert "Trainable params: 92,906" in text
+    assert "Non-trainable params: 20,480" in text
 
 
 def test_summarize_restores_training_mode():

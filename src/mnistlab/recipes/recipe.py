@@ -110,7 +110,8 @@ class TrainSection:
     split: str = "train"  # "train" (validated on "validation") or "train-full"
     loss_reduction: str = "mean"  # "sum" where a seed summed the loss over the batch
     label_smoothing: float = 0.0
-    precision: str = "fp32"  # or "bf16" (autocast) where the device supports it
+    # "fp32"; "bf16" autocast; "auto": bf16 where the hardware computes it natively, else fp32
+    precision: str = "fp32"
     log_every: int = 100
 
     def check(self) -> None:
@@ -122,7 +123,7 @@ class TrainSection:
                 raise ValueError(f"{key}: expected a whole number of at least 1")
         _one_of("split", self.split, ("train", "train-full"))
         _one_of("loss_reduction", self.loss_reduction, ("mean", "sum"))
-        _one_of("precision", self.precision, ("fp32", "bf16"))
+        _one_of("precision", self.precision, ("fp32", "bf16", "auto"))
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing: expected a number in [0, 1)")
 

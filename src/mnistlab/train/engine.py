@@ -66,6 +66,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to train under bfloat16 autocast: asked for, or "auto" on hardware that has it."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # x86 CPUs with AVX-512 BF16 or AMX run bfloat16 natively; elsewhere it is emulated
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def new_run_dir(recipe_name: str, parent: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = parent / f"{recipe_name}-{stamp}"
@@ -140,8 +153,8 @@ class Trainer:
         if start_step:
             progress.line(f"resuming {self.run_dir} at step {start_step}/{plan.total_steps}")
 
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if train_cfg.precision == "bf16" else contextlib.nullcontext())
+        bf16 = use_bf16(train_cfg.precision, self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         sum_loss = train_cfg.loss_reduction == "sum"
         update_every = recipe.quirks.update_every
         window_loss = torch.zeros((), device=self.device)
