@@ -69,3 +69,9 @@ def test_bad_recipe_file_names_file_and_key(tmp_path):
                    'lr = "fast"\n[train]\nbatch_size = 10\nsteps = 1\n')
     out = mnistlab("train", "--recipe", bad)
     assert out.returncode == 1 and "bad.toml" in out.stderr and "optimizer.lr" in out.stderr
+
+
+def test_missing_data_leaves_no_run_folder(tmp_path):
+    out = mnistlab("train", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "run", cwd=tmp_path)
+    assert out.returncode == 1 and "no such folder" in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -107,8 +107,8 @@ def test_a_run_folder_is_not_overwritten(tmp_path, small_mnist, recipe_file):
 
 def test_dropout_at_test_keeps_dropout_on_for_evaluation():
     torch.manual_seed(0)
-    from mnistlab.models import build_model
     from mnistlab.data.splits import load_split
+    from mnistlab.models import build_model
 
     model = build_model("deep-cnn", dropout=0.5)
     data = load_split("test")

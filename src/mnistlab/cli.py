@@ -83,8 +83,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else new_run_dir(recipe.name)
         trainer = Trainer(recipe, out, seed=args.seed or 0, device=args.device,
                           data_dir=args.data_dir, progress=progress)
-    progress.line(f"training {trainer.recipe.name} ({trainer.recipe.model.name}) on "
-                  f"{trainer.device}, seed {trainer.seed}, into {trainer.run_dir}")
     result = trainer.run()
     print(train_summary(result))
     return 130 if result.interrupted else 0

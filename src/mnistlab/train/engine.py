@@ -14,9 +14,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,21 +121,23 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        self._prepare_run_dir()
-        try:
-            return self._run()
-        finally:
-            if hasattr(self, "_metrics"):
-                self._metrics.close()
-
-    def _run(self) -> RunResult:
         recipe, train_cfg = self.recipe, self.recipe.train
+        # the data first: a dataset that cannot be loaded leaves no run folder behind
         train = load_split(train_cfg.split, recipe.data.dataset, self.data_dir, self.device)
         validation = (load_split("validation", recipe.data.dataset, self.data_dir, self.device)
                       if train_cfg.split == "train" else None)
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
+        self._prepare_run_dir()
+        try:
+            return self._run(train, validation)
+        finally:
+            if hasattr(self, "_metrics"):
+                self._metrics.close()
+
+    def _run(self, train: Split, validation: Split | None) -> RunResult:
+        recipe, train_cfg = self.recipe, self.recipe.train
         torch.manual_seed(self.seed)  # the model's initial weights, then dropout
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
         # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
@@ -150,10 +153,10 @@ class Trainer:
         self._open_metrics(keep_until=start_step)
         progress = self.progress or Progress(plan.total_steps)
         progress.total = plan.total_steps
-        if start_step:
-            progress.line(f"resuming {self.run_dir} at step {start_step}/{plan.total_steps}")
-
         bf16 = use_bf16(train_cfg.precision, self.device)
+        progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
+                      f"on {self.device}{', bf16' if bf16 else ''}, seed {self.seed}, into {self.run_dir}"
+                      + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         sum_loss = train_cfg.loss_reduction == "sum"
         update_every = recipe.quirks.update_every
