@@ -97,6 +97,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mnistlab.reproduce import SEED_RECIPES, markdown_table, reproduce
+    from mnistlab.train.engine import new_run_dir
+
+    out = Path(args.out) if args.out else new_run_dir("reproduction", Path("."))
+    outcomes = reproduce(args.recipes or list(SEED_RECIPES), seeds=args.seeds, out=out,
+                         device=args.device, steps=args.steps, quiet=args.quiet)
+    print(markdown_table(outcomes), end="")
+    print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnistlab",
@@ -133,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="a folder holding the four IDX files of an MNIST-format dataset")
     p.add_argument("--quiet", action="store_true", help="print only the result")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="train the seed recipes in full and compare with their claims")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every seed recipe")
+    p.add_argument("--seeds", type=_positive, default=1, help="random seeds per recipe (default 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--out", help="output folder (default ./reproduction-TIME); "
+                                 "an existing one is continued, finished runs are reused")
+    p.add_argument("--steps", type=_positive,
+                   help="shorten every recipe to N steps (a smoke test: claims are not judged)")
+    p.add_argument("--quiet", action="store_true", help="print only the table")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a run folder or a model .safetensors file")

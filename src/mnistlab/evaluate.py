@@ -26,14 +26,18 @@ class Evaluation:
 
 
 def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str = "auto",
-                        data_dir: str | None = None) -> Evaluation:
+                        data_dir: str | None = None, dropout_at_test: bool | None = None) -> Evaluation:
+    """Evaluate a checkpoint; dropout stays on at test time where its recipe said so, unless
+    `dropout_at_test` says otherwise."""
     dev = resolve_device(device)
     model, meta = load_model(target, dev)
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
     dataset = (recipe.get("data") or {}).get("dataset", "mnist")
     data = load_split(split, dataset, data_dir or meta.get("data_dir"), dev)
-    metrics = compute_metrics(model, data.images, data.labels,
-                              dropout_at_test=bool(meta.get("dropout_at_test", False)))
+    if dropout_at_test is None:
+        dropout_at_test = bool(meta.get("dropout_at_test", False))
+    metrics = compute_metrics(model, data.images, data.labels, dropout_at_test=dropout_at_test)
+    meta = {**meta, "dropout_at_test": dropout_at_test}
     return Evaluation(resolve_checkpoint(target), split, dataset, metrics, meta)
 
 
