@@ -84,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(recipe, out, seed=args.seed or 0, device=args.device,
                           data_dir=args.data_dir, progress=progress)
     result = trainer.run()
-    print(train_summary(result))
+    if result.is_main:  # under torchrun, one process reports for all
+        print(train_summary(result))
     return 130 if result.interrupted else 0
 
 
@@ -106,6 +107,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                          device=args.device, steps=args.steps, quiet=args.quiet)
     print(markdown_table(outcomes), end="")
     print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mnistlab.bench import bench, format_bench
+    from mnistlab.fileio import atomic_write_text
+
+    result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose)
+    print(format_bench(result))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"written: {args.json}")
     return 0
 
 
@@ -156,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shorten every recipe to N steps (a smoke test: claims are not judged)")
     p.add_argument("--quiet", action="store_true", help="print only the table")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="time to accuracy and throughput, against a plain PyTorch loop")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"default: {DEFAULT_RECIPE}")
+    p.add_argument("--seeds", type=_positive, default=3, help="training runs to time (default 3)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--verbose", action="store_true", help="show each run's progress")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
     p.add_argument("checkpoint", help="a run folder or a model .safetensors file")

@@ -27,7 +27,7 @@ from mnistlab.data.splits import Split, load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
-from mnistlab.train import checkpoint
+from mnistlab.train import checkpoint, distributed
 from mnistlab.train.batches import BatchPlan
 from mnistlab.train.metrics import Metrics, as_input, compute_metrics
 from mnistlab.train.optim import lr_factor, make_optimizer
@@ -51,6 +51,9 @@ class RunResult:
     images_per_s: float
     test: Metrics | None  # None when the run was interrupted
     validation: Metrics | None
+    setup_seconds: float = 0.0  # data loading and model building, before the first step
+    processes: int = 1  # data-parallel processes (torchrun)
+    is_main: bool = True  # the process that prints and writes
 
     @property
     def interrupted(self) -> bool:
@@ -99,9 +102,10 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.seed = seed
-        self.device = resolve_device(device)
+        self.world, self.device = distributed.join(resolve_device(device))
         self.data_dir = data_dir
-        self.progress = progress
+        # one process speaks and writes for all of them
+        self.progress = progress if self.world.is_main else Progress(1, quiet=True)
         self.on_step = on_step
         self._stop = threading.Event()
 
@@ -121,6 +125,7 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        self._started = time.perf_counter()
         recipe, train_cfg = self.recipe, self.recipe.train
         # the data first: a dataset that cannot be loaded leaves no run folder behind
         train = load_split(train_cfg.split, recipe.data.dataset, self.data_dir, self.device)
@@ -143,6 +148,9 @@ class Trainer:
         # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
         model = model.to(self.device, memory_format=torch.channels_last)
         optimizer = make_optimizer(model, recipe.optimizer)
+        world = self.world
+        # DistributedDataParallel averages gradients over processes; `model` stays the module
+        net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
                          steps=train_cfg.steps, device=self.device)
         start_step, train_seconds = 0, 0.0
@@ -159,6 +167,8 @@ class Trainer:
                       + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         sum_loss = train_cfg.loss_reduction == "sum"
+        # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
+        loss_scale = world.size if sum_loss else 1
         update_every = recipe.quirks.update_every
         window_loss = torch.zeros((), device=self.device)
         window_correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -174,17 +184,17 @@ class Trainer:
         with _stop_on_sigint(self):
             for step in range(start_step, plan.total_steps):
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
-                    idx = plan.indices(step)
+                    idx = distributed.shard(plan.indices(step), world)
                     x, y = as_input(train.images[idx], channels_last=True), train.labels[idx]
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     with autocast:
-                        logits = model(x)
+                        logits = net(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing,
                                            reduction=train_cfg.loss_reduction)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss * loss_scale if loss_scale != 1 else loss).backward()
                     optimizer.step()
                     window_loss += loss.detach() if sum_loss else loss.detach() * len(y)
                     window_correct += (logits.argmax(1) == y).sum()
@@ -192,9 +202,12 @@ class Trainer:
                     images_done += len(y)
                 done = steps_done = step + 1
                 epoch_end = plan.epoch_ends(step)
-                if window_images and (done % train_cfg.log_every == 0 or epoch_end):
-                    last_loss = float(window_loss) / window_images
-                    last_acc = float(window_correct) / window_images
+                log_point = done % train_cfg.log_every == 0 or epoch_end
+                if window_images and log_point:
+                    loss_sum, correct, seen = distributed.total(torch.stack(
+                        [window_loss.double(), window_correct.double(),
+                         torch.tensor(window_images, dtype=torch.float64, device=self.device)]), world).tolist()
+                    last_loss, last_acc = loss_sum / seen, correct / seen
                     if not math.isfinite(last_loss):
                         raise TrainingDiverged(
                             f"the training loss became {last_loss} by step {done}: the run diverged "
@@ -204,12 +217,15 @@ class Trainer:
                     self._log({"event": "train", "step": done, "epoch": done / plan.steps_per_epoch,
                                "loss": last_loss, "accuracy": last_acc, "lr": lr})
                 elapsed = time.perf_counter() - session_start - paused
-                rate = images_done / elapsed if elapsed > 0 else 0.0
+                rate = images_done * world.size / elapsed if elapsed > 0 else 0.0
                 progress.update(done, images_per_s=rate, loss=last_loss, accuracy=last_acc,
                                 seconds_left=elapsed / max(1, done - start_step) * (plan.total_steps - done))
                 if self.on_step is not None:
                     self.on_step(self, done)
-                stop = self._stop.is_set()
+                # processes must agree to stop at the same step, which costs a message: ask only
+                # at log points
+                stop = (self._stop.is_set() if world.size == 1 else
+                        log_point and distributed.any_process(self._stop.is_set(), world, self.device))
                 if epoch_end or stop:
                     pause_start = time.perf_counter()
                     if epoch_end:
@@ -224,9 +240,17 @@ class Trainer:
         elapsed = time.perf_counter() - session_start - paused
         train_seconds += elapsed
         result = RunResult(self.run_dir, recipe, str(self.device), steps_done, plan.total_steps,
-                           train_seconds, images_done / elapsed if elapsed > 0 else 0.0, None,
-                           last_validation)
-        if self._stop.is_set() and steps_done < plan.total_steps:
+                           train_seconds, images_done * world.size / elapsed if elapsed > 0 else 0.0,
+                           None, last_validation, session_start - self._started, world.size,
+                           world.is_main)
+        if world.size > 1:
+            difference = distributed.replica_difference(model, world)
+            self._log({"event": "replicas", "step": steps_done, "processes": world.size,
+                       "max_difference": difference})
+            if difference != 0:
+                raise MnistlabError(f"the {world.size} replicas disagree after training "
+                                    f"(largest weight difference {difference:g})")
+        if steps_done < plan.total_steps:
             progress.line(f"stopped at step {steps_done}/{plan.total_steps}; checkpoint saved. "
                           f"Continue with: mnistlab train --resume {self.run_dir}")
             return result
@@ -260,10 +284,12 @@ class Trainer:
 
     def _save(self, model, optimizer, step: int, total: int, train_seconds: float,
               validation: Metrics | None, test: Metrics | None = None) -> None:
+        if not self.world.is_main:
+            return
         common = {
             "recipe": self.recipe.to_dict(), "seed": self.seed, "step": step, "total_steps": total,
             "device": str(self.device), "data_dir": self.data_dir, "train_seconds": train_seconds,
-            "versions": checkpoint.versions(),
+            "versions": checkpoint.versions(), "processes": self.world.size,
         }
         if optimizer is not None:  # the final save after the test needs no resume state
             checkpoint.save_training_state(self.run_dir, model, optimizer, common)
@@ -298,6 +324,8 @@ class Trainer:
                                 "or choose another --out")
 
     def _open_metrics(self, keep_until: int) -> None:
+        if not self.world.is_main:
+            return
         path = self.run_dir / METRICS_FILE
         kept = []
         if keep_until and path.exists():  # drop what was logged after the checkpoint we resume
@@ -315,6 +343,8 @@ class Trainer:
         self._metrics.flush()
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         record["time"] = round(time.time(), 3)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
@@ -347,7 +377,8 @@ def train_summary(result: RunResult) -> str:
         if claim is not None and claim.accuracy is not None:
             text += f"; seed {claim.seed} claims {100 * claim.accuracy:.2f}%"
         lines.append(text)
+    where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
     lines.append(f"trained {result.steps_done:,} steps in {format_duration(result.train_seconds)} "
-                 f"({result.train_seconds:.1f} s, {result.images_per_s:,.0f} images/s) on {result.device}")
+                 f"({result.train_seconds:.1f} s, {result.images_per_s:,.0f} images/s) on {where}")
     lines.append(f"run saved in {result.run_dir}")
     return "\n".join(lines)

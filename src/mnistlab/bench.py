@@ -1,0 +1,159 @@
+"""`mnistlab bench`: time to accuracy, training and inference throughput, against a baseline.
+
+The baseline is the same model and optimiser trained the way PyTorch's MNIST example trains:
+an eager loop over `torch.utils.data.DataLoader`, one image at a time through a Dataset, fp32,
+default memory format. Both are measured in the same process, on the same device, one after
+the other, so their ratio is a fair comparison on whatever machine runs it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from mnistlab.data.splits import load_split
+from mnistlab.models import build_model
+from mnistlab.recipes import Recipe, load_recipe
+from mnistlab.train.engine import Trainer, resolve_device
+from mnistlab.train.metrics import as_input
+from mnistlab.train.optim import make_optimizer
+from mnistlab.train.progress import Progress
+
+
+@dataclass
+class BenchResult:
+    recipe: str
+    device: str
+    seeds: int
+    train_seconds: list[float]
+    setup_seconds: list[float]
+    accuracies: list[float]
+    train_images_per_s: float  # median over seeds
+    infer_batch1_images_per_s: float
+    infer_batch1024_images_per_s: float
+    baseline_images_per_s: float
+    threads: int
+
+    @property
+    def speedup(self) -> float:
+        return self.train_images_per_s / self.baseline_images_per_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "speedup": self.speedup,
+                "train_seconds_median": statistics.median(self.train_seconds),
+                "accuracy_mean": statistics.fmean(self.accuracies)}
+
+
+def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 200,
+          quiet: bool = True) -> BenchResult:
+    recipe = load_recipe(name)
+    dev = resolve_device(device)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
+        for seed in range(seeds):
+            trainer = Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=str(dev),
+                              progress=Progress(1, quiet=quiet))
+            runs.append(trainer.run())
+        model, _ = _trained_model(Path(tmp) / f"seed-{seeds - 1}", dev)
+    test = load_split("test", recipe.data.dataset, device=dev)
+    return BenchResult(
+        recipe=recipe.name, device=str(dev), seeds=seeds,
+        train_seconds=[r.train_seconds for r in runs],
+        setup_seconds=[r.setup_seconds for r in runs],
+        accuracies=[r.test.accuracy for r in runs],
+        train_images_per_s=statistics.median(r.images_per_s for r in runs),
+        infer_batch1_images_per_s=inference_rate(model, test.images, batch_size=1),
+        infer_batch1024_images_per_s=inference_rate(model, test.images, batch_size=1024),
+        baseline_images_per_s=baseline_rate(recipe, dev, baseline_steps),
+        threads=torch.get_num_threads(),
+    )
+
+
+def _trained_model(run_dir: Path, device: torch.device):
+    from mnistlab.train.checkpoint import load_model
+
+    model, meta = load_model(run_dir, device)
+    return model.to(memory_format=torch.channels_last).eval(), meta
+
+
+@torch.inference_mode()
+def inference_rate(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int,
+                   seconds: float = 2.0) -> float:
+    """Images per second through `model`, median over repeated timed rounds of a few batches."""
+    batches = [as_input(images[i : i + batch_size], channels_last=True)
+               for i in range(0, min(len(images), 8 * batch_size), batch_size)]
+    for x in batches[:2]:  # warm-up: allocator, kernel choice
+        model(x)
+    rates, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 3:
+        start = time.perf_counter()
+        for x in batches:
+            model(x).argmax(1).cpu()  # read the answer back, as a caller would
+        rates.append(sum(len(x) for x in batches) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+class _OneImageAtATime(Dataset):
+    """MNIST the way torchvision serves it: one float image and its label per __getitem__."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i].unsqueeze(0).float().div(255.0), self.labels[i]
+
+
+def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
+    """Training images per second of the plain eager DataLoader loop, same model and optimiser."""
+    data = load_split(recipe.train.split, recipe.data.dataset)  # on the CPU, as a Dataset is
+    loader = DataLoader(_OneImageAtATime(data.images, data.labels),
+                        batch_size=recipe.train.batch_size, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args).to(device)
+    optimizer = make_optimizer(model, recipe.optimizer)
+    model.train()
+    seen, start = 0, None
+    for step, (x, y) in enumerate(loader):
+        if step == 5:  # the first steps warm up allocators and kernels
+            seen, start = 0, time.perf_counter()
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y, reduction=recipe.train.loss_reduction)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the example logs the loss as it goes
+        seen += len(y)
+        if step >= steps + 5:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def format_bench(r: BenchResult) -> str:
+    med = statistics.median(r.train_seconds)
+    acc = statistics.fmean(r.accuracies)
+    lines = [
+        f"recipe {r.recipe} on {r.device} ({r.threads} threads), {r.seeds} seed(s)",
+        f"time to accuracy   median {med:.2f} s (min {min(r.train_seconds):.2f}, max "
+        f"{max(r.train_seconds):.2f}) for mean test accuracy {100 * acc:.2f}%",
+        f"  start-up and data loading, not counted above: median "
+        f"{statistics.median(r.setup_seconds):.2f} s",
+        f"training           {r.train_images_per_s:,.0f} images/s (median over seeds)",
+        f"baseline           {r.baseline_images_per_s:,.0f} images/s (eager loop over DataLoader, "
+        f"same model and optimiser)",
+        f"speed-up           {r.speedup:.1f}x the baseline",
+        f"inference          {r.infer_batch1_images_per_s:,.0f} images/s at batch 1, "
+        f"{r.infer_batch1024_images_per_s:,.0f} images/s at batch 1024",
+    ]
+    return "\n".join(lines)

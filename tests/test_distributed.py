@@ -1,0 +1,39 @@
+"""Data-parallel training through torchrun: two CPU processes over gloo."""
+
+import json
+import subprocess
+import sys
+
+from mnistlab.train.engine import METRICS_FILE
+
+RECIPE = """
+name = "ddp"
+description = "keras-cnn, 3 short epochs, for the data-parallel test"
+[model]
+name = "keras-cnn"
+[optimizer]
+name = "adam"
+lr = 2e-3
+[train]
+batch_size = 64
+epochs = 3
+log_every = 10
+"""
+
+
+def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "mnistlab", "train", "--recipe", str(recipe_file(RECIPE)), "--data-dir",
+               str(small_mnist), "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test accuracy") == 1  # one process reports for both
+    assert "x 2 processes" in done.stdout
+    records = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    replicas = [r for r in records if r["event"] == "replicas"]
+    assert replicas == [{**replicas[0], "processes": 2, "max_difference": 0.0}]
+    test = [r for r in records if r["event"] == "test"][0]
+    assert test["accuracy"] > 0.85  # 3 epochs of 2,200 images, tested on 600
+    model = json.loads((out / "model.json").read_text())
+    assert model["processes"] == 2 and model["complete"]

@@ -1,0 +1,37 @@
+import json
+import subprocess
+import sys
+
+from mnistlab.reproduce import Outcome, markdown_table
+
+
+def test_verdicts_and_table():
+    close = Outcome("r", "001.txt", 0.992, "cpu", accuracies=[0.9912, 0.9916], train_seconds=[1.0, 3.0])
+    short = Outcome("r", "001.txt", 0.992, "cpu", accuracies=[0.9895], train_seconds=[1.0])
+    none = Outcome("r", "000.txt", None, "cpu", accuracies=[0.98], train_seconds=[1.0])
+    assert (close.verdict, short.verdict, none.verdict) == ("yes", "no", "no claim")
+    assert abs(close.mean - 0.9914) < 1e-12 and abs(close.spread - 0.000283) < 1e-6
+    table = markdown_table([close, short, none])
+    assert "| `r` | 001.txt | 99.20% | 99.14% ± 0.03 | 2 | 2.0 s | cpu | yes |" in table
+    assert table.count("\n") == 5
+
+
+def test_reproduce_end_to_end_on_a_shortened_schedule(tmp_path):
+    command = [sys.executable, "-m", "mnistlab", "reproduce", "seed001-softmax", "seed000-cnn",
+               "--steps", "20", "--seeds", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    report = json.loads((tmp_path / "out" / "reproduction.json").read_text())
+    softmax, opengenus = report["outcomes"]
+    assert softmax["recipe"] == "seed001-softmax" and softmax["claim"] == 0.91
+    assert len(softmax["accuracies"]) == 2 and softmax["accuracies"][0] != softmax["accuracies"][1]
+    assert 0.5 < softmax["mean"] < 1 and softmax["verdict"] == "n/a (shortened schedule)"
+    assert len(opengenus["accuracies_dropout_off"]) == 2  # seed 000 measured both ways
+    table = (tmp_path / "out" / "reproduction.md").read_text()
+    assert "`seed000-cnn`" in table and "dropout off at test" in table
+    assert table in first.stdout
+    # run again into the same folder: finished runs are read back, not trained again
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "training seed00" not in again.stdout
+    assert json.loads((tmp_path / "out" / "reproduction.json").read_text())["outcomes"][0]["accuracies"] \
+        == softmax["accuracies"]
