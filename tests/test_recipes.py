@@ -73,6 +73,8 @@ def test_user_recipe_by_path(recipe_file):
     (('name = "keras-cnn"', 'name = "keras-cnn"\nwidth = 3'), "[model] model 'keras-cnn'"),
     (('name = "keras-cnn"', 'name = "resnet"'), "[model] unknown model 'resnet'"),
     (("[train]", "[training]"), "unknown key 'training'"),
+    (("[train]", "[augment]\nrotate = 400\n[train]"), "[augment] expected rotate in [0, 180]"),
+    (("[train]", "[augment]\nflip = true\n[train]"), "[augment]: unknown key 'flip'"),
     (("steps = 10", "steps = 10 ]"), "not valid TOML"),
 ])
 def test_mistakes_name_the_file_and_key(recipe_file, change, message):

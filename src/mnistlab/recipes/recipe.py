@@ -129,6 +129,26 @@ class TrainSection:
 
 
 @dataclass(frozen=True)
+class AugmentSection:
+    """Random affine distortions of the training images; every limit 0 means none."""
+
+    rotate: float = 0.0  # degrees, either way
+    scale: float = 0.0  # fraction, bigger or smaller
+    shear: float = 0.0  # degrees
+    translate: float = 0.0  # pixels, in each direction
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.rotate, self.scale, self.shear, self.translate))
+
+    def check(self) -> None:
+        if not (0 <= self.rotate <= 180 and 0 <= self.shear < 60 and 0 <= self.scale < 1
+                and 0 <= self.translate <= 14):
+            raise ValueError("expected rotate in [0, 180] and shear in [0, 60) degrees, scale in "
+                             "[0, 1) and translate in [0, 14] pixels")
+
+
+@dataclass(frozen=True)
 class DataSection:
     dataset: str = "mnist"
 
@@ -157,6 +177,7 @@ class Recipe:
     train: TrainSection
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     quirks: QuirksSection = field(default_factory=QuirksSection)
     claim: Claim | None = None
 
@@ -227,6 +248,7 @@ def _checked(recipe: Recipe, where: str) -> Recipe:
         "optimizer": recipe.optimizer,
         "schedule": recipe.schedule,
         "train": recipe.train,
+        "augment": recipe.augment,
         "quirks": recipe.quirks,
     }
     for name, section in sections.items():

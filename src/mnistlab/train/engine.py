@@ -28,6 +28,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
 from mnistlab.train import checkpoint, distributed
+from mnistlab.train.augment import random_affine
 from mnistlab.train.batches import BatchPlan
 from mnistlab.train.metrics import Metrics, as_input, compute_metrics
 from mnistlab.train.optim import lr_factor, make_optimizer
@@ -186,6 +187,8 @@ class Trainer:
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
                     x, y = as_input(train.images[idx], channels_last=True), train.labels[idx]
+                    if recipe.augment.enabled:
+                        x = random_affine(x, recipe.augment)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
