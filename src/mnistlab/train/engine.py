@@ -171,9 +171,7 @@ class Trainer:
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
         loss_scale = world.size if sum_loss else 1
         update_every = recipe.quirks.update_every
-        window_loss = torch.zeros((), device=self.device)
-        window_correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        window_images = 0
+        window = _Window(self.device)
         last_loss = last_acc = None
         last_validation: Metrics | None = None
         images_done = 0
@@ -199,24 +197,17 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     (loss * loss_scale if loss_scale != 1 else loss).backward()
                     optimizer.step()
-                    window_loss += loss.detach() if sum_loss else loss.detach() * len(y)
-                    window_correct += (logits.argmax(1) == y).sum()
-                    window_images += len(y)
+                    window.add(loss.detach() if sum_loss else loss.detach() * len(y), logits, y)
                     images_done += len(y)
                 done = steps_done = step + 1
                 epoch_end = plan.epoch_ends(step)
                 log_point = done % train_cfg.log_every == 0 or epoch_end
-                if window_images and log_point:
-                    loss_sum, correct, seen = distributed.total(torch.stack(
-                        [window_loss.double(), window_correct.double(),
-                         torch.tensor(window_images, dtype=torch.float64, device=self.device)]), world).tolist()
-                    last_loss, last_acc = loss_sum / seen, correct / seen
+                if window.images and log_point:
+                    last_loss, last_acc = window.read(world)
                     if not math.isfinite(last_loss):
                         raise TrainingDiverged(
                             f"the training loss became {last_loss} by step {done}: the run diverged "
                             f"(try a lower learning rate); the last good checkpoint is in {self.run_dir}")
-                    window_loss.zero_(), window_correct.zero_()
-                    window_images = 0
                     self._log({"event": "train", "step": done, "epoch": done / plan.steps_per_epoch,
                                "loss": last_loss, "accuracy": last_acc, "lr": lr})
                 elapsed = time.perf_counter() - session_start - paused
@@ -351,6 +342,30 @@ class Trainer:
         record["time"] = round(time.time(), 3)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+
+
+class _Window:
+    """The training loss and accuracy since the last log point, summed on the device so that
+    no step waits for the host."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over images
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.images = 0
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss_sum
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.images += len(labels)
+
+    def read(self, world: distributed.World) -> tuple[float, float]:
+        """Mean loss and accuracy over every process's images, and start a new window."""
+        count = torch.tensor(float(self.images), dtype=torch.float64, device=self.loss.device)
+        loss, correct, images = distributed.total(torch.stack([self.loss, self.correct, count]),
+                                                  world).tolist()
+        self.loss.zero_(), self.correct.zero_()
+        self.images = 0
+        return loss / images, correct / images
 
 
 @contextlib.contextmanager
