@@ -1,23 +1,32 @@
 """Inference throughput by memory layout, batch size and precision (forward pass only).
 
     python docs/experiments/inference_layouts.py
+
+Untrained weights: this measures speed, not accuracy.
 """
 
-import time, torch
-from mnistlab.models import build_model
+import time
+
+import torch
+
 from mnistlab.data.splits import load_split
+from mnistlab.models import build_model
 from mnistlab.train.metrics import as_input
-imgs = load_split("test").images
+
+images = load_split("test").images
 for name in ("keras-cnn", "mnistlab-cnn"):
-    m = build_model(name).eval()
-    for cl in (False, True):
-        mm = m.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        for bs in (256, 1024):
-            for bf in (False, True):
-                x = as_input(imgs[:bs], channels_last=cl)
-                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf):
-                    for _ in range(2): mm(x)
-                    t = time.perf_counter(); n = 5
-                    for _ in range(n): mm(x).argmax(1)
-                    dt = (time.perf_counter() - t) / n
-                print(name, "CL" if cl else "NCHW", bs, "bf16" if bf else "fp32", f"{bs/dt:,.0f} img/s", flush=True)
+    model = build_model(name).eval()
+    for channels_last in (False, True):
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)
+        for batch in (256, 1024):
+            x = as_input(images[:batch], channels_last=channels_last)
+            for bf16 in (False, True):
+                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    model(x), model(x)  # warm-up
+                    start = time.perf_counter()
+                    for _ in range(5):
+                        model(x).argmax(1)
+                    rate = 5 * batch / (time.perf_counter() - start)
+                print(name, "CL" if channels_last else "NCHW", batch, "bf16" if bf16 else "fp32",
+                      f"{rate:,.0f} img/s", flush=True)
