@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from mnistlab.data.splits import load_split
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, load_recipe
+from mnistlab.train.checkpoint import load_model
 from mnistlab.train.engine import Trainer, resolve_device
 from mnistlab.train.metrics import as_input
 from mnistlab.train.optim import make_optimizer
@@ -77,8 +78,6 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
 
 
 def _trained_model(run_dir: Path, device: torch.device):
-    from mnistlab.train.checkpoint import load_model
-
     model, meta = load_model(run_dir, device)
     return model.to(memory_format=torch.channels_last).eval(), meta
 

@@ -99,7 +99,7 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, progress: Progress | None = None,
-                 on_step: Callable[[Trainer, int], None] | None = None):
+                 on_step: Callable[[Trainer, int], None] | None = None, resume: bool = False):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -108,17 +108,15 @@ class Trainer:
         # one process speaks and writes for all of them
         self.progress = progress if self.world.is_main else Progress(1, quiet=True)
         self.on_step = on_step
+        self._resume = resume  # continue from the run folder's training state
         self._stop = threading.Event()
 
     @classmethod
     def resuming(cls, run_dir: Path, **kwargs: Any) -> Trainer:
         _, meta = checkpoint.read_training_state(run_dir)
         recipe = recipe_from_dict(meta["recipe"], f"{run_dir}/{checkpoint.STATE_FILE}")
-        trainer = cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"), **kwargs)
-        trainer._resume = True
-        return trainer
-
-    _resume = False
+        return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"), resume=True,
+                   **kwargs)
 
     def request_stop(self) -> None:
         self._stop.set()
