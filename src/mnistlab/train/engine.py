@@ -99,7 +99,8 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: Path, *, seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, progress: Progress | None = None,
-                 on_step: Callable[[Trainer, int], None] | None = None, resume: bool = False):
+                 on_step: Callable[[Trainer, int], None] | None = None,
+                 resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.seed = seed
@@ -108,15 +109,16 @@ class Trainer:
         # one process speaks and writes for all of them
         self.progress = progress if self.world.is_main else Progress(1, quiet=True)
         self.on_step = on_step
-        self._resume = resume  # continue from the run folder's training state
+        self._resume_from = resume_from  # a run folder's training state: (tensors, metadata)
         self._stop = threading.Event()
 
     @classmethod
     def resuming(cls, run_dir: Path, **kwargs: Any) -> Trainer:
-        _, meta = checkpoint.read_training_state(run_dir)
+        state = checkpoint.read_training_state(run_dir)
+        meta = state[1]
         recipe = recipe_from_dict(meta["recipe"], f"{run_dir}/{checkpoint.STATE_FILE}")
-        return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"), resume=True,
-                   **kwargs)
+        return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"),
+                   resume_from=state, **kwargs)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -153,8 +155,8 @@ class Trainer:
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
                          steps=train_cfg.steps, device=self.device)
         start_step, train_seconds = 0, 0.0
-        if self._resume:
-            tensors, meta = checkpoint.read_training_state(self.run_dir)
+        if self._resume_from is not None:
+            tensors, meta = self._resume_from
             checkpoint.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
             start_step, train_seconds = meta["step"], meta["train_seconds"]
         self._open_metrics(keep_until=start_step)
@@ -311,7 +313,7 @@ class Trainer:
             raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
         if not os.access(self.run_dir, os.W_OK):
             raise MnistlabError(f"the run folder {self.run_dir} is not writable")
-        if not self._resume and (self.run_dir / checkpoint.STATE_FILE).exists():
+        if self._resume_from is None and (self.run_dir / checkpoint.STATE_FILE).exists():
             raise MnistlabError(f"{self.run_dir} already holds a run: continue it with --resume "
                                 "or choose another --out")
 
