@@ -28,6 +28,8 @@ EXPECTED_PARAMS = {
     "strided-cnn": 800 + 51_200 + 263_168 + 10_250,
     "keras-cnn": 320 + 18_496 + 36_928 + 36_928 + 650,
     "mnistlab-cnn": 288 + 64 + 18_432 + 128 + 73_728 + 256 + 128 * 4 * 4 * 10 + 10,
+    # 4x4 stem, BN, 3x3 conv, BN, linear from 4x4x32
+    "fast-cnn": 16 * 32 + 64 + 9 * 32 * 32 + 64 + 32 * 4 * 4 * 10 + 10,
 }
 
 
@@ -356,3 +358,27 @@ def test_summarize_restores_training_mode():
     model.eval()
     summarize(model)
     assert not model.training and not model.dropout.training
+
+
+@pytest.mark.parametrize("widths, side", [([32, 32], 4), ([32, 64, 64], 2), ([32, 32, 32, 32], 1)])
+def test_fast_cnn_shrinks_to_the_linear_layer(widths, side):
+    model = build_model("fast-cnn", widths=widths)
+    assert model.fc.in_features == widths[-1] * side * side
+    assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_fast_cnn_gives_the_same_logits_in_either_memory_format():
+    # its flatten is a view in channels-last; the ordinary layout must reach the same features
+    torch.manual_seed(0)
+    model = build_model("fast-cnn").eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        plain = model(x)
+        fast = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(plain, fast)
+
+
+@pytest.mark.parametrize("widths", [[32], [32, 32, 32, 32, 32], [32, 0], "32", [32, 2.5]])
+def test_fast_cnn_refuses_bad_widths(widths):
+    with pytest.raises(MnistlabError, match="widths"):
+        build_model("fast-cnn", widths=widths)

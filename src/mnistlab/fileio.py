@@ -27,6 +27,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except OSError as e:
         raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from e
     try:
+        # mkstemp creates the file private (0600); give it the permissions open() would have
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -50,6 +52,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -200,6 +200,52 @@ class MnistlabCNN(nn.Module):
         return self.fc(self.dropout(self.flatten(x)))
 
 
+class PoolFirstBlock(nn.Module):
+    """Convolution, 2x2 max-pool, BatchNorm, ReLU: normalising after the pool touches a quarter
+    of the values, which on a CPU is most of a small network's non-convolution time."""
+
+    def __init__(self, conv: nn.Conv2d, *, ceil_mode: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.pool = nn.MaxPool2d(2, ceil_mode=ceil_mode)
+        self.bn = nn.BatchNorm2d(conv.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.pool(self.conv(x))))
+
+
+class FastCNN(nn.Module):
+    """The cheapest network that still reaches 99% in one epoch: a 4x4 stride-2 stem, then
+    3x3 blocks at 7x7 and below (28 -> 14 -> 7 by the stem and its pool, then 4, 2, 1).
+
+    Nearly all its arithmetic is one 3x3 convolution at 7x7, and every width is a multiple of 32
+    because oneDNN's convolutions run fastest there (24 channels measured slower than 32).
+    """
+
+    def __init__(self, *, widths: Sequence[int] = (32, 32), dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(widths, (list, tuple)) or not 2 <= len(widths) <= 4:
+            raise MnistlabError(f"widths must be a list of 2 to 4 positive integers, got {widths!r}")
+        widths = _check_widths(widths, len(widths))
+        dropout = _check_dropout(dropout)
+        self.stem = PoolFirstBlock(nn.Conv2d(1, widths[0], 4, stride=2, padding=1, bias=False),
+                                   ceil_mode=False)
+        self.blocks = nn.Sequential(*[
+            PoolFirstBlock(nn.Conv2d(w_in, w_out, 3, padding=1, bias=False), ceil_mode=True)
+            for w_in, w_out in zip(widths, widths[1:])
+        ])
+        side = [7, 4, 2, 1][len(widths) - 1]
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(widths[-1] * side * side, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        # flatten in (height, width, channels) order: for a channels-last tensor that is a view,
+        # where the usual order costs a copy forward and a slow strided gradient backward
+        x = x.permute(0, 2, 3, 1).flatten(1)
+        return self.fc(self.dropout(x))
+
+
 # -----------------------------------------------------------------------------
 # The registry.
 
@@ -253,6 +299,13 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "pytorch",
             MnistlabCNN,
+        ),
+        ModelEntry(
+            "fast-cnn",
+            "4x4 stride-2 stem, conv-pool-BN-ReLU blocks at 7x7 and below, linear (ours, fastest)",
+            None,
+            "pytorch",
+            FastCNN,
         ),
     ]
 }

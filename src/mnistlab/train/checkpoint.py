@@ -54,8 +54,19 @@ def save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     return path
 
 
+DEFAULT_NAME = "default"
+# the model that ships inside the package, so that prediction works with no training
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "pretrained" / DEFAULT_NAME
+
+
 def resolve_checkpoint(target: str | Path) -> Path:
-    """A run folder or a .safetensors file to the model file it names."""
+    """A run folder, a .safetensors file or `default` (the shipped model) to the model file."""
+    if str(target) == DEFAULT_NAME and not Path(target).exists():  # a folder named so wins
+        path = DEFAULT_DIR / MODEL_FILE
+        if not path.is_file():
+            raise CheckpointError(f"this installation has no default model ({path} is missing); "
+                                  "name a run folder or a .safetensors file instead")
+        return path
     path = Path(target)
     if path.is_dir():
         path = path / MODEL_FILE

@@ -44,16 +44,19 @@ class KerasRMSprop(torch.optim.Optimizer):
 
 def make_optimizer(model: nn.Module, spec: OptimizerSection) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    # one fused kernel for the whole update where PyTorch has it (CPU and CUDA): a small
+    # network's optimiser step is otherwise a noticeable share of each training step
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in params) else {}
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-            weight_decay=spec.weight_decay, foreach=True,
+            weight_decay=spec.weight_decay, **fused,
         )
     if spec.name in ("adam", "adamw"):
         cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
         return cls(
             params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
-            weight_decay=spec.weight_decay, foreach=True,
+            weight_decay=spec.weight_decay, **fused,
         )
     if spec.name == "keras-rmsprop":
         return KerasRMSprop(params, lr=spec.lr, rho=spec.rho, eps=spec.eps)
