@@ -74,19 +74,51 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     progress = Progress(1, quiet=args.quiet)
     if args.resume:
-        if args.recipe or args.epochs or args.steps or args.seed is not None or args.out:
+        if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
             raise MnistlabError("--resume continues a run as it was recorded: give no "
-                                "--recipe, --epochs, --steps, --seed or --out with it")
-        trainer = Trainer.resuming(Path(args.resume), device=args.device, progress=progress)
+                                "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
+        trainers = [Trainer.resuming(Path(args.resume), device=args.device, progress=progress)]
     else:
         recipe = load_recipe(args.recipe or DEFAULT_RECIPE).with_length(epochs=args.epochs, steps=args.steps)
         out = Path(args.out) if args.out else new_run_dir(recipe.name)
-        trainer = Trainer(recipe, out, seed=args.seed or 0, device=args.device,
-                          data_dir=args.data_dir, progress=progress)
-    result = trainer.run()
-    if result.is_main:  # under torchrun, one process reports for all
-        print(train_summary(result))
-    return 130 if result.interrupted else 0
+        first = args.seed or 0
+        # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
+        seeds = range(first, first + args.seeds) if args.seeds else [first]
+        trainers = [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
+                            device=args.device, data_dir=args.data_dir, progress=progress)
+                    for seed in seeds]
+    results = []
+    for trainer in trainers:
+        result = trainer.run()
+        if result.is_main:  # under torchrun, one process reports for all
+            print(train_summary(result))
+        if result.interrupted:
+            return 130
+        results.append(result)
+    if len(results) > 1 and results[0].is_main:
+        print(_seeds_summary(results))
+    return 0
+
+
+def _seeds_summary(results) -> str:
+    import statistics
+
+    accuracies = [100 * r.test.accuracy for r in results]
+    seconds = [r.train_seconds for r in results]
+    folders = " ".join(str(r.run_dir) for r in results)
+    return (f"{len(results)} seeds: test accuracy mean {statistics.fmean(accuracies):.2f}% "
+            f"(sd {statistics.stdev(accuracies):.2f}, min {min(accuracies):.2f}, "
+            f"max {max(accuracies):.2f}); training time median {statistics.median(seconds):.1f} s\n"
+            f"their ensemble: mnistlab ensemble {folders}")
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from mnistlab.ensemble import evaluate_ensemble, format_ensemble
+
+    result = evaluate_ensemble(args.checkpoints, split=args.split, device=args.device,
+                               data_dir=args.data_dir)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -122,6 +154,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mnistlab.serve.server import serve
+
+    serve(args.model, host=args.host, port=args.port, backend=args.backend, workers=args.workers,
+          top_k=args.top_k)
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from mnistlab.fileio import atomic_write_text
+    from mnistlab.serve.loadtest import (
+        format_result,
+        load_image_file,
+        loadtest,
+        mnist_png,
+        result_json,
+    )
+
+    if args.image:
+        image, name = load_image_file(args.image), args.image
+    else:
+        image, label = mnist_png(args.digit)
+        name = f"MNIST test digit {args.digit} (a {label}) as a {len(image)}-byte PNG"
+    result = loadtest(args.url, seconds=args.seconds, concurrency=args.concurrency,
+                      warmup=args.warmup, image=image, payload_name=name)
+    print(format_result(result))
+    if args.json:
+        atomic_write_text(args.json, result_json(result))
+        print(f"written: {args.json}")
+    return 1 if result.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnistlab",
@@ -152,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_positive, help="train for N epochs instead")
     length.add_argument("--steps", type=_positive, help="train for N steps instead")
     p.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
+    p.add_argument("--seeds", type=_positive, metavar="N",
+                   help="train N models, seeds SEED to SEED+N-1, into OUT/seed-K (ensemble members)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", help="run folder (default runs/RECIPE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -185,6 +251,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ensemble", help="evaluate several checkpoints as one (averaged probabilities)")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="run folders, model .safetensors files or default")
+    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("serve", help="the drawing page and the HTTP API (POST /api/predict)")
+    p.add_argument("--model", default="default",
+                   help="a run folder, a model .safetensors file or 'default' (the shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="run the model with PyTorch or ONNX Runtime (default torch)")
+    p.add_argument("--workers", type=_positive, default=1,
+                   help="server processes, each with its own copy of the model (default 1)")
+    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+                   help="candidates listed per digit, 1-10 (default 3)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("loadtest", help="a bounded load test of a running server's /api/predict")
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:8000",
+                   help="the server (this machine only; default http://127.0.0.1:8000)")
+    p.add_argument("--seconds", type=float, default=30, help="time measured (default 30, at most 600)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds sent first, not measured (default 2)")
+    p.add_argument("--concurrency", type=_positive, default=32, help="connections (default 32)")
+    payload = p.add_mutually_exclusive_group()
+    payload.add_argument("--image", metavar="FILE", help="send this image file")
+    payload.add_argument("--digit", type=_non_negative, default=0, metavar="N",
+                         help="send MNIST test image N as a PNG (default 0)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=cmd_loadtest)
     return parser
 
 
@@ -192,6 +293,13 @@ def _positive(text: str) -> int:
     value = _non_negative(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text}")
     return value
 
 

@@ -161,36 +161,51 @@ class KerasCNN(nn.Module):
 
 
 class ConvBlock(nn.Module):
-    """3x3 convolution (no bias: BatchNorm's shift replaces it), BatchNorm, 2x2 max-pool, ReLU.
+    """3x3 convolutions (no bias: BatchNorm's shift replaces it), each with BatchNorm and ReLU,
+    the last one max-pooled 2x2 before its ReLU.
 
     Pooling before the ReLU gives the same result as after it (max-pooling commutes with any
     non-decreasing function) on a quarter of the values; BatchNorm must stay before the pool,
     since its scale may be negative.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, ceil_mode: bool = False) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, ceil_mode: bool = False,
+                 convs: int = 1) -> None:
         super().__init__()
+        # the first conv keeps its historical name so that one-conv checkpoints still load
+        self.inner = nn.ModuleList()
+        for _ in range(convs - 1):
+            self.inner.append(nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels), nn.ReLU()))
+            in_channels = out_channels
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.pool = nn.MaxPool2d(2, ceil_mode=ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.inner:
+            x = layer(x)
         return F.relu(self.pool(self.bn(self.conv(x))))
 
 
 class MnistlabCNN(nn.Module):
-    """Three conv-BN-pool-ReLU blocks (28 -> 14 -> 7 -> 4), dropout, one linear layer.
+    """Three blocks of conv-BN(-pool)-ReLU (28 -> 14 -> 7 -> 4), dropout, one linear layer.
 
-    Built for speed on small machines: one convolution per resolution, the widest one at 7x7.
+    One convolution per resolution is built for speed on small machines; `convs=2` doubles the
+    depth (VGG-style) for the accuracy recipes.
     """
 
-    def __init__(self, *, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.1) -> None:
+    def __init__(self, *, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.1,
+                 convs: int = 1) -> None:
         super().__init__()
         w0, w1, w2 = _check_widths(widths, 3)
         dropout = _check_dropout(dropout)
-        self.block1 = ConvBlock(1, w0)  # 28x28 -> 14x14
-        self.block2 = ConvBlock(w0, w1)  # 14x14 -> 7x7
-        self.block3 = ConvBlock(w1, w2, ceil_mode=True)  # 7x7 -> 4x4, keeping the last row
+        if isinstance(convs, bool) or not isinstance(convs, int) or not 1 <= convs <= 4:
+            raise MnistlabError(f"convs must be an integer from 1 to 4, got {convs!r}")
+        self.block1 = ConvBlock(1, w0, convs=convs)  # 28x28 -> 14x14
+        self.block2 = ConvBlock(w0, w1, convs=convs)  # 14x14 -> 7x7
+        self.block3 = ConvBlock(w1, w2, ceil_mode=True, convs=convs)  # 7x7 -> 4x4, keeping the last row
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(w2 * 4 * 4, 10)

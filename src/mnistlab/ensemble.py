@@ -1,0 +1,88 @@
+"""Evaluate several trained models as one: the average of their predicted probabilities.
+
+The committee is itself a module whose output is the log of the averaged probabilities, so the
+same metrics code measures it as any single model: cross-entropy of those log-probabilities is
+exactly the committee's loss, and their argmax its vote.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistlab.data.splits import load_split
+from mnistlab.errors import MnistlabError
+from mnistlab.train.checkpoint import load_model, resolve_checkpoint
+from mnistlab.train.engine import resolve_device
+from mnistlab.train.metrics import Metrics, compute_metrics
+
+
+class Committee(nn.Module):
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([m(x).float().softmax(1) for m in self.members]).mean(0)
+        return probabilities.clamp_min(1e-12).log()
+
+
+@dataclass
+class EnsembleResult:
+    split: str
+    dataset: str
+    members: list[tuple[Path, Metrics]]
+    metrics: Metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        accuracies = [m.accuracy for _, m in self.members]
+        return {
+            "split": self.split, "dataset": self.dataset,
+            "members": [{"checkpoint": str(p), "accuracy": m.accuracy, "loss": m.loss}
+                        for p, m in self.members],
+            "member_accuracy_mean": statistics.fmean(accuracies),
+            "member_accuracy_sd": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "ensemble": self.metrics.to_dict(),
+        }
+
+
+def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device: str = "auto",
+                      data_dir: str | None = None) -> EnsembleResult:
+    if not targets:
+        raise MnistlabError("an ensemble needs at least one checkpoint")
+    dev = resolve_device(device)
+    models, datasets = [], set()
+    for target in targets:
+        model, meta = load_model(target, dev)
+        recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+        datasets.add((recipe.get("data") or {}).get("dataset", "mnist"))
+        models.append(model.to(memory_format=torch.channels_last).eval())
+    if len(datasets) > 1:
+        raise MnistlabError(f"these checkpoints were trained on different datasets "
+                            f"({', '.join(sorted(datasets))}); an ensemble needs one")
+    dataset = datasets.pop()
+    data = load_split(split, dataset, data_dir, dev)
+    members = [(resolve_checkpoint(t), compute_metrics(m, data.images, data.labels))
+               for t, m in zip(targets, models)]
+    metrics = compute_metrics(Committee(models), data.images, data.labels)
+    return EnsembleResult(split, dataset, members, metrics)
+
+
+def format_ensemble(result: EnsembleResult) -> str:
+    lines = [f"{len(result.members)} models on {result.dataset} {result.split} "
+             f"({result.metrics.count:,} images)"]
+    for path, m in result.members:
+        lines.append(f"  {100 * m.accuracy:6.2f}%  {path}")
+    accuracies = [m.accuracy for _, m in result.members]
+    if len(accuracies) > 1:
+        lines.append(f"members: mean {100 * statistics.fmean(accuracies):.2f}% "
+                     f"(sd {100 * statistics.stdev(accuracies):.2f})")
+    m = result.metrics
+    lines.append(f"ensemble (averaged probabilities): accuracy {100 * m.accuracy:.2f}%  "
+                 f"({m.count - round(m.accuracy * m.count):,} errors)  loss {m.loss:.4f}")
+    return "\n".join(lines)
