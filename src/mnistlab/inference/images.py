@@ -1,0 +1,119 @@
+"""Reading a person's image file safely: a hostile or broken file is an ImageError, never a crash.
+
+Decoding is restricted to the formats a person is likely to hand us (PNG, JPEG, BMP, GIF, WebP):
+Pillow can open many more, some through outside programs (EPS runs Ghostscript), and none of
+them is worth that risk here. Size is checked twice: the encoded bytes before decoding, and the
+width times height from the header before any pixel is decoded, so that a small file claiming
+a huge picture (a decompression bomb) costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnistlab.errors import MnistlabError
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # largest encoded file accepted
+MAX_IMAGE_PIXELS = 16_000_000  # largest decoded width * height accepted
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF or WebP"
+
+
+class ImageError(MnistlabError):
+    """An image we cannot use: not an image, truncated, too large, or a bad pixel array."""
+
+
+class EmptyImageError(ImageError):
+    """An image with no ink in it: reported as empty, never guessed at."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode an encoded image to grayscale (mode "L"), upright, transparency on white."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected the bytes of an image file, got {type(data).__name__}")
+    size = len(data)
+    if size == 0:
+        raise ImageError("the file is empty (0 bytes)")
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(f"the file is too large: {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}")
+    try:
+        # Image.open reads only the header; Pillow's own bomb check (at about 89 megapixels, far
+        # above ours) raises DecompressionBombError here for absurd sizes
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(f"not a {FORMAT_NAMES} image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image is too large: its header claims more than "
+                         f"{MAX_IMAGE_PIXELS:,} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"not a readable image ({_reason(e)})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"the image is too large: {width}x{height} pixels, "
+                         f"the limit is {MAX_IMAGE_PIXELS:,} pixels")
+    if width == 0 or height == 0:
+        raise ImageError(f"the image has no pixels ({width}x{height})")
+    try:
+        image.load()  # the first frame only, for an animated GIF or WebP
+        image = ImageOps.exif_transpose(image)
+        return to_grayscale(image)
+    except Image.DecompressionBombError:
+        raise ImageError("the image is too large to decode") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
+        # Pillow reports truncated and corrupt data with any of these, depending on the codec
+        kind = f"{image.format} image" if image.format else "image"
+        raise ImageError(f"the {kind} is damaged or truncated ({_reason(e)})") from None
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Read an image file (size-checked before reading) and decode it; errors name the file."""
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise ImageError(f"{path}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{path}: not a file")
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ImageError(f"{path}: the file is too large: {size:,} bytes, "
+                             f"the limit is {MAX_IMAGE_BYTES:,}")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return decode_image(data)
+    except ImageError as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Any Pillow image to mode "L", transparent parts flattened onto white.
+
+    White, because a drawing on a transparent canvas (a web page, most drawing apps) is dark ink
+    on nothing, and paper is white: flattening onto black would hide black ink.
+    """
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        # 16-bit or float pixels: Pillow's conversion to "L" clips rather than scales
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode != "F" and a.max(initial=0) > 255 else 255.0
+        if mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("L")
+    return image.convert("L")
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
