@@ -1,0 +1,164 @@
+"""A checkpoint's model as an ONNX graph, and an ONNX Runtime session over one.
+
+The graph takes float images (N, 1, 28, 28) in [0, 1] with a free batch size and returns
+probabilities (N, 10): the softmax is inside, so any ONNX consumer gets what `Predictor` does.
+The checkpoint's metadata travels in the model's `metadata_props` under the key "mnistlab", so
+an exported file alone says what it is.
+
+PyTorch's TorchScript-based exporter (`dynamo=False`) is used: it needs no package beyond torch
+(the torch.export-based one needs onnxscript) and exists in every PyTorch this project supports
+(2.4 onwards), though newer releases mark it deprecated.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.errors import MnistlabError
+from mnistlab.models.layers import Conv2dTFSame, tf_same_padding
+
+OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; every PyTorch from 2.4 exports it
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+META_KEY = "mnistlab"
+
+
+class _Probabilities(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)
+
+
+class _PaddedConv(nn.Module):
+    """A Conv2dTFSame with its padding fixed for the one input size the graph will see."""
+
+    def __init__(self, conv: Conv2dTFSame, pad: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.conv = conv
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Conv2d.forward(self.conv, F.pad(x, self.pad))
+
+
+def _static_padding(model: nn.Module) -> nn.Module:
+    """Conv2dTFSame computes its padding from the input's size with floor division; traced, that
+    becomes ONNX's integer Div, which truncates, and ceil(7 / 2) comes out 3 instead of 4. The
+    graph's images are always 28x28, so the padding is computed once here, as plain numbers."""
+    pads: dict[str, tuple[int, int, int, int]] = {}
+
+    def record(name: str):
+        def hook(module: Conv2dTFSame, args: tuple[torch.Tensor, ...]) -> None:
+            height, width = (int(s) for s in args[0].shape[-2:])
+            top, bottom = _same(height, module, 0)
+            left, right = _same(width, module, 1)
+            pads[name] = (left, right, top, bottom)
+        return hook
+
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dTFSame)}
+    if not convs:
+        return model
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in convs.items()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, conv in convs.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _PaddedConv(conv, pads[name]))
+    return model
+
+
+def _same(size: int, conv: Conv2dTFSame, axis: int) -> tuple[int, int]:
+    return tf_same_padding(size, conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis])
+
+
+def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
+    """The model (on any device) as the bytes of an ONNX file with a dynamic batch axis."""
+    graph = _Probabilities(_static_padding(copy.deepcopy(model).to("cpu").float())).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # the exporter warns that it is the legacy one, and about traced shapes: both known
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                graph, (torch.zeros(2, 1, 28, 28),), buffer, dynamo=False,
+                opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except Exception as e:  # the exporter raises many types; any of them means "cannot"
+            name = (meta.get("model") or {}).get("name", "this model")
+            raise MnistlabError(f"cannot export {name} to ONNX: {type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+    meta = {**meta, "parameters": sum(p.numel() for p in model.parameters())}
+    return buffer.getvalue() + _metadata_entry(META_KEY, json.dumps(meta, sort_keys=True))
+
+
+def _metadata_entry(key: str, value: str) -> bytes:
+    """One `metadata_props` entry, appended to a serialised ModelProto.
+
+    Protocol buffers merge concatenated messages and append repeated fields, so adding field 14
+    (metadata_props: StringStringEntryProto with key = 1, value = 2) at the end is a valid edit,
+    and saves depending on the onnx package for it.
+    """
+    entry = _length_delimited(1, key.encode()) + _length_delimited(2, value.encode())
+    return _length_delimited(14, entry)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def open_session(source: bytes | str | Path, where: str) -> Any:
+    """An ONNX Runtime session on the CPU over an ONNX file or its bytes."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MnistlabError("the onnx backend needs ONNX Runtime: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
+    try:
+        session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
+                                       options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors are its own C++ exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MnistlabError(f"{where}: not a usable ONNX model ({first})") from None
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28]:
+        shapes = ", ".join(str(i.shape) for i in inputs)
+        raise MnistlabError(f"{where}: expected one input of shape (N, 1, 28, 28), got {shapes}")
+    return session
+
+
+def session_meta(session: Any) -> dict[str, Any]:
+    """The mnistlab metadata an exported file carries, or {} for an ONNX file from elsewhere."""
+    text = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    try:
+        meta = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -1,0 +1,157 @@
+"""A checkpoint ready to answer: MNIST-layout images in, class probabilities out.
+
+Two backends compute the same function: PyTorch over the checkpoint's model, or ONNX Runtime
+over an exported graph (an .onnx file, or a checkpoint exported in memory on load). Both are
+safe to call from several threads at once: the torch model is only ever read (eval mode, under
+inference_mode), and an ONNX Runtime session's `run` is thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnistlab.errors import MnistlabError
+from mnistlab.inference import onnxio
+from mnistlab.models import count_parameters
+from mnistlab.train.checkpoint import load_model, resolve_checkpoint
+from mnistlab.train.metrics import as_input
+
+BACKENDS = ("torch", "onnx")
+BATCH_SIZE = 256  # what evaluation found fastest on the CPU (docs/BENCHMARKS.md)
+DEFAULT_CLASS_NAMES = [str(i) for i in range(10)]
+MNIST_SCALE = 1.0 / 255.0
+
+
+class Predictor:
+    """Probabilities for (N, 28, 28) uint8 images, light ink on 0, as `to_mnist` makes them."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: dict[str, Any],
+                 batch_size: int = BATCH_SIZE) -> None:
+        self._run = run  # one batch of uint8 images to float32 probabilities
+        self.info = info
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, target: str = "default", *, backend: str = "torch",
+             device: str = "cpu") -> Predictor:
+        """A predictor over a run folder, a model.safetensors file, `default` (the shipped
+        model) or, for the onnx backend, an .onnx file."""
+        if backend not in BACKENDS:
+            raise MnistlabError(f"unknown backend {backend!r}: expected {' or '.join(BACKENDS)}")
+        target = str(target)
+        if backend == "onnx":
+            if device != "cpu":
+                raise MnistlabError("the onnx backend runs on the CPU only: use --device cpu")
+            if target.lower().endswith(".onnx"):
+                return cls._from_onnx_file(Path(target))
+        elif target.lower().endswith(".onnx"):
+            raise MnistlabError(f"{target}: an ONNX file needs the onnx backend (--backend onnx)")
+        from mnistlab.train.engine import resolve_device
+
+        dev = resolve_device(device)
+        model, meta = load_model(target, dev)
+        model.eval()  # predictions are deterministic: dropout off even where a seed left it on
+        info = _info(meta, resolve_checkpoint(target), backend, str(dev),
+                     count_parameters(model))
+        if backend == "onnx":
+            session = onnxio.open_session(onnxio.model_to_onnx(model, meta), target)
+            return cls(_onnx_runner(session, meta), info)
+        return cls(_torch_runner(model, meta, dev), info)
+
+    @classmethod
+    def _from_onnx_file(cls, path: Path) -> Predictor:
+        if not path.is_file():
+            raise MnistlabError(f"{path}: no such ONNX file")
+        session = onnxio.open_session(path, str(path))
+        meta = onnxio.session_meta(session)
+        return cls(_onnx_runner(session, meta),
+                   _info(meta, path, "onnx", "cpu", meta.get("parameters")))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) uint8 to (N, 10) float32 probabilities, in batches."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise MnistlabError(f"expected uint8 images of shape (N, 28, 28), got "
+                                f"{images.dtype} {images.shape}")
+        classes = len(self.info["class_names"])
+        if len(images) == 0:
+            return np.zeros((0, classes), dtype=np.float32)
+        images = np.ascontiguousarray(images)
+        out = [self._run(images[i:i + self.batch_size])
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _info(meta: dict[str, Any], path: Path, backend: str, device: str,
+          parameters: int | None) -> dict[str, Any]:
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
+    accuracy = test.get("accuracy")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) == 10):
+        names = DEFAULT_CLASS_NAMES
+    return {
+        "model": model.get("name"),
+        "args": model.get("args", {}),
+        "parameters": parameters,
+        "checkpoint": str(path),
+        "backend": backend,
+        "device": device,
+        "test_accuracy": accuracy if isinstance(accuracy, (int, float)) else None,
+        "class_names": [str(n) for n in names],
+    }
+
+
+def _normalisation(meta: dict[str, Any]) -> tuple[float, float, float]:
+    """(scale, mean, std): the model sees (pixel * scale - mean) / std, as it did in training."""
+    spec = meta.get("input") if isinstance(meta.get("input"), dict) else {}
+    values = [spec.get("scale", MNIST_SCALE), spec.get("mean", 0.0), spec.get("std", 1.0)]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values) or values[2] == 0:
+        raise MnistlabError(f"the checkpoint's input normalisation is invalid: {spec}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
+                  device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    scale, mean, std = _normalisation(meta)
+    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        images = torch.tensor(batch, device=device)  # a copy: the caller's array may be read-only
+        if plain:  # exactly what training fed the model, bit for bit
+            x = as_input(images, channels_last=True)
+        else:
+            x = images.unsqueeze(1).float().mul_(scale).sub_(mean).div_(std)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.softmax(model(x).float(), dim=1).cpu().numpy()
+
+    return run
+
+
+def _onnx_runner(session: Any, meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    scale, mean, std = _normalisation(meta)
+    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
+    input_name = session.get_inputs()[0].name
+    # our graphs end in a softmax; a graph from elsewhere may return logits
+    softmax = session.get_outputs()[0].name != onnxio.OUTPUT_NAME
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = batch[:, None].astype(np.float32)
+        if plain:
+            x /= np.float32(255.0)  # as torch's as_input does, to the last bit
+        else:
+            x = (x * np.float32(scale) - np.float32(mean)) / np.float32(std)
+        out = np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
+        if softmax:
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    return run

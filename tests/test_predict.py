@@ -1,0 +1,118 @@
+"""The predictor over real checkpoints, fed by the preprocessing, on real MNIST digits."""
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from mnistlab.data.registry import load_arrays
+from mnistlab.errors import MnistlabError
+from mnistlab.inference import Predictor, split_digits, to_mnist
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.load("default")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_arrays("mnist")
+
+
+def test_info_describes_the_model(predictor):
+    info = predictor.info
+    assert info["model"] == "fast-cnn" and info["backend"] == "torch" and info["device"] == "cpu"
+    assert info["parameters"] > 1000 and isinstance(info["args"], dict)
+    assert info["checkpoint"].endswith("model.safetensors")
+    assert 0.98 < info["test_accuracy"] <= 1.0
+    assert info["class_names"] == [str(i) for i in range(10)]
+
+
+def test_probabilities_on_mnist(predictor, mnist):
+    probs = predictor.probabilities(mnist.test_images[:300])
+    assert probs.shape == (300, 10) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
+    assert (probs.argmax(1) == mnist.test_labels[:300]).mean() >= 0.98
+    assert predictor.probabilities(np.zeros((0, 28, 28), np.uint8)).shape == (0, 10)
+
+
+@pytest.mark.parametrize("scale", [1, 10])
+def test_mnist_digits_saved_as_pictures_are_read(predictor, mnist, scale):
+    """Test digits as a person would save them (dark on light, maybe enlarged), then read."""
+    images, labels = mnist.test_images[:200], mnist.test_labels[:200]
+    pictures = [Image.fromarray(255 - x) for x in images]
+    if scale != 1:
+        pictures = [p.resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC) for p in pictures]
+    batch = np.stack([to_mnist(p) for p in pictures])
+    accuracy = (predictor.probabilities(batch).argmax(1) == labels).mean()
+    assert accuracy >= 0.95
+
+
+def test_a_written_number_is_read(predictor, mnist):
+    for picks in ([0, 1, 2], [3, 4, 5], [10, 11, 12]):
+        number = np.concatenate([255 - mnist.test_images[i] for i in picks], axis=1)
+        digits = split_digits(Image.fromarray(np.pad(number, 10, constant_values=255)))
+        read = predictor.probabilities(np.stack(digits)).argmax(1).tolist()
+        assert read == mnist.test_labels[picks].tolist()
+
+
+def test_drawn_digits_are_read(predictor):
+    zero = Image.new("L", (900, 900), 255)
+    ImageDraw.Draw(zero).ellipse((280, 120, 620, 780), outline=0, width=2)  # thin pen
+    one = Image.new("L", (200, 300), 40)
+    ImageDraw.Draw(one).line([(100, 40), (96, 260)], fill=235, width=18)  # chalk on a board
+    probs = predictor.probabilities(np.stack([to_mnist(zero), to_mnist(one)]))
+    assert probs.argmax(1).tolist() == [0, 1]
+
+
+def test_concurrent_calls_agree(predictor, mnist):
+    images = mnist.test_images[:64]
+    expected = predictor.probabilities(images)
+    results, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            results[i] = predictor.probabilities(images)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        assert np.allclose(r, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("images", [
+    np.zeros((2, 28, 28), np.float32),
+    np.zeros((28, 28), np.uint8),
+    np.zeros((2, 1, 28, 28), np.uint8),
+    np.zeros((2, 32, 32), np.uint8),
+])
+def test_bad_batches_are_refused(predictor, images):
+    with pytest.raises(MnistlabError, match=r"\(N, 28, 28\)"):
+        predictor.probabilities(images)
+
+
+def test_load_errors_are_one_clear_line(tmp_path):
+    with pytest.raises(MnistlabError, match="unknown backend 'tf'"):
+        Predictor.load("default", backend="tf")
+    with pytest.raises(MnistlabError, match="no such checkpoint"):
+        Predictor.load(str(tmp_path / "nothing"))
+    with pytest.raises(MnistlabError, match="onnx backend"):
+        Predictor.load(str(tmp_path / "model.onnx"))
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(MnistlabError, match="not a valid safetensors"):
+        Predictor.load(str(bad))
+    with pytest.raises(MnistlabError, match="no such ONNX file"):
+        Predictor.load(str(tmp_path / "model.onnx"), backend="onnx")
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not a graph")
+    with pytest.raises(MnistlabError, match="not a usable ONNX model"):
+        Predictor.load(str(fake), backend="onnx")
