@@ -5,9 +5,9 @@ probabilities (N, 10): the softmax is inside, so any ONNX consumer gets what `Pr
 The checkpoint's metadata travels in the model's `metadata_props` under the key "mnistlab", so
 an exported file alone says what it is.
 
-PyTorch's TorchScript-based exporter (`dynamo=False`) is used: it needs no package beyond torch
-(the torch.export-based one needs onnxscript) and exists in every PyTorch this project supports
-(2.4 onwards), though newer releases mark it deprecated.
+PyTorch's TorchScript-based exporter (`dynamo=False`) is used: it needs only the onnx package
+(the torch.export-based one needs onnxscript as well) and exists in every PyTorch this project
+supports (2.4 onwards), though newer releases mark it deprecated.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def _same(size: int, conv: Conv2dTFSame, axis: int) -> tuple[int, int]:
 
 def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
     """The model (on any device) as the bytes of an ONNX file with a dynamic batch axis."""
+    try:
+        import onnx  # the exporter needs it too; asked for here to fail with a clear line
+    except ImportError:
+        raise MnistlabError("exporting to ONNX needs the onnx package: pip install onnx") from None
     graph = _Probabilities(_static_padding(copy.deepcopy(model).to("cpu").float())).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -103,34 +107,13 @@ def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
             )
         except Exception as e:  # the exporter raises many types; any of them means "cannot"
             name = (meta.get("model") or {}).get("name", "this model")
-            raise MnistlabError(f"cannot export {name} to ONNX: {type(e).__name__}: "
-                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MnistlabError(f"cannot export {name} to ONNX: {reason}") from e
     meta = {**meta, "parameters": sum(p.numel() for p in model.parameters())}
-    return buffer.getvalue() + _metadata_entry(META_KEY, json.dumps(meta, sort_keys=True))
-
-
-def _metadata_entry(key: str, value: str) -> bytes:
-    """One `metadata_props` entry, appended to a serialised ModelProto.
-
-    Protocol buffers merge concatenated messages and append repeated fields, so adding field 14
-    (metadata_props: StringStringEntryProto with key = 1, value = 2) at the end is a valid edit,
-    and saves depending on the onnx package for it.
-    """
-    entry = _length_delimited(1, key.encode()) + _length_delimited(2, value.encode())
-    return _length_delimited(14, entry)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
+    return proto.SerializeToString()
 
 
 def open_session(source: bytes | str | Path, where: str) -> Any:
