@@ -42,11 +42,11 @@ class KerasRMSprop(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
 
 
-def make_optimizer(model: nn.Module, spec: OptimizerSection) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, spec: OptimizerSection, *, fused: bool = True) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # one fused kernel for the whole update where PyTorch has it (CPU and CUDA): a small
     # network's optimiser step is otherwise a noticeable share of each training step
-    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in params) else {}
+    fused = {"fused": True} if fused and all(p.device.type in ("cpu", "cuda") for p in params) else {}
     if spec.name == "sgd":
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
