@@ -72,3 +72,15 @@ def test_export_errors(tmp_path):
     (tmp_path / "dir.onnx").mkdir()
     with pytest.raises(MnistlabError, match="is a folder"):
         export_onnx("default", tmp_path / "dir.onnx")
+
+
+def test_export_command(tmp_path, capsys):
+    from mnistlab.cli import main
+
+    out = tmp_path / "digits.onnx"
+    assert main(["export", "default", "--format", "onnx", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"written: {out}" in text and "verified on 1,000 MNIST test images" in text
+    assert "labels agree on 100.00%" in text and out.is_file()
+    assert main(["export", str(tmp_path / "missing")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err

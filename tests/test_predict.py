@@ -1,5 +1,6 @@
 """The predictor over real checkpoints, fed by the preprocessing, on real MNIST digits."""
 
+import json
 import threading
 
 import numpy as np
@@ -116,3 +117,60 @@ def test_load_errors_are_one_clear_line(tmp_path):
     fake.write_bytes(b"not a graph")
     with pytest.raises(MnistlabError, match="not a usable ONNX model"):
         Predictor.load(str(fake), backend="onnx")
+
+
+# ---- the predict command -------------------------------------------------------------------
+
+
+@pytest.fixture
+def pictures(tmp_path, mnist):
+    seven = tmp_path / "seven.png"
+    Image.fromarray(255 - mnist.test_images[0]).resize((140, 140)).save(seven)
+    number = tmp_path / "number.jpg"
+    digits = np.concatenate([255 - mnist.test_images[i] for i in (0, 1, 2)], axis=1)
+    Image.fromarray(np.pad(digits, 8, constant_values=255)).save(number, quality=92)
+    blank = tmp_path / "blank.webp"
+    Image.new("RGB", (60, 60), "white").save(blank)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return {"seven": seven, "number": number, "blank": blank, "broken": broken}
+
+
+def test_predict_command(pictures, capsys):
+    from mnistlab.cli import main
+
+    code = main(["predict", str(pictures["seven"]), str(pictures["broken"]),
+                 str(pictures["number"]), str(pictures["blank"])])
+    out, err = capsys.readouterr()
+    assert code == 1  # two of the four could not be read
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{pictures['seven']}: 7 (") and "top 3: 7 " in lines[0]
+    assert lines[1].startswith(f"{pictures['number']}: 721  (3 digits: 7 ")
+    assert f"{pictures['broken']}: not a PNG, JPEG, BMP, GIF or WebP image" in err
+    assert f"{pictures['blank']}: no digit found (empty image)" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 2
+
+
+def test_predict_command_json(pictures, capsys):
+    from mnistlab.cli import main
+
+    code = main(["predict", str(pictures["seven"]), str(pictures["blank"]), "--json",
+                 "--top-k", "2", "--number", "--backend", "onnx"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err == ""
+    doc = json.loads(out)
+    assert doc["model"]["backend"] == "onnx" and doc["model"]["model"] == "fast-cnn"
+    seven, blank = doc["images"]
+    assert seven["kind"] == "number" and seven["number"] == "7"  # --number: even one digit
+    assert len(seven["digits"][0]["top"]) == 2
+    assert blank == {"image": str(pictures["blank"]),
+                     "error": f"{pictures['blank']}: no digit found (empty image)"}
+
+
+def test_predict_command_bad_model(pictures, capsys, tmp_path):
+    from mnistlab.cli import main
+
+    assert main(["predict", str(pictures["seven"]), "--model", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnistlab: error: ") and "no such checkpoint" in err
+    assert len(err.splitlines()) == 1

@@ -154,6 +154,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnistlab.inference import Predictor, load_image
+    from mnistlab.inference.reading import format_reading, read_image
+
+    predictor = Predictor.load(args.model, backend=args.backend)
+    results, failed = [], 0
+    for name in args.images:
+        # one bad file is reported and skipped: the others are still read
+        try:
+            reading = read_image(predictor, load_image(name), top_k=args.top_k, number=args.number)
+        except MnistlabError as e:
+            failed += 1
+            message = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
+            results.append({"image": name, "error": message})
+            if not args.json:
+                print(f"mnistlab: error: {message}", file=sys.stderr)
+            continue
+        results.append({"image": name, **reading.to_dict()})
+        if not args.json:
+            print(format_reading(name, reading))
+    if args.json:
+        print(json.dumps({"model": predictor.info, "images": results}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mnistlab.inference.export import export_onnx, format_report
+
+    report = export_onnx(args.checkpoint, args.out)
+    print(format_report(report))
+    if report.max_abs_diff > 1e-4 or report.agreement < 1.0:
+        raise MnistlabError(f"{report.path} does not compute what PyTorch does (see above)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
@@ -260,6 +295,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("predict", help="read the digit, or the number, in image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
+    p.add_argument("--model", default="default", metavar="CHECKPOINT",
+                   help="a run folder, a model .safetensors file, an .onnx file (with --backend "
+                        "onnx) or 'default' (the shipped model)")
+    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+                   help="candidates listed per digit, 1-10 (default 3)")
+    p.add_argument("--number", action="store_true",
+                   help="read every image as a number written left to right (by default, only "
+                        "images holding several separate digits are)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="run the model with PyTorch or ONNX Runtime (default torch)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and verify it against PyTorch")
+    p.add_argument("checkpoint", metavar="CHECKPOINT",
+                   help="a run folder, a model .safetensors file or 'default'")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the only format: onnx")
+    p.add_argument("--out", metavar="FILE",
+                   help="the .onnx file to write (default: beside the checkpoint; "
+                        "mnistlab-default.onnx here for the shipped model)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="the drawing page and the HTTP API (POST /api/predict)")
     p.add_argument("--model", default="default",

@@ -1,0 +1,76 @@
+"""Reading a picture: one digit, or a number written left to right, with the model's confidence.
+
+A picture is read as a number when `split_digits` finds more than one digit-sized group of
+ink in it (strokes of one digit are already merged there, specks and short marks dropped), or
+when the caller says it is one; otherwise the whole picture is one digit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from mnistlab.inference.predictor import Predictor
+from mnistlab.inference.preprocess import split_digits, to_mnist
+
+
+@dataclass
+class DigitReading:
+    digit: str
+    confidence: float
+    top: list[tuple[str, float]]  # the k likeliest classes, likeliest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digit": self.digit, "confidence": self.confidence,
+                "top": [{"digit": d, "probability": p} for d, p in self.top]}
+
+
+@dataclass
+class Reading:
+    digits: list[DigitReading]
+    is_number: bool
+    images: np.ndarray = field(repr=False)  # (N, 28, 28) uint8: what the model saw
+
+    @property
+    def text(self) -> str:
+        return "".join(d.digit for d in self.digits)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.is_number:
+            return {"kind": "number", "number": self.text,
+                    "digits": [d.to_dict() for d in self.digits]}
+        return {"kind": "digit", **self.digits[0].to_dict()}
+
+
+def read_image(predictor: Predictor, image: Image.Image, *, top_k: int = 3,
+               number: bool = False) -> Reading:
+    """Read a picture; `number=True` reads it as a number even when it holds one digit.
+
+    Raises EmptyImageError when there is no ink to read.
+    """
+    pieces = split_digits(image)
+    is_number = number or len(pieces) > 1
+    images = np.stack(pieces) if is_number else to_mnist(image)[None]
+    probs = predictor.probabilities(images)
+    names = predictor.info["class_names"]
+    digits = []
+    for p in probs:
+        order = np.argsort(-p, kind="stable")[:max(1, top_k)]
+        digits.append(DigitReading(names[order[0]], float(p[order[0]]),
+                                   [(names[i], float(p[i])) for i in order]))
+    return Reading(digits, is_number, images)
+
+
+def format_reading(name: str, reading: Reading) -> str:
+    def percent(p: float) -> str:
+        return f"{100 * p:.1f}%"
+
+    if reading.is_number:
+        each = ", ".join(f"{d.digit} {percent(d.confidence)}" for d in reading.digits)
+        return f"{name}: {reading.text}  ({len(reading.digits)} digits: {each})"
+    d = reading.digits[0]
+    top = ", ".join(f"{digit} {percent(p)}" for digit, p in d.top)
+    return f"{name}: {d.digit} ({percent(d.confidence)})  top {len(d.top)}: {top}"
