@@ -1,0 +1,196 @@
+"""A bounded load test of `POST /api/predict` on this machine: requests/s, latency, errors.
+
+Each of `concurrency` clients keeps one HTTP/1.1 connection open and sends the same real image
+(an MNIST test digit as a PNG, unless another file is given) again and again until the time is
+up; the first `warmup` seconds are not counted. The client is a few lines over asyncio streams
+rather than a general HTTP library, so that on a small machine it takes as little CPU as it can
+from the server it measures. Only loopback addresses are accepted as targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from mnistlab.errors import MnistlabError
+
+MAX_SECONDS = 600
+MAX_CONCURRENCY = 1024
+
+
+@dataclass
+class LoadResult:
+    url: str
+    payload: str
+    seconds: float
+    concurrency: int
+    requests: int
+    errors: int
+    requests_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    error_samples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mnist_png(index: int = 0) -> tuple[bytes, int]:
+    """A real MNIST test digit as a PNG (dark ink on white, as a person's scan would be), and
+    its label."""
+    from PIL import Image
+
+    from mnistlab.data.registry import load_arrays
+
+    mnist = load_arrays("mnist")
+    if not 0 <= index < len(mnist.test_images):
+        raise MnistlabError(f"--digit must be from 0 to {len(mnist.test_images) - 1}, got {index}")
+    buffer = io.BytesIO()
+    Image.fromarray(255 - np.asarray(mnist.test_images[index], dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue(), int(mnist.test_labels[index])
+
+
+def _target(url: str) -> tuple[str, int, str]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http":
+        raise MnistlabError(f"{url}: only plain http:// URLs are load-tested")
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except socket.gaierror as e:
+        raise MnistlabError(f"{url}: cannot resolve {host}: {e.strerror}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        raise MnistlabError(f"{url}: the load test only targets this machine (127.0.0.1, ::1, "
+                            "localhost)")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/api/predict"):
+        path += "/api/predict"
+    return host, port, path
+
+
+async def _client(host: str, port: int, request: bytes, warmup_end: float, end: float,
+                  latencies: list[float], errors: list[str]) -> None:
+    reader = writer = None
+    while time.perf_counter() < end:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            sent = time.perf_counter()
+            writer.write(request)
+            status_line = await reader.readline()
+            length, close = None, False
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "connection" and value.strip().lower() == "close":
+                    close = True
+            if not status_line or length is None:
+                raise ConnectionError("the server closed the connection or sent no Content-Length")
+            body = await reader.readexactly(length)
+            done = time.perf_counter()
+            status = int(status_line.split()[1])
+            if sent >= warmup_end and done <= end:
+                if status == 200:
+                    latencies.append(done - sent)
+                else:
+                    errors.append(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+            if close:
+                writer.close()
+                reader = writer = None
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
+            if time.perf_counter() >= warmup_end:
+                errors.append(f"{type(e).__name__}: {e}")
+            if writer is not None:
+                writer.close()
+            reader = writer = None
+            await asyncio.sleep(0.01)
+    if writer is not None:
+        writer.close()
+
+
+async def _run(host: str, port: int, request: bytes, seconds: float, warmup: float,
+               concurrency: int) -> tuple[list[float], list[str], float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    warmup_end, end = start + warmup, start + warmup + seconds
+    clients = [_client(host, port, request, warmup_end, end, latencies, errors)
+               for _ in range(concurrency)]
+    # every client stops by itself at `end`; the timeout is a backstop for a server that hangs
+    try:
+        await asyncio.wait_for(asyncio.gather(*clients), timeout=warmup + seconds + 30)
+    except TimeoutError:
+        errors.append("timeout: clients still waiting 30 s after the end")
+    return latencies, errors, seconds
+
+
+def loadtest(url: str, *, seconds: float = 30, concurrency: int = 32, warmup: float = 2,
+             image: bytes | None = None, payload_name: str = "") -> LoadResult:
+    """Load `url`'s /api/predict for `warmup + seconds`, counting only the last `seconds`."""
+    if not 0 < seconds <= MAX_SECONDS:
+        raise MnistlabError(f"--seconds must be more than 0 and at most {MAX_SECONDS}")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise MnistlabError(f"--concurrency must be from 1 to {MAX_CONCURRENCY}")
+    if not 0 <= warmup <= 60:
+        raise MnistlabError("--warmup must be from 0 to 60 seconds")
+    host, port, path = _target(url)
+    if image is None:
+        image, label = mnist_png(0)
+        payload_name = f"MNIST test digit 0 (a {label}) as a {len(image)}-byte PNG"
+    kind = "image/jpeg" if image[:3] == b"\xff\xd8\xff" else "image/png"
+    host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {kind}\r\n"
+               f"Content-Length: {len(image)}\r\nConnection: keep-alive\r\n\r\n").encode() + image
+    latencies, errors, seconds = asyncio.run(_run(host, port, request, seconds, warmup, concurrency))
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return LoadResult(
+        url=f"http://{host_header}{path}", payload=payload_name or f"{len(image)}-byte image",
+        seconds=seconds, concurrency=concurrency, requests=len(latencies), errors=len(errors),
+        requests_per_second=len(latencies) / seconds,
+        p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),
+        p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()),
+        error_samples=sorted(set(errors))[:5],
+    )
+
+
+def format_result(r: LoadResult) -> str:
+    lines = [
+        f"load test of {r.url}: {r.concurrency} connections, {r.seconds:g} s measured",
+        f"payload: {r.payload}",
+        f"{r.requests:,} requests answered 200 in {r.seconds:g} s: {r.requests_per_second:,.0f} requests/s",
+        f"latency: p50 {r.p50_ms:.1f} ms  p90 {r.p90_ms:.1f} ms  p99 {r.p99_ms:.1f} ms  "
+        f"max {r.max_ms:.1f} ms",
+        f"errors: {r.errors:,}",
+    ]
+    lines += [f"  e.g. {e}" for e in r.error_samples]
+    return "\n".join(lines)
+
+
+def load_image_file(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise MnistlabError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not data:
+        raise MnistlabError(f"{path}: the file is empty")
+    return data
+
+
+def result_json(r: LoadResult) -> str:
+    return json.dumps(r.to_dict(), indent=2) + "\n"
