@@ -1,0 +1,154 @@
+"""The drawing page in a real browser: Debian's Chromium, driven by Playwright, against the real
+server (uvicorn on 127.0.0.1) and the real shipped model. Strokes are drawn with the mouse, as a
+person would, and the page must show what the model read."""
+
+import io
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistlab.data.registry import load_arrays
+from mnistlab.inference.predictor import Predictor
+from mnistlab.serve import create_app
+from mnistlab.serve.server import running_server
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "")
+                 if p and Path(p).is_file()), None)
+if CHROMIUM is None:
+    pytest.skip("browser tests need Debian's Chromium (/usr/bin/chromium; "
+                "apt-get install chromium): it is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
+                               "(pip install -e '.[test]')")
+expect = sync_api.expect
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server(create_app(Predictor.load("default"))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    # a 4xx answer is logged by the browser as a failed resource: that one is expected
+    page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+            and problems.append(m.text))
+    page.goto(server + "/")
+    expect(page.locator("#model")).not_to_have_text("model: loading…", timeout=WAIT_MS)
+    yield page
+    page.close()
+    assert not problems, problems
+
+
+class Pad:
+    """Draws on the page's canvas in fractions of its size (x across, y down)."""
+
+    def __init__(self, page):
+        self.page = page
+        box = page.locator("#pad").bounding_box()
+        self.x, self.y, self.w, self.h = box["x"], box["y"], box["width"], box["height"]
+
+    def at(self, fx, fy):
+        return self.x + fx * self.w, self.y + fy * self.h
+
+    def stroke(self, points, steps=6, release=True):
+        mouse = self.page.mouse
+        mouse.move(*self.at(*points[0]))
+        mouse.down()
+        for point in points[1:]:
+            mouse.move(*self.at(*point), steps=steps)
+        if release:
+            mouse.up()
+
+
+def one(pad, cx=0.5):
+    pad.stroke([(cx, 0.15), (cx, 0.85)], steps=12)
+
+
+def seven(pad, cx=0.5):
+    pad.stroke([(cx - 0.08, 0.18), (cx + 0.08, 0.18)])  # the bar
+    pad.stroke([(cx + 0.08, 0.18), (cx + 0.01, 0.5), (cx - 0.03, 0.85)])  # the stem
+
+
+def zero(pad, cx=0.5):
+    rx, ry = 0.07, 0.32
+    left = [(cx + rx * math.sin(t), 0.5 - ry * math.cos(t)) for t in np.linspace(0, -math.pi, 12)]
+    right = [(cx + rx * math.sin(t), 0.5 - ry * math.cos(t)) for t in np.linspace(0, math.pi, 12)]
+    pad.stroke(left, steps=2)
+    pad.stroke(right, steps=2)
+
+
+def test_page_reads_a_drawn_one_while_it_is_drawn(page):
+    pad = Pad(page)
+    pad.stroke([(0.5, 0.15), (0.5, 0.85)], steps=20, release=False)
+    # the pointer is still down: the answer comes from the requests sent while drawing
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    page.mouse.up()
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator("#bars li")).to_have_count(3)
+    expect(page.locator("#seen-figure")).to_be_visible()
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#single")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("Draw a digit to start.")
+
+
+@pytest.mark.parametrize("shape,digit", [(seven, "7"), (zero, "0")], ids=["seven", "zero"])
+def test_page_reads_digits_of_several_strokes(page, shape, digit):
+    shape(Pad(page))
+    expect(page.locator("#digit")).to_have_text(digit, timeout=WAIT_MS)
+    expect(page.locator("#status")).to_have_text(f"Looks like a {digit}.")
+
+
+def test_page_reads_a_number_written_side_by_side(page):
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    seven(pad, cx=0.6)
+    expect(page.locator("#number")).to_have_text("17", timeout=WAIT_MS)
+    expect(page.locator("#digits li")).to_have_count(2)
+    expect(page.locator("#single")).to_be_hidden()
+
+
+def test_page_reads_an_uploaded_mnist_digit_and_shows_what_the_model_saw(page):
+    mnist = load_arrays("mnist")
+    pixels, label = mnist.test_images[8], int(mnist.test_labels[8])
+    buffer = io.BytesIO()
+    Image.fromarray(255 - np.asarray(pixels, np.uint8)).resize((140, 140)).save(buffer, "PNG")
+    page.set_input_files("#file", files=[{"name": "digit.png", "mimeType": "image/png",
+                                          "buffer": buffer.getvalue()}])
+    expect(page.locator("#digit")).to_have_text(str(label), timeout=WAIT_MS)
+    expect(page.locator("#uploaded-figure")).to_be_visible()
+    expect(page.locator("#filename")).to_have_text("digit.png")
+    expect(page.locator("#seen-figure")).to_be_visible()
+    # the 28x28 preview holds the model's input: light ink on black, not a blank square
+    ink = page.evaluate("""() => {
+        const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data;
+        let lit = 0; for (let i = 0; i < d.length; i += 4) if (d[i] > 128) lit++;
+        return [lit, d[0]];
+    }""")
+    assert 30 < ink[0] < 400 and ink[1] == 0
+
+
+def test_page_says_when_an_upload_is_not_an_image(page):
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png",
+                                          "buffer": b"not a picture at all"}])
+    expect(page.locator("#status")).to_have_class("status muted error", timeout=WAIT_MS)
+    expect(page.locator("#single")).to_be_hidden()
