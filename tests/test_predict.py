@@ -51,6 +51,17 @@ def test_mnist_digits_saved_as_pictures_are_read(predictor, mnist, scale):
     assert accuracy >= 0.95
 
 
+def test_pictures_cropped_tight_around_the_digit(predictor, mnist):
+    """No margin: the border is as much ink as paper, so polarity comes from the whole picture."""
+    images, labels = mnist.test_images[:100], mnist.test_labels[:100]
+    batch = []
+    for x in images:
+        rows, cols = np.flatnonzero(x.any(1)), np.flatnonzero(x.any(0))
+        crop = 255 - x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        batch.append(to_mnist(Image.fromarray(crop).resize((crop.shape[1] * 5, crop.shape[0] * 5))))
+    assert (predictor.probabilities(np.stack(batch)).argmax(1) == labels).mean() >= 0.9
+
+
 def test_a_written_number_is_read(predictor, mnist):
     for picks in ([0, 1, 2], [3, 4, 5], [10, 11, 12]):
         number = np.concatenate([255 - mnist.test_images[i] for i in picks], axis=1)

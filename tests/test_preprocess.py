@@ -289,3 +289,12 @@ def test_load_image_names_the_file(tmp_path):
         f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no 10 MB written
     with pytest.raises(ImageError, match=r"huge\.png: the file is too large"):
         load_image(huge)
+
+
+def test_a_picture_of_noise_is_handled_quickly():
+    rng = np.random.default_rng(3)
+    noise = Image.fromarray(np.where(rng.random((512, 512)) > 0.2, 255, 0).astype(np.uint8))
+    started = time.perf_counter()
+    for digit in split_digits(noise):  # garbage in, but bounded work and well-formed out
+        assert digit.shape == (28, 28) and digit.dtype == np.uint8
+    assert time.perf_counter() - started < 1.0

@@ -58,6 +58,7 @@ ANALYSIS_SIZE = 512  # larger pictures are max-pooled to this many pixels a side
 MIN_CONTRAST = 16  # of 255: less than this between ink and background is no ink at all
 TARGET_STROKE = 2.0  # thinnest stroke in the 20x20 box; MNIST's own are about 2 to 3 pixels
 SPECK = 0.03  # a component under this fraction of the largest one's area is a speck
+MAX_PIECES = 64  # at most this many of the largest components are grouped into digits
 FRINGE = 2  # pixels around the thresholded ink kept for its anti-aliased edge
 SHORT = 0.75  # a piece under this fraction of another's height can be a stroke of its digit
 MIN_DIGIT_HEIGHT = 0.35  # of the tallest digit: anything shorter in a number is a mark, not a digit
@@ -130,13 +131,12 @@ def _find_ink(image: Image.Image) -> _Ink:
     band = max(1, min(h, w) // 50)
     border = np.concatenate([a[:band].ravel(), a[-band:].ravel(),
                              a[:, :band].ravel(), a[:, -band:].ravel()]).astype(np.int16)
-    background = int(np.median(border))
-    # the ink lies on the side of the background where the picture reaches farther
-    sign = -1 if background - int(a.min()) > int(a.max()) - background else 1
+    background, sign, samples = _background(a, border)
     v = np.clip(sign * (a.astype(np.int16) - background), 0, 255).astype(np.uint8)
-    # the background's own variation (paper grain, JPEG noise), from its quartile: about 3.5
-    # standard deviations of Gaussian noise, and blind to ink that reaches the border
-    noise = 3.0 * float(np.percentile(np.abs(border - background), 75))
+    # the background's own variation (paper grain, JPEG noise): 4.5 median absolute deviations
+    # are 3 standard deviations of Gaussian noise, and the median is blind to the ink and edges
+    # that reach into the samples
+    noise = 4.5 * float(np.median(np.abs(samples - background)))
     if int(v.max()) < max(MIN_CONTRAST, 3 * noise):
         raise EmptyImageError("no digit found (empty image)")
     threshold = max(_otsu(np.bincount(v.ravel(), minlength=256)), int(noise))
@@ -150,6 +150,24 @@ def _find_ink(image: Image.Image) -> _Ink:
         v, mask = _block_max(v, k), _block_max(mask, k)
     gray = np.clip((v.astype(np.float32) - floor) / max(strong - floor, 1.0), 0.0, 1.0)
     return _Ink(gray, mask)
+
+
+def _background(a: np.ndarray, border: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """The background's grey level, the sign that turns ink positive, background samples."""
+    split = _otsu(np.bincount(a.ravel(), minlength=256))
+    dark_border = float((border <= split).mean())
+    if 0.2 < dark_border < 0.8:
+        # as much ink as paper on the border: a picture cropped tight around its digit. The
+        # background is then the class covering more of the picture; near a tie, dark ink on
+        # light paper, the commoner case
+        dark = a <= split
+        dark_ink = bool(dark.mean() < 0.6)
+        samples = (a[~dark] if dark_ink else a[dark]).astype(np.int16)
+        return int(np.median(samples)), -1 if dark_ink else 1, samples
+    background = int(np.median(border))
+    # the ink lies on the side of the background where the picture reaches farther
+    sign = -1 if background - int(a.min()) > int(a.max()) - background else 1
+    return background, sign, border
 
 
 def _otsu(hist: np.ndarray) -> int:
@@ -268,30 +286,33 @@ def _components(mask: np.ndarray) -> _Components:
 def _digit_groups(comps: _Components) -> list[np.ndarray]:
     """Components grouped into digits, left to right, each an array of component indices."""
     solid = np.flatnonzero(comps.area >= SPECK * comps.area.max())
-    groups = [[int(i)] for i in solid[np.argsort(comps.x0[solid], kind="stable")]]
-
-    def span(g: list[int]) -> tuple[int, int, int, int]:
-        return comps.bbox(np.array(g))
-
+    # handwriting has a few pieces per digit; past MAX_PIECES the rest count as specks, which
+    # keeps the pairwise merging below cheap even on a picture of noise
+    solid = solid[np.argsort(-comps.area[solid], kind="stable")][:MAX_PIECES]
+    solid = solid[np.argsort(comps.x0[solid], kind="stable")]
+    groups = [[int(i)] for i in solid]
+    boxes = [comps.bbox(np.array(g)) for g in groups]
     merged = True
     while merged:
         merged = False
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
-                if _same_digit(span(groups[a]), span(groups[b])):
+                if _same_digit(boxes[a], boxes[b]):
                     groups[a] += groups.pop(b)
+                    box_b = boxes.pop(b)
+                    boxes[a] = (min(boxes[a][0], box_b[0]), max(boxes[a][1], box_b[1]),
+                                min(boxes[a][2], box_b[2]), max(boxes[a][3], box_b[3]))
                     merged = True
                     break
             if merged:
                 break
-    boxes = [span(g) for g in groups]
     tallest = max(y1 - y0 for y0, y1, _, _ in boxes)
     kept = [(box, g) for box, g in zip(boxes, groups) if box[1] - box[0] >= MIN_DIGIT_HEIGHT * tallest]
     kept.sort(key=lambda item: (item[0][2] + item[0][3]) / 2)
     # a speck whose centre lies over a digit is part of it (a broken stroke), not noise
     specks = np.setdiff1d(np.arange(len(comps.area)), solid)
     centres = (comps.x0[specks] + comps.x1[specks]) / 2
-    return [np.array(g + [int(s) for s, c in zip(specks, centres) if box[2] <= c < box[3]])
+    return [np.concatenate([np.array(g), specks[(centres >= box[2]) & (centres < box[3])]])
             for box, g in kept]
 
 
