@@ -47,7 +47,8 @@ def decode_image(data: bytes) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError(f"not a {FORMAT_NAMES} image") from None
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # the warning is raised only where warnings are made errors (pytest -W error)
         raise ImageError(f"the image is too large: its header claims more than "
                          f"{MAX_IMAGE_PIXELS:,} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

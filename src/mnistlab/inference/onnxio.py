@@ -13,6 +13,7 @@ supports (2.4 onwards), though newer releases mark it deprecated.
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import json
 import warnings
@@ -30,6 +31,9 @@ OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; every PyTorch from 2.4 e
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 META_KEY = "mnistlab"
+# PyTorch 2.5 added the `dynamo` switch (and 2.9 made True its default); before, the legacy
+# exporter was the only one and the keyword does not exist
+_LEGACY = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 class _Probabilities(nn.Module):
@@ -101,7 +105,7 @@ def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                graph, (torch.zeros(2, 1, 28, 28),), buffer, dynamo=False,
+                graph, (torch.zeros(2, 1, 28, 28),), buffer, **_LEGACY,
                 opset_version=OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
