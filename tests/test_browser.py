@@ -127,6 +127,27 @@ def test_page_reads_a_number_written_side_by_side(page):
     expect(page.locator("#single")).to_be_hidden()
 
 
+def test_page_reads_a_digit_drawn_with_a_finger(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
+                                  is_mobile=True, device_scale_factor=2)
+    page = context.new_page()
+    page.goto(server + "/")
+    pad = Pad(page)
+    cdp = context.new_cdp_session(page)
+
+    def touch(kind, fx=None, fy=None):
+        points = [] if fx is None else [dict(zip(("x", "y"), pad.at(fx, fy)))]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    touch("touchStart", 0.5, 0.12)
+    for fy in np.linspace(0.12, 0.88, 15)[1:]:  # a "1": one stroke down the pad
+        touch("touchMove", 0.5, fy)
+    touch("touchEnd")
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    assert page.evaluate("window.scrollY") == 0  # the finger drew, it did not scroll the page
+    context.close()
+
+
 def test_page_reads_an_uploaded_mnist_digit_and_shows_what_the_model_saw(page):
     mnist = load_arrays("mnist")
     pixels, label = mnist.test_images[8], int(mnist.test_labels[8])

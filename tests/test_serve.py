@@ -81,6 +81,11 @@ def test_predict_multipart_upload_light_on_dark(client, mnist):
     r = client.post("/api/predict", files={"file": ("digit.png", png(images[3], paper=False), "image/png")})
     assert r.status_code == 200, r.text
     check_reading(r.json(), int(labels[3]))
+    # a large photo-sized picture is read in the thread pool, off the event loop
+    big = np.kron(images[5], np.ones((30, 30), np.uint8))  # 840 x 840
+    r = client.post("/api/predict", files={"file": ("big.png", png(big), "image/png")})
+    assert r.status_code == 200, r.text
+    check_reading(r.json(), int(labels[5]))
 
 
 def test_predict_json_pixels(client, mnist):

@@ -193,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
     serve(args.model, host=args.host, port=args.port, backend=args.backend, workers=args.workers,
-          top_k=args.top_k)
+          threads=args.threads, top_k=args.top_k)
     return 0
 
 
@@ -203,17 +203,16 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         format_result,
         load_image_file,
         loadtest,
-        mnist_png,
+        payload,
         result_json,
     )
 
     if args.image:
-        image, name = load_image_file(args.image), args.image
+        body, kind, name = load_image_file(args.image), None, args.image
     else:
-        image, label = mnist_png(args.digit)
-        name = f"MNIST test digit {args.digit} (a {label}) as a {len(image)}-byte PNG"
+        body, kind, name = payload(args.payload, args.digit)
     result = loadtest(args.url, seconds=args.seconds, concurrency=args.concurrency,
-                      warmup=args.warmup, image=image, payload_name=name)
+                      warmup=args.warmup, body=body, content_type=kind, payload_name=name)
     print(format_result(result))
     if args.json:
         atomic_write_text(args.json, result_json(result))
@@ -329,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model with PyTorch or ONNX Runtime (default torch)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="server processes, each with its own copy of the model (default 1)")
+    p.add_argument("--threads", type=_positive, default=1,
+                   help="PyTorch threads per worker for the model (default 1)")
     p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
                    help="candidates listed per digit, 1-10 (default 3)")
     p.set_defaults(func=cmd_serve)
@@ -342,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     payload = p.add_mutually_exclusive_group()
     payload.add_argument("--image", metavar="FILE", help="send this image file")
     payload.add_argument("--digit", type=_non_negative, default=0, metavar="N",
-                         help="send MNIST test image N as a PNG (default 0)")
+                         help="send MNIST test image N (default 0)")
+    p.add_argument("--payload", choices=["png", "json"], default="png",
+                   help="the MNIST digit as a PNG file (default) or as JSON pixels")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=cmd_loadtest)
     return parser

@@ -15,14 +15,15 @@ answered with a clean 500 in the same shape, and the server goes on serving.
 
 The model runs in one thread of its own (`Batcher`): requests that arrive while it is busy are
 answered together by its next call, so the event loop never waits for the model and concurrent
-clients share model calls. Small images are prepared on the event loop (a thread hop costs more
-than decoding them); large ones in the thread pool.
+clients share model calls. Small pictures are prepared on the event loop (a thread hop costs more
+than reading them); larger ones in the thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import http
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,7 +59,7 @@ log = logging.getLogger("mnistlab.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # an image at the limit, with multipart framing
 MAX_JSON_BYTES = 256 * 1024  # 784 numbers in JSON need about 16 KB
-INLINE_BYTES = 64 * 1024  # smaller images are decoded on the event loop, larger in a thread
+INLINE_PIXELS = 160 * 160  # pictures up to this size are read on the event loop, larger in a thread
 MAX_BATCH = 256  # images in one model call
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 PAGE_HEADERS = {
@@ -463,7 +465,7 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
                 data = await multipart_file(request, body) if ctype.startswith("multipart/") else body
                 if not data:
                     raise ApiError(400, "bad_request", "the uploaded file is empty")
-                if len(data) <= INLINE_BYTES:
+                if _small_picture(data):
                     images = digits_from_image(data)
                 else:
                     images = await run_in_threadpool(digits_from_image, data)
@@ -478,6 +480,18 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
         return json_response(prediction(probs, images, k))
 
     return app
+
+
+def _small_picture(data: bytes) -> bool:
+    """Whether the picture is small enough to read on the event loop (a thread hop costs more
+    than reading it): from its header alone, nothing decoded. Unreadable headers count as
+    small: decoding refuses them at once."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:
+        return True
+    return width * height <= INLINE_PIXELS
 
 
 def _need(body: bytes) -> None:
@@ -496,12 +510,16 @@ def _version() -> str:
 
 # ---- for `uvicorn --factory` with several worker processes ---------------------------------
 
-ENV_MODEL, ENV_BACKEND, ENV_TOP_K = "MNISTLAB_SERVE_MODEL", "MNISTLAB_SERVE_BACKEND", "MNISTLAB_SERVE_TOP_K"
+ENV_MODEL, ENV_BACKEND = "MNISTLAB_SERVE_MODEL", "MNISTLAB_SERVE_BACKEND"
+ENV_TOP_K, ENV_THREADS = "MNISTLAB_SERVE_TOP_K", "MNISTLAB_SERVE_THREADS"
 
 
 def app_from_environment() -> FastAPI:
     """`create_app` over the model named by MNISTLAB_SERVE_MODEL (default `default`), with
-    MNISTLAB_SERVE_BACKEND and MNISTLAB_SERVE_TOP_K: what each worker process runs."""
+    MNISTLAB_SERVE_BACKEND, _TOP_K and _THREADS: what each worker process runs."""
+    from mnistlab.serve.server import set_threads
+
+    set_threads(int(os.environ.get(ENV_THREADS, "1")))
     predictor = Predictor.load(os.environ.get(ENV_MODEL, "default"),
                                backend=os.environ.get(ENV_BACKEND, "torch"))
     return create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")))

@@ -1,7 +1,7 @@
 """A bounded load test of `POST /api/predict` on this machine: requests/s, latency, errors.
 
 Each of `concurrency` clients keeps one HTTP/1.1 connection open and sends the same real image
-(an MNIST test digit as a PNG, unless another file is given) again and again until the time is
+(an MNIST test digit as a PNG, or as JSON pixels, or a file given) again and again until the time is
 up; the first `warmup` seconds are not counted. The client is a few lines over asyncio streams
 rather than a general HTTP library, so that on a small machine it takes as little CPU as it can
 from the server it measures. Only loopback addresses are accepted as targets.
@@ -46,19 +46,41 @@ class LoadResult:
         return asdict(self)
 
 
-def mnist_png(index: int = 0) -> tuple[bytes, int]:
-    """A real MNIST test digit as a PNG (dark ink on white, as a person's scan would be), and
-    its label."""
-    from PIL import Image
-
+def _mnist_digit(index: int) -> tuple[np.ndarray, int]:
     from mnistlab.data.registry import load_arrays
 
     mnist = load_arrays("mnist")
     if not 0 <= index < len(mnist.test_images):
         raise MnistlabError(f"--digit must be from 0 to {len(mnist.test_images) - 1}, got {index}")
+    return np.asarray(mnist.test_images[index], dtype=np.uint8), int(mnist.test_labels[index])
+
+
+def mnist_png(index: int = 0) -> tuple[bytes, int]:
+    """A real MNIST test digit as a PNG (dark ink on white, as a person's scan would be), and
+    its label."""
+    from PIL import Image
+
+    pixels, label = _mnist_digit(index)
     buffer = io.BytesIO()
-    Image.fromarray(255 - np.asarray(mnist.test_images[index], dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue(), int(mnist.test_labels[index])
+    Image.fromarray(255 - pixels).save(buffer, "PNG")
+    return buffer.getvalue(), label
+
+
+def mnist_pixels_json(index: int = 0) -> tuple[bytes, int]:
+    """A real MNIST test digit as the API's JSON pixels (light ink on 0, 0-255), and its label."""
+    pixels, label = _mnist_digit(index)
+    return json.dumps({"pixels": pixels.tolist()}, separators=(",", ":")).encode(), label
+
+
+def payload(kind: str = "png", index: int = 0) -> tuple[bytes, str, str]:
+    """(body, content type, description) of MNIST test digit `index` as a PNG or JSON pixels."""
+    if kind == "json":
+        body, label = mnist_pixels_json(index)
+        return body, "application/json", f"MNIST test digit {index} (a {label}) as {len(body):,} bytes of JSON pixels"
+    if kind != "png":
+        raise MnistlabError(f"unknown payload {kind!r}: expected png or json")
+    body, label = mnist_png(index)
+    return body, "image/png", f"MNIST test digit {index} (a {label}) as a {len(body)}-byte PNG"
 
 
 def _target(url: str) -> tuple[str, int, str]:
@@ -141,8 +163,12 @@ async def _run(host: str, port: int, request: bytes, seconds: float, warmup: flo
 
 
 def loadtest(url: str, *, seconds: float = 30, concurrency: int = 32, warmup: float = 2,
-             image: bytes | None = None, payload_name: str = "") -> LoadResult:
-    """Load `url`'s /api/predict for `warmup + seconds`, counting only the last `seconds`."""
+             body: bytes | None = None, content_type: str | None = None,
+             payload_name: str = "") -> LoadResult:
+    """Load `url`'s /api/predict for `warmup + seconds`, counting only the last `seconds`.
+
+    `body` is sent as it is with `content_type` (default: MNIST test digit 0 as a PNG; for a
+    body given without a type, image/png or image/jpeg from its first bytes)."""
     if not 0 < seconds <= MAX_SECONDS:
         raise MnistlabError(f"--seconds must be more than 0 and at most {MAX_SECONDS}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
@@ -150,17 +176,17 @@ def loadtest(url: str, *, seconds: float = 30, concurrency: int = 32, warmup: fl
     if not 0 <= warmup <= 60:
         raise MnistlabError("--warmup must be from 0 to 60 seconds")
     host, port, path = _target(url)
-    if image is None:
-        image, label = mnist_png(0)
-        payload_name = f"MNIST test digit 0 (a {label}) as a {len(image)}-byte PNG"
-    kind = "image/jpeg" if image[:3] == b"\xff\xd8\xff" else "image/png"
+    if body is None:
+        body, content_type, payload_name = payload("png", 0)
+    if content_type is None:
+        content_type = "image/jpeg" if body[:3] == b"\xff\xd8\xff" else "image/png"
     host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    request = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {kind}\r\n"
-               f"Content-Length: {len(image)}\r\nConnection: keep-alive\r\n\r\n").encode() + image
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
     latencies, errors, seconds = asyncio.run(_run(host, port, request, seconds, warmup, concurrency))
     ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return LoadResult(
-        url=f"http://{host_header}{path}", payload=payload_name or f"{len(image)}-byte image",
+        url=f"http://{host_header}{path}", payload=payload_name or f"{len(body):,} bytes of {content_type}",
         seconds=seconds, concurrency=concurrency, requests=len(latencies), errors=len(errors),
         requests_per_second=len(latencies) / seconds,
         p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)),

@@ -38,8 +38,16 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def set_threads(threads: int) -> None:
+    """PyTorch's threads for the model in this process. One is best for serving on a small
+    machine: the batches are small, and the other cores parse, decode and answer requests."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
-          backend: str = "torch", workers: int = 1, top_k: int = 3,
+          backend: str = "torch", workers: int = 1, threads: int = 1, top_k: int = 3,
           log_level: str = "warning") -> None:
     """Serve the page and the API until Ctrl-C (or SIGTERM)."""
     import uvicorn
@@ -47,6 +55,7 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
     from mnistlab.inference.predictor import Predictor
     from mnistlab.serve import app as app_module
 
+    set_threads(threads)
     # load once here, also with several workers: a bad checkpoint is one line, before any worker
     predictor = Predictor.load(model, backend=backend)
     sock = listen_socket(host, port)
@@ -66,6 +75,7 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
     os.environ[app_module.ENV_MODEL] = str(model)
     os.environ[app_module.ENV_BACKEND] = backend
     os.environ[app_module.ENV_TOP_K] = str(top_k)
+    os.environ[app_module.ENV_THREADS] = str(threads)
     uvicorn.run("mnistlab.serve.app:app_from_environment", factory=True, host=host, port=port,
                 workers=workers, **common)
 
