@@ -124,7 +124,7 @@ def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
                         batch_size=recipe.train.batch_size, shuffle=True, num_workers=0)
     torch.manual_seed(0)
     model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args).to(device)
-    optimizer = make_optimizer(model, recipe.optimizer, fused=False)  # PyTorch's default update
+    optimizer = make_optimizer(model, recipe.optimizer, multi_tensor=False)  # PyTorch's default update
     model.train()
     seen, start = 0, None
     for step, (x, y) in enumerate(loader):
