@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the drawing page and the HTTP API (POST /api/predict)")
     p.add_argument("--model", default="default",
-                   help="a run folder, a model .safetensors file or 'default' (the shipped model)")
+                   help="a run folder, a model .safetensors file, 'default' (the shipped model), "
+                        "or an .onnx file with --backend onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
