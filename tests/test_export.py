@@ -10,7 +10,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.inference import Predictor
 from mnistlab.inference.export import export_onnx, format_report
 from mnistlab.models import MODELS, build_model
-from mnistlab.train.checkpoint import save_model
+from mnistlab.train.checkpoint import load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_default_model_exports_and_matches(tmp_path):
     out = tmp_path / "sub" / "digits.onnx"
     report = export_onnx("default", out, verify_images=500)
     assert report.path == out and out.stat().st_size == report.size_bytes
-    assert report.images == 500 and report.model == "fast-cnn"
+    assert report.images == 500 and report.model == load_model("default")[1]["model"]["name"]
     assert report.max_abs_diff < 1e-4 and report.agreement == 1.0
     assert report.onnx_accuracy >= 0.98
     text = format_report(report)
@@ -62,6 +62,20 @@ def test_onnx_backend_exports_a_checkpoint_in_memory(images):
     torch_side = Predictor.load("default")
     assert onnx_side.info["backend"] == "onnx"
     assert np.abs(onnx_side.probabilities(images) - torch_side.probabilities(images)).max() < 1e-4
+
+
+def test_onnx_backend_with_the_threads_of_a_server(images, tmp_path):
+    # what `mnistlab serve --backend onnx --threads N` loads: N intra-op threads, no spinning
+    torch_side = Predictor.load("default").probabilities(images)
+    for threads in (1, 2):
+        onnx_side = Predictor.load("default", backend="onnx", threads=threads)
+        assert np.abs(onnx_side.probabilities(images) - torch_side).max() < 1e-4
+    out = tmp_path / "model.onnx"
+    export_onnx("default", out)
+    from_file = Predictor.load(str(out), backend="onnx", threads=1)
+    assert np.abs(from_file.probabilities(images) - torch_side).max() < 1e-4
+    with pytest.raises(MnistlabError, match="threads must be at least 1"):
+        Predictor.load(str(out), backend="onnx", threads=0)
 
 
 def test_export_errors(tmp_path):

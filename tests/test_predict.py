@@ -10,6 +10,10 @@ from PIL import Image, ImageDraw
 from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import Predictor, split_digits, to_mnist
+from mnistlab.train.checkpoint import load_model
+
+# whatever model ships as `default`, as its own metadata names it
+DEFAULT_MODEL = load_model("default")[1]["model"]["name"]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def mnist():
 
 def test_info_describes_the_model(predictor):
     info = predictor.info
-    assert info["model"] == "fast-cnn" and info["backend"] == "torch" and info["device"] == "cpu"
+    assert info["model"] == DEFAULT_MODEL and info["backend"] == "torch" and info["device"] == "cpu"
     assert info["parameters"] > 1000 and isinstance(info["args"], dict)
     assert info["checkpoint"].endswith("model.safetensors")
     assert 0.98 < info["test_accuracy"] <= 1.0
@@ -170,7 +174,7 @@ def test_predict_command_json(pictures, capsys):
     out, err = capsys.readouterr()
     assert code == 1 and err == ""
     doc = json.loads(out)
-    assert doc["model"]["backend"] == "onnx" and doc["model"]["model"] == "fast-cnn"
+    assert doc["model"]["backend"] == "onnx" and doc["model"]["model"] == DEFAULT_MODEL
     seven, blank = doc["images"]
     assert seven["kind"] == "number" and seven["number"] == "7"  # --number: even one digit
     assert len(seven["digits"][0]["top"]) == 2
