@@ -17,6 +17,7 @@ from mnistlab.inference.preprocess import (
     decode_image,
     from_pixels,
     load_image,
+    read_digits,
     split_digits,
     to_mnist,
 )
@@ -180,6 +181,48 @@ def test_strokes_of_one_digit_stay_together_and_specks_are_ignored():
         assert_mnist_like(digit)
     narrow = [np.ptp(np.flatnonzero(d.any(0))) for d in digits]
     assert narrow[0] > 10 and narrow[1] < 6  # the 5 first, then the 1
+
+
+# ---- read_digits: one analysis for both ----------------------------------------------------
+
+
+def same_arrays(a, b):
+    return len(a) == len(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def pictures_of_one_and_several_digits():
+    mnist = load_arrays("mnist")
+    for i in range(0, 40, 3):
+        digit = 255 - mnist.test_images[i]
+        yield Image.fromarray(digit)  # 28x28, dark on light: what the load test sends
+        yield Image.fromarray(digit).resize((280, 280), Image.Resampling.LANCZOS)
+        yield Image.fromarray(255 - digit).resize((700, 600))  # over ANALYSIS_SIZE: pooled
+        number = np.concatenate([255 - mnist.test_images[i + k] for k in range(3)], axis=1)
+        yield Image.fromarray(np.pad(number, 6, constant_values=255)).resize((336, 80))
+    pad = Image.new("L", (560, 280), 255)  # the drawing page's pad: one digit, then two
+    ImageDraw.Draw(pad).line([(200, 40), (260, 40), (230, 240)], fill=17, width=22)
+    yield pad.copy()
+    ImageDraw.Draw(pad).line([(360, 40), (360, 240)], fill=17, width=22)
+    yield pad
+
+
+def test_read_digits_is_to_mnist_for_one_digit_and_split_digits_for_several():
+    counts = set()
+    for image in pictures_of_one_and_several_digits():
+        pieces = split_digits(image)
+        read = read_digits(image)
+        counts.add(len(read))
+        if len(pieces) == 1:
+            assert same_arrays(read, [to_mnist(image)])
+        else:
+            assert same_arrays(read, pieces)
+        assert same_arrays(read_digits(image, number=True), pieces)
+    assert counts == {1, 2, 3}
+
+
+def test_read_digits_of_nothing_is_empty():
+    with pytest.raises(EmptyImageError):
+        read_digits(Image.new("L", (60, 40), 200))
 
 
 # ---- from_pixels ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from mnistlab.inference.preprocess import (
     decode_image,
     from_pixels,
     load_image,
+    read_digits,
     split_digits,
     to_mnist,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "export_onnx",
     "from_pixels",
     "load_image",
+    "read_digits",
     "split_digits",
     "to_mnist",
 ]

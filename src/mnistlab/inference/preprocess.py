@@ -19,6 +19,9 @@ here rebuild exactly that from any picture:
 
 Pillow and numpy only: the per-pixel work is vectorised, and large pictures are max-pooled to at
 most ANALYSIS_SIZE pixels a side first (max keeps thin strokes, which averaging would fade).
+Steps 2 and 3 work on the picture's histogram (256 counts) and per-level lookup tables, so the
+pixels themselves are passed over only a few times; `read_digits` runs steps 2-4 once and makes
+either the one digit `to_mnist` makes or the digits `split_digits` makes from that analysis.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "decode_image",
     "from_pixels",
     "load_image",
+    "read_digits",
     "split_digits",
     "to_mnist",
 ]
@@ -73,20 +77,30 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     Raises EmptyImageError when there is no ink to read.
     """
     ink = _find_ink(image)
-    comps = _components(ink.mask)
-    solid = comps.area >= SPECK * comps.area.max()
-    return _normalise(ink.gray, comps.bbox(solid))
+    return _whole(ink, _components(ink.mask))
 
 
 def split_digits(image: Image.Image) -> list[np.ndarray]:
     """A written number: each digit, left to right, as `to_mnist` would make it."""
     ink = _find_ink(image)
     comps = _components(ink.mask)
-    digits = []
-    for group in _digit_groups(comps):
-        region = _max_filter(comps.paint(group), FRINGE)  # this digit and its anti-aliased edge
-        digits.append(_normalise(ink.gray * region, comps.bbox(group)))
-    return digits
+    return [_piece(ink, comps, group) for group in _digit_groups(comps)]
+
+
+def read_digits(image: Image.Image, *, number: bool = False) -> list[np.ndarray]:
+    """The digits of a picture, left to right, from one analysis of its ink.
+
+    When it holds one digit-sized group of ink (and `number` is false), that is `[to_mnist(image)]`;
+    otherwise it is `split_digits(image)`: the same arrays as those calls give, for the cost of
+    one. `number=True` cuts a lone digit as `split_digits` does, for a picture that is a number.
+    Raises EmptyImageError when there is no ink to read.
+    """
+    ink = _find_ink(image)
+    comps = _components(ink.mask)
+    groups = _digit_groups(comps)
+    if len(groups) == 1 and not number:
+        return [_whole(ink, comps)]
+    return [_piece(ink, comps, group) for group in groups]
 
 
 def from_pixels(pixels) -> np.ndarray:
@@ -119,65 +133,133 @@ def from_pixels(pixels) -> np.ndarray:
 
 @dataclass
 class _Ink:
-    gray: np.ndarray  # float32 (H, W) in [0, 1]: 1 is the strongest ink, 0 the background
+    level: np.ndarray  # uint8 (H, W): the ink's strength, 0 on the background
     mask: np.ndarray  # bool (H, W): surely ink, above Otsu's threshold
+    floor: float  # levels up to this are background noise, 0 in gray
+    span: float  # levels from floor + span on are full ink, 1 in gray
+
+    def gray(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """float32 in [0, 1] over a window: 1 is the strongest ink, 0 the background. Only the
+        windows of digits are ever needed, so the rest of the picture is never converted."""
+        gray = self.level[top:bottom, left:right].astype(np.float32)
+        gray -= self.floor
+        gray /= self.span
+        return np.clip(gray, 0.0, 1.0, out=gray)
+
+
+_LEVELS = np.arange(256, dtype=np.int16)  # the grey levels, for per-level lookup tables
+_LEVELS_F64 = _LEVELS.astype(np.float64)
 
 
 def _find_ink(image: Image.Image) -> _Ink:
     if not isinstance(image, Image.Image):
         raise ImageError(f"expected a Pillow image, got {type(image).__name__}")
-    a = np.asarray(to_grayscale(image), dtype=np.uint8)
+    grey = to_grayscale(image)
+    a = np.asarray(grey, dtype=np.uint8)
     h, w = a.shape
     band = max(1, min(h, w) // 50)
     border = np.concatenate([a[:band].ravel(), a[-band:].ravel(),
-                             a[:, :band].ravel(), a[:, -band:].ravel()]).astype(np.int16)
-    background, sign, samples = _background(a, border)
-    v = np.clip(sign * (a.astype(np.int16) - background), 0, 255).astype(np.uint8)
+                             a[:, :band].ravel(), a[:, -band:].ravel()])
+    # everything up to the mask is decided on histograms: the picture's, its border's, and the
+    # ink's (each grey level of the picture maps to one ink level)
+    if a.size > 10_000:  # Pillow counts a large picture faster; numpy a small one
+        hist = np.array(grey.histogram(), dtype=np.int64)
+    else:
+        hist = np.bincount(a.ravel(), minlength=256)
+    background, sign, samples = _background(hist, np.bincount(border, minlength=256))
+    to_ink = np.clip(sign * (_LEVELS - background), 0, 255).astype(np.uint8)
+    ink_hist = np.bincount(to_ink, weights=hist, minlength=256).astype(np.int64)
     # the background's own variation (paper grain, JPEG noise): 4.5 median absolute deviations
     # are 3 standard deviations of Gaussian noise, and the median is blind to the ink and edges
     # that reach into the samples
-    noise = 4.5 * float(np.median(np.abs(samples - background)))
-    if int(v.max()) < max(MIN_CONTRAST, 3 * noise):
+    noise = 4.5 * _median(_deviations(samples, background))
+    if int(np.flatnonzero(ink_hist)[-1]) < max(MIN_CONTRAST, 3 * noise):
         raise EmptyImageError("no digit found (empty image)")
-    threshold = max(_otsu(np.bincount(v.ravel(), minlength=256)), int(noise))
-    mask = v > threshold
-    if not mask.any():
+    threshold = max(_otsu(ink_hist), int(noise))
+    strong_hist = ink_hist.copy()
+    strong_hist[:threshold + 1] = 0  # the levels of the mask's pixels
+    if not strong_hist.any():
         raise EmptyImageError("no digit found (empty image)")
-    strong = float(np.percentile(v[mask], 99))
+    strong = _percentile_99(strong_hist)
     floor = min(noise, float(threshold))
+    # the ink, as to_ink maps it, in two uint8 passes (cheaper than indexing the table)
+    if sign < 0:
+        v = np.minimum(a, background)
+        np.subtract(background, v, out=v)
+    else:
+        v = np.maximum(a, background)
+        v -= background
     if max(h, w) > ANALYSIS_SIZE:
-        k = math.ceil(max(h, w) / ANALYSIS_SIZE)
-        v, mask = _block_max(v, k), _block_max(mask, k)
-    gray = np.clip((v.astype(np.float32) - floor) / max(strong - floor, 1.0), 0.0, 1.0)
-    return _Ink(gray, mask)
+        # max-pooling the ink and then thresholding it is the same as pooling the mask
+        v = _block_max(v, math.ceil(max(h, w) / ANALYSIS_SIZE))
+    return _Ink(v, v > threshold, floor, max(strong - floor, 1.0))
 
 
-def _background(a: np.ndarray, border: np.ndarray) -> tuple[int, int, np.ndarray]:
-    """The background's grey level, the sign that turns ink positive, background samples."""
-    split = _otsu(np.bincount(a.ravel(), minlength=256))
-    dark_border = float((border <= split).mean())
+def _background(hist: np.ndarray, border: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """The background's grey level, the sign that turns ink positive, and the histogram of the
+    background's samples; from the histograms of the picture and of its border."""
+    split = _otsu(hist)
+    dark_border = float(border[:split + 1].sum() / border.sum())
     if 0.2 < dark_border < 0.8:
         # as much ink as paper on the border: a picture cropped tight around its digit. The
         # background is then the class covering more of the picture; near a tie, dark ink on
         # light paper, the commoner case
-        dark = a <= split
-        dark_ink = bool(dark.mean() < 0.6)
-        samples = (a[~dark] if dark_ink else a[dark]).astype(np.int16)
-        return int(np.median(samples)), -1 if dark_ink else 1, samples
-    background = int(np.median(border))
+        dark_ink = bool(hist[:split + 1].sum() / hist.sum() < 0.6)
+        samples = hist.copy()
+        if dark_ink:
+            samples[:split + 1] = 0
+        else:
+            samples[split + 1:] = 0
+        return int(_median(samples)), -1 if dark_ink else 1, samples
+    background = int(_median(border))
     # the ink lies on the side of the background where the picture reaches farther
-    sign = -1 if background - int(a.min()) > int(a.max()) - background else 1
+    present = np.flatnonzero(hist)
+    low, high = int(present[0]), int(present[-1])
+    sign = -1 if background - low > high - background else 1
     return background, sign, border
+
+
+def _median(hist: np.ndarray) -> float:
+    """The median of the values a histogram counts, as np.median gives it (the mean of the two
+    middle values for an even count)."""
+    n = int(hist.sum())
+    cumulative = np.cumsum(hist)
+    low, high = np.searchsorted(cumulative, [(n - 1) // 2, n // 2], side="right")
+    return (int(low) + int(high)) / 2
+
+
+def _deviations(hist: np.ndarray, centre: int) -> np.ndarray:
+    """The histogram of |value - centre| for the values `hist` counts."""
+    out = np.zeros(256, dtype=np.int64)
+    above = hist[centre:]  # deviations 0, 1, ...
+    out[:len(above)] += above
+    below = hist[centre::-1]  # deviations 0, 1, ... again; 0 is counted above
+    out[1:len(below)] += below[1:]
+    return out
+
+
+def _percentile_99(hist: np.ndarray) -> float:
+    """np.percentile(values, 99) of the values a histogram counts, computed as numpy computes it
+    (its default 'linear' method, numpy 1.22 and later): between the order statistics at
+    floor((n - 1) * 0.99) and the next, each end interpolated from its own side."""
+    n = int(hist.sum())
+    virtual = (n - 1) * 0.99
+    below = math.floor(virtual)
+    low, high = np.searchsorted(np.cumsum(hist), [below, min(below + 1, n - 1)], side="right")
+    low, high = int(low), int(high)
+    gamma = virtual - below
+    step = float(high - low)
+    return high - step * (1 - gamma) if gamma >= 0.5 else low + step * gamma
 
 
 def _otsu(hist: np.ndarray) -> int:
     """Otsu's threshold: the level that best splits the histogram in two (ink is above it)."""
     p = hist.astype(np.float64) / max(1, hist.sum())
     w0 = np.cumsum(p)
-    mu = np.cumsum(p * np.arange(len(p)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1.0 - w0))
-    between[~np.isfinite(between)] = 0.0
+    mu = np.cumsum(p * _LEVELS_F64[:len(p)])
+    spread = w0 * (1.0 - w0)
+    between = np.zeros_like(spread)  # 0 where one class is empty
+    np.divide((mu[-1] * w0 - mu) ** 2, spread, out=between, where=spread != 0)
     return int(np.argmax(between))
 
 
@@ -185,7 +267,15 @@ def _block_max(a: np.ndarray, k: int) -> np.ndarray:
     h, w = a.shape
     padded = np.zeros((-(-h // k) * k, -(-w // k) * k), dtype=a.dtype)
     padded[:h, :w] = a
-    return padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).max(axis=(1, 3))
+    # elementwise maxima of strided views: many times faster than a max over the axes of a
+    # (h/k, k, w/k, k) reshape
+    rows = padded[0::k].copy()
+    for i in range(1, k):
+        np.maximum(rows, padded[i::k], out=rows)
+    out = rows[:, 0::k].copy()
+    for i in range(1, k):
+        np.maximum(out, rows[:, i::k], out=out)
+    return out
 
 
 def _max_filter(a: np.ndarray, r: int) -> np.ndarray:
@@ -224,53 +314,75 @@ class _Components:
         return (int(self.y0[select].min()), int(self.y1[select].max()),
                 int(self.x0[select].min()), int(self.x1[select].max()))
 
-    def paint(self, select: np.ndarray) -> np.ndarray:
-        """The mask of the chosen components (a boolean or index array over components)."""
+    def paint(self, select: np.ndarray,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """The mask of the chosen components (a boolean or index array over components), of the
+        whole picture or of a window (top, bottom, left, right) holding all of them."""
         chosen = np.zeros(len(self.area), dtype=bool)
         chosen[select] = True
         runs = chosen[self.run_label]
-        h, w = self.shape
-        edges = np.zeros((h, w + 1), dtype=np.int32)
-        np.add.at(edges, (self.run_y[runs], self.run_x0[runs]), 1)
-        np.add.at(edges, (self.run_y[runs], self.run_x1[runs]), -1)
-        return np.cumsum(edges, axis=1)[:, :w] > 0
+        top, bottom, left, right = window or (0, self.shape[0], 0, self.shape[1])
+        # +1 where a run starts, -1 where it ends: a run ends at least a pixel before the next
+        # one in its row starts, so no two marks fall on one place
+        edges = np.zeros((bottom - top, right - left + 1), dtype=np.int8)
+        rows = self.run_y[runs] - top
+        edges[rows, self.run_x0[runs] - left] = 1
+        edges[rows, self.run_x1[runs] - left] = -1
+        return np.cumsum(edges, axis=1, dtype=np.int8)[:, :right - left] > 0
 
 
 def _components(mask: np.ndarray) -> _Components:
-    """8-connected components. Runs, not pixels, are joined: a few thousand Python steps."""
+    """8-connected components. Runs, not pixels, are joined, and numpy finds which touch.
+
+    The components are numbered in the order of their roots in a union-find that takes the
+    pairs of touching runs row by row, left to right, and hangs the lower run's tree under the
+    upper one's; that order settles ties later on, so it is kept exactly. A run meets its first
+    touching run above while still alone, which makes no choice of root: numpy links all those
+    at once. Only a run touching several above (the foot of a U, a loop closing) merges two
+    trees; Python does just those merges, in the sweep's order.
+    """
     h, w = mask.shape
-    padded = np.zeros((h, w + 2), dtype=np.int8)
+    stride = w + 2  # each row with a blank column either side, the rows end to end
+    padded = np.zeros((h, stride), dtype=bool)
     padded[:, 1:-1] = mask
-    step = np.diff(padded, axis=1)
-    ys, x0 = np.nonzero(step == 1)
-    _, x1 = np.nonzero(step == -1)  # row-major order pairs each end with its start
+    flat = padded.ravel()
+    # the changes alternate: a run's start (blank to ink), then its end (ink to blank); as
+    # positions in the flat picture, row * stride + column, the end exclusive
+    changes = np.flatnonzero(flat[1:] != flat[:-1])
+    start, end = changes[0::2], changes[1::2]
+    ys = start // stride
+    x0, x1 = start - ys * stride, end - ys * stride
     n = len(ys)
-    parent = list(range(n))
+    # for each run, the runs of the row above touching it (diagonals included: each starts no
+    # later than the other's end): `count` of them from `first`
+    first = np.searchsorted(end, start - stride)
+    count = np.maximum(np.searchsorted(start, end - stride, side="right") - first, 0)
+    linked = np.flatnonzero(count)
+    roots = np.arange(n)
+    roots[linked] = first[linked]
+    roots = _to_roots(roots)
+    several = np.flatnonzero(count > 1)
+    if len(several):
+        more = count[several] - 1  # each one's touching runs above after its first
+        lower = np.repeat(several, more)
+        upper = np.repeat(first[several] + 1 - (np.cumsum(more) - more), more) \
+            + np.arange(int(more.sum()))
+        parent = roots.tolist()
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
 
-    row_start = np.searchsorted(ys, np.arange(h + 1)).tolist()
-    xs0, xs1 = x0.tolist(), x1.tolist()
-    for y in range(1, h):
-        i, i_end = row_start[y], row_start[y + 1]
-        j, j_end = row_start[y - 1], row_start[y]
-        while i < i_end and j < j_end:
-            # touching, diagonals included: each starts no later than the other's end
-            if xs0[i] <= xs1[j] and xs0[j] <= xs1[i]:
-                ri, rj = root(i), root(j)
-                if ri != rj:
-                    parent[ri] = rj
-            if xs1[i] < xs1[j]:
-                i += 1
-            else:
-                j += 1
-    _, labels = np.unique(np.array([root(i) for i in range(n)], dtype=np.int64),
-                          return_inverse=True)
-    count = int(labels.max()) + 1 if n else 0
+        for i, j in zip(lower.tolist(), upper.tolist()):
+            ri, rj = root(i), root(j)
+            if ri != rj:
+                parent[ri] = rj
+        roots = _to_roots(np.array(parent, dtype=np.int64))
+    is_root = roots == np.arange(n)
+    labels = (np.cumsum(is_root) - 1)[roots]  # components numbered in the order of their roots
+    count = int(is_root.sum())
     y0 = np.full(count, h, dtype=np.int64)
     x0c = np.full(count, w, dtype=np.int64)
     y1 = np.zeros(count, dtype=np.int64)
@@ -283,6 +395,15 @@ def _components(mask: np.ndarray) -> _Components:
     return _Components((h, w), ys, x0, x1, labels, area, y0, y1, x0c, x1c)
 
 
+def _to_roots(parent: np.ndarray) -> np.ndarray:
+    """Each node's root in a forest of parent pointers (a root is its own parent)."""
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
+
+
 def _digit_groups(comps: _Components) -> list[np.ndarray]:
     """Components grouped into digits, left to right, each an array of component indices."""
     solid = np.flatnonzero(comps.area >= SPECK * comps.area.max())
@@ -290,8 +411,9 @@ def _digit_groups(comps: _Components) -> list[np.ndarray]:
     # keeps the pairwise merging below cheap even on a picture of noise
     solid = solid[np.argsort(-comps.area[solid], kind="stable")][:MAX_PIECES]
     solid = solid[np.argsort(comps.x0[solid], kind="stable")]
-    groups = [[int(i)] for i in solid]
-    boxes = [comps.bbox(np.array(g)) for g in groups]
+    groups = [[i] for i in solid.tolist()]
+    boxes = list(zip(comps.y0[solid].tolist(), comps.y1[solid].tolist(),
+                     comps.x0[solid].tolist(), comps.x1[solid].tolist()))
     merged = True
     while merged:
         merged = False
@@ -310,9 +432,12 @@ def _digit_groups(comps: _Components) -> list[np.ndarray]:
     kept = [(box, g) for box, g in zip(boxes, groups) if box[1] - box[0] >= MIN_DIGIT_HEIGHT * tallest]
     kept.sort(key=lambda item: (item[0][2] + item[0][3]) / 2)
     # a speck whose centre lies over a digit is part of it (a broken stroke), not noise
-    specks = np.setdiff1d(np.arange(len(comps.area)), solid)
+    is_speck = np.ones(len(comps.area), dtype=bool)
+    is_speck[solid] = False
+    specks = np.flatnonzero(is_speck)
     centres = (comps.x0[specks] + comps.x1[specks]) / 2
-    return [np.concatenate([np.array(g), specks[(centres >= box[2]) & (centres < box[3])]])
+    return [np.concatenate([np.array(g, dtype=np.int64),
+                            specks[(centres >= box[2]) & (centres < box[3])]])
             for box, g in kept]
 
 
@@ -334,12 +459,31 @@ def _same_digit(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> b
 # ---- into the 20x20 box, centred by mass ---------------------------------------------------
 
 
-def _normalise(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    y0, y1, x0, x1 = box
-    h, w = gray.shape
-    # widen the box by the anti-aliased fringe, then tighten it to the ink really there
-    crop = gray[max(0, y0 - FRINGE):min(h, y1 + FRINGE), max(0, x0 - FRINGE):min(w, x1 + FRINGE)]
-    crop = _tight(crop)
+def _whole(ink: _Ink, comps: _Components) -> np.ndarray:
+    """All the picture's ink as one digit (specks left out of its box)."""
+    solid = comps.area >= SPECK * comps.area.max()
+    top, bottom, left, right = _window(comps, solid)
+    return _normalise(ink.gray(top, bottom, left, right))
+
+
+def _piece(ink: _Ink, comps: _Components, group: np.ndarray) -> np.ndarray:
+    """One digit of a number: only its own components and their anti-aliased edge."""
+    window = _window(comps, group)
+    region = _max_filter(comps.paint(group, window), FRINGE)
+    return _normalise(ink.gray(*window) * region)
+
+
+def _window(comps: _Components, select: np.ndarray) -> tuple[int, int, int, int]:
+    """The box of the chosen components widened by the anti-aliased fringe, in the picture:
+    (top, bottom, left, right), bottom and right exclusive."""
+    y0, y1, x0, x1 = comps.bbox(select)
+    h, w = comps.shape
+    return max(0, y0 - FRINGE), min(h, y1 + FRINGE), max(0, x0 - FRINGE), min(w, x1 + FRINGE)
+
+
+def _normalise(crop: np.ndarray) -> np.ndarray:
+    """A digit's window of gray (float32 in [0, 1]) into MNIST's 28x28."""
+    crop = _tight(crop)  # the window tightened to the ink really there
     side = max(crop.shape)
     if side > BOX:
         # strokes thinner than TARGET_STROKE after scaling would fade into grey dust: widen them
@@ -351,10 +495,11 @@ def _normalise(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
             side = max(crop.shape)
     scale = BOX / side
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    picture = Image.fromarray(crop.astype(np.float32) * 255.0)
-    if size != picture.size:
-        picture = picture.resize(size, Image.Resampling.LANCZOS)
-    digit = np.clip(np.asarray(picture, dtype=np.float32), 0.0, 255.0)
+    digit = crop * np.float32(255.0)  # float32, a new array
+    if size != (crop.shape[1], crop.shape[0]):
+        digit = np.asarray(Image.fromarray(digit).resize(size, Image.Resampling.LANCZOS),
+                           dtype=np.float32)
+    digit = np.clip(digit, 0.0, 255.0)
     top = float(digit.max())
     if top <= 0:
         raise EmptyImageError("no digit found (empty image)")
@@ -375,8 +520,8 @@ def _stroke_width(mask: np.ndarray) -> float:
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    m = np.pad(mask, 1).astype(np.int8)
-    edges = int(np.abs(np.diff(m, axis=0)).sum() + np.abs(np.diff(m, axis=1)).sum())
+    m = np.pad(mask, 1)
+    edges = np.count_nonzero(m[1:] != m[:-1]) + np.count_nonzero(m[:, 1:] != m[:, :-1])
     return 2.0 * area / max(1, edges)
 
 
