@@ -1,8 +1,9 @@
 """Reading a picture: one digit, or a number written left to right, with the model's confidence.
 
-A picture is read as a number when `split_digits` finds more than one digit-sized group of
-ink in it (strokes of one digit are already merged there, specks and short marks dropped), or
-when the caller says it is one; otherwise the whole picture is one digit.
+A picture is read as a number when its ink holds more than one digit-sized group (strokes of
+one digit are already merged there, specks and short marks dropped), each cut out as
+`split_digits` cuts it, or when the caller says it is one; otherwise the whole picture is one
+digit, as `to_mnist` makes it. `read_digits` decides and makes them from one analysis of the ink.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from mnistlab.inference.predictor import Predictor
-from mnistlab.inference.preprocess import split_digits, to_mnist
+from mnistlab.inference.preprocess import read_digits
 
 
 @dataclass
@@ -51,9 +52,9 @@ def read_image(predictor: Predictor, image: Image.Image, *, top_k: int = 3,
 
     Raises EmptyImageError when there is no ink to read.
     """
-    pieces = split_digits(image)
+    pieces = read_digits(image, number=number)
     is_number = number or len(pieces) > 1
-    images = np.stack(pieces) if is_number else to_mnist(image)[None]
+    images = np.stack(pieces)
     probs = predictor.probabilities(images)
     names = predictor.info["class_names"]
     digits = []

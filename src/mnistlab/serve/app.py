@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import struct
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,13 +51,13 @@ from mnistlab.inference.preprocess import (
     ImageError,
     decode_image,
     from_pixels,
-    split_digits,
-    to_mnist,
+    read_digits,
 )
 
 log = logging.getLogger("mnistlab.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # an image at the limit, with multipart framing
 MAX_JSON_BYTES = 256 * 1024  # 784 numbers in JSON need about 16 KB
 INLINE_PIXELS = 160 * 160  # pictures up to this size are read on the event loop, larger in a thread
@@ -228,8 +229,8 @@ def pixels_from_json(body: bytes) -> np.ndarray:
 def digits_from_image(data: bytes) -> np.ndarray:
     """The (N, 28, 28) inputs of the digits in an encoded image, left to right.
 
-    As `mnistlab predict` reads a picture: several digit-sized groups of ink are a number,
-    otherwise the whole picture is one digit."""
+    As `mnistlab predict` reads a picture (`read_digits`, one analysis of its ink): several
+    digit-sized groups of ink are a number, otherwise the whole picture is one digit."""
     if len(data) > MAX_IMAGE_BYTES:
         raise ApiError(413, "too_large", f"the image is {len(data):,} bytes; the limit is "
                                          f"{MAX_IMAGE_BYTES:,}")
@@ -241,9 +242,7 @@ def digits_from_image(data: bytes) -> np.ndarray:
         log.warning("undecodable image (%s: %s)", type(e).__name__, e, exc_info=True)
         raise ApiError(422, "bad_image", f"cannot read this image ({type(e).__name__})") from None
     try:
-        digits = split_digits(image)
-        if len(digits) == 1:
-            digits = [to_mnist(image)]
+        digits = read_digits(image)
     except ImageError as e:
         raise _image_error(e) from None
     if not digits:
@@ -486,6 +485,9 @@ def _small_picture(data: bytes) -> bool:
     """Whether the picture is small enough to read on the event loop (a thread hop costs more
     than reading it): from its header alone, nothing decoded. Unreadable headers count as
     small: decoding refuses them at once."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])  # a PNG's size, without Pillow
+        return width * height <= INLINE_PIXELS
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
