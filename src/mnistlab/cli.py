@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=1,
                    help="server processes, each with its own copy of the model (default 1)")
     p.add_argument("--threads", type=_positive, default=1,
-                   help="PyTorch threads per worker for the model (default 1)")
+                   help="the model's threads per worker, PyTorch or ONNX Runtime (default 1)")
     p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
                    help="candidates listed per digit, 1-10 (default 3)")
     p.set_defaults(func=cmd_serve)

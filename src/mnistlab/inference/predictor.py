@@ -38,9 +38,12 @@ class Predictor:
 
     @classmethod
     def load(cls, target: str = "default", *, backend: str = "torch",
-             device: str = "cpu") -> Predictor:
+             device: str = "cpu", threads: int | None = None) -> Predictor:
         """A predictor over a run folder, a model.safetensors file, `default` (the shipped
-        model) or, for the onnx backend, an .onnx file."""
+        model) or, for the onnx backend, an .onnx file.
+
+        `threads` sets ONNX Runtime's threads for this predictor (`onnxio.open_session`; None:
+        its defaults). PyTorch's threads are the process's, set with torch.set_num_threads."""
         if backend not in BACKENDS:
             raise MnistlabError(f"unknown backend {backend!r}: expected {' or '.join(BACKENDS)}")
         target = str(target)
@@ -48,7 +51,7 @@ class Predictor:
             if device != "cpu":
                 raise MnistlabError("the onnx backend runs on the CPU only: use --device cpu")
             if target.lower().endswith(".onnx"):
-                return cls._from_onnx_file(Path(target))
+                return cls._from_onnx_file(Path(target), threads)
         elif target.lower().endswith(".onnx"):
             raise MnistlabError(f"{target}: an ONNX file needs the onnx backend (--backend onnx)")
         from mnistlab.train.engine import resolve_device
@@ -59,15 +62,15 @@ class Predictor:
         info = _info(meta, resolve_checkpoint(target), backend, str(dev),
                      count_parameters(model))
         if backend == "onnx":
-            session = onnxio.open_session(onnxio.model_to_onnx(model, meta), target)
+            session = onnxio.open_session(onnxio.model_to_onnx(model, meta), target, threads)
             return cls(_onnx_runner(session, meta), info)
         return cls(_torch_runner(model, meta, dev), info)
 
     @classmethod
-    def _from_onnx_file(cls, path: Path) -> Predictor:
+    def _from_onnx_file(cls, path: Path, threads: int | None = None) -> Predictor:
         if not path.is_file():
             raise MnistlabError(f"{path}: no such ONNX file")
-        session = onnxio.open_session(path, str(path))
+        session = onnxio.open_session(path, str(path), threads)
         meta = onnxio.session_meta(session)
         return cls(_onnx_runner(session, meta),
                    _info(meta, path, "onnx", "cpu", meta.get("parameters")))

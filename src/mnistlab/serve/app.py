@@ -521,7 +521,8 @@ def app_from_environment() -> FastAPI:
     MNISTLAB_SERVE_BACKEND, _TOP_K and _THREADS: what each worker process runs."""
     from mnistlab.serve.server import set_threads
 
-    set_threads(int(os.environ.get(ENV_THREADS, "1")))
+    threads = int(os.environ.get(ENV_THREADS, "1"))
+    set_threads(threads)
     predictor = Predictor.load(os.environ.get(ENV_MODEL, "default"),
-                               backend=os.environ.get(ENV_BACKEND, "torch"))
+                               backend=os.environ.get(ENV_BACKEND, "torch"), threads=threads)
     return create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")))

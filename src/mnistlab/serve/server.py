@@ -39,8 +39,9 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 def set_threads(threads: int) -> None:
-    """PyTorch's threads for the model in this process. One is best for serving on a small
-    machine: the batches are small, and the other cores parse, decode and answer requests."""
+    """PyTorch's threads for the model in this process (the onnx backend is given the same
+    number when the predictor is loaded). One is best for serving on a small machine: the
+    batches are small, and the other cores parse, decode and answer requests."""
     import torch
 
     torch.set_num_threads(threads)
@@ -57,7 +58,7 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
 
     set_threads(threads)
     # load once here, also with several workers: a bad checkpoint is one line, before any worker
-    predictor = Predictor.load(model, backend=backend)
+    predictor = Predictor.load(model, backend=backend, threads=threads)
     sock = listen_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
