@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
-from mnistlab.serve.app import MAX_BODY_BYTES, MAX_JSON_BYTES
+from mnistlab.serve.app import MAX_BODY_BYTES, MAX_JSON_BYTES, public_info
 from mnistlab.serve.loadtest import loadtest
 from mnistlab.serve.server import running_server
 
@@ -222,7 +223,11 @@ def test_health_model_docs_and_page(client, predictor):
     r = client.get("/api/health")
     assert r.status_code == 200 and r.json()["model_loaded"] is True
     r = client.get("/api/model")
-    assert r.status_code == 200 and r.json() == json.loads(json.dumps(predictor.info))
+    assert r.status_code == 200
+    # everything the predictor says of itself, but where the server keeps its files
+    assert r.json() == {**json.loads(json.dumps(predictor.info)),
+                        "checkpoint": "pretrained/default/model.safetensors"}
+    assert str(Path(predictor.info["checkpoint"]).parent) not in r.text
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
@@ -235,6 +240,12 @@ def test_health_model_docs_and_page(client, predictor):
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = client.get("/api/predict")
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+def test_model_info_never_shows_server_paths(tmp_path):
+    info = {"model": "fast-cnn", "checkpoint": str(tmp_path / "runs" / "mine" / "model.safetensors")}
+    assert public_info(info) == {"model": "fast-cnn", "checkpoint": "model.safetensors"}
+    assert public_info({**info, "checkpoint": "exports/model.onnx"})["checkpoint"] == "model.onnx"
 
 
 # ---- the command and the load test ---------------------------------------------------------

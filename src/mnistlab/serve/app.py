@@ -57,6 +57,7 @@ from mnistlab.inference.preprocess import (
 log = logging.getLogger("mnistlab.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/mnistlab, where the shipped model lies
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # an image at the limit, with multipart framing
 MAX_JSON_BYTES = 256 * 1024  # 784 numbers in JSON need about 16 KB
@@ -427,9 +428,11 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
         return {"status": "ok", "model_loaded": predictor is not None,
                 "model": predictor.info.get("model")}
 
+    about = public_info(predictor.info)
+
     @app.get("/api/model", summary="The loaded model: architecture, accuracy, input format")
     async def model() -> dict[str, Any]:
-        return predictor.info
+        return about
 
     @app.post(
         "/api/predict",
@@ -479,6 +482,20 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
         return json_response(prediction(probs, images, k))
 
     return app
+
+
+def public_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The predictor's description without the server's file system: the checkpoint as a path
+    inside the package for the shipped model, else as its file name alone."""
+    checkpoint = info.get("checkpoint")
+    if not checkpoint:
+        return dict(info)
+    path = Path(checkpoint)
+    try:
+        shown = path.resolve().relative_to(PACKAGE_DIR).as_posix()
+    except (OSError, ValueError):
+        shown = path.name
+    return {**info, "checkpoint": shown}
 
 
 def _small_picture(data: bytes) -> bool:
