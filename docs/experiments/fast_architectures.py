@@ -15,8 +15,16 @@ Layers (each convolution has no bias and is followed by BatchNorm and ReLU):
   u   pixel unshuffle 2x2          hN  hidden linear layer        dP  dropout
 --nhwc 1 flattens in (height, width, channels) order, as fast-cnn does.
 """
-import sys, time, math, argparse, statistics
-import torch, torch.nn as nn, torch.nn.functional as F
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 from mnistlab.data.splits import load_split
 from mnistlab.train.metrics import as_input
 
@@ -38,88 +46,180 @@ p.add_argument("--fused", type=int, default=0)
 p.add_argument("--b1", type=float, default=0.9)
 p.add_argument("--b2", type=float, default=0.999)
 p.add_argument("--nhwc", type=int, default=0)
-p.add_argument("--test", type=int, default=0)
 a = p.parse_args()
 
+
 class NHWCFlatten(nn.Module):
-    def forward(self, x): return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x
+
+
 def build(arch):
     layers, c, size = [], 1, 28
     for tok in arch.split("-"):
         if tok == "p":
-            layers.append(nn.MaxPool2d(2, ceil_mode=True)); size = math.ceil(size/2)
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            size = math.ceil(size / 2)
         elif tok == "r":
             layers.append(nn.ReLU())
         elif tok.startswith("c"):  # cN: conv3x3 same + BN + ReLU
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 3, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n
+            n = int(tok[1:])
+            layers += [nn.Conv2d(c, n, 3, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
+            c = n
         elif tok.startswith("s"):  # sN: conv 4x4 stride 2 pad 1 → size/2
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size //= 2
+            n = int(tok[1:])
+            layers += [
+                nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(n),
+                nn.ReLU(),
+            ]
+            c = n
+            size //= 2
         elif tok.startswith("v"):  # vN: conv5x5 valid
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 5, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size -= 4
+            n = int(tok[1:])
+            layers += [nn.Conv2d(c, n, 5, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
+            c = n
+            size -= 4
         elif tok.startswith("t"):  # conv3x3 stride 2
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size = math.ceil(size/2)
+            n = int(tok[1:])
+            layers += [
+                nn.Conv2d(c, n, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(n),
+                nn.ReLU(),
+            ]
+            c = n
+            size = math.ceil(size / 2)
         elif tok.startswith("q"):  # patchify 4x4 stride 4
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 4, stride=4, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size //= 4
+            n = int(tok[1:])
+            layers += [nn.Conv2d(c, n, 4, stride=4, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
+            c = n
+            size //= 4
         elif tok.startswith("m"):  # conv3x3 + pool + BN + ReLU
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 3, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size = math.ceil(size/2)
+            n = int(tok[1:])
+            layers += [
+                nn.Conv2d(c, n, 3, padding=1, bias=False),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.BatchNorm2d(n),
+                nn.ReLU(),
+            ]
+            c = n
+            size = math.ceil(size / 2)
         elif tok.startswith("M"):  # conv4x4 s2 + pool + BN + ReLU
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size = math.ceil(size//2/2)
+            n = int(tok[1:])
+            layers += [
+                nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.BatchNorm2d(n),
+                nn.ReLU(),
+            ]
+            c = n
+            size = math.ceil(size // 2 / 2)
         elif tok.startswith("o"):  # conv 6x6 stride 4 pad 1
-            n = int(tok[1:]); layers += [nn.Conv2d(c, n, 6, stride=4, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]; c = n; size = 7
+            n = int(tok[1:])
+            layers += [
+                nn.Conv2d(c, n, 6, stride=4, padding=1, bias=False),
+                nn.BatchNorm2d(n),
+                nn.ReLU(),
+            ]
+            c = n
+            size = 7
         elif tok.startswith("h"):  # hidden fc
-            n = int(tok[1:]); layers += [NHWCFlatten(), nn.Linear(c*size*size, n), nn.ReLU()]; c = n; size = 1
+            n = int(tok[1:])
+            layers += [NHWCFlatten(), nn.Linear(c * size * size, n), nn.ReLU()]
+            c = n
+            size = 1
         elif tok.startswith("u"):  # pixel unshuffle
-            layers.append(nn.PixelUnshuffle(2)); c *= 4; size //= 2
+            layers.append(nn.PixelUnshuffle(2))
+            c *= 4
+            size //= 2
         elif tok.startswith("g"):  # global max pool
-            layers.append(nn.AdaptiveMaxPool2d(1)); size = 1
+            layers.append(nn.AdaptiveMaxPool2d(1))
+            size = 1
         elif tok.startswith("d"):
             layers.append(nn.Dropout(float(tok[1:])))
-    layers += [NHWCFlatten() if a.nhwc else nn.Flatten(), nn.Linear(c*size*size, 10)]
+    layers += [NHWCFlatten() if a.nhwc else nn.Flatten(), nn.Linear(c * size * size, 10)]
     return nn.Sequential(*layers)
 
+
 train = load_split(a.split, "mnist", None, torch.device("cpu"))
-val = load_split("validation" if not a.test else "test", "mnist", None, torch.device("cpu"))
-n = len(train.labels); steps = int(round(a.epochs * n / a.bs))
+val = load_split("validation", "mnist", None, torch.device("cpu"))
+n = len(train.labels)
+steps = int(round(a.epochs * n / a.bs))
 results = []
 for seed in a.seeds:
     torch.manual_seed(seed)
     model = build(a.arch).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     if a.opt == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(a.b1, a.b2), weight_decay=a.wd, **({"fused": True} if a.fused else {"foreach": True}))
+        opt = torch.optim.AdamW(
+            model.parameters(),
+            lr=a.lr,
+            betas=(a.b1, a.b2),
+            weight_decay=a.wd,
+            **({"fused": True} if a.fused else {"foreach": True}),
+        )
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.wd, **({"fused": True} if a.fused else {"foreach": True}))
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=a.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=a.wd,
+            **({"fused": True} if a.fused else {"foreach": True}),
+        )
     fwd = torch.compile(model) if a.compile else model
     g = torch.Generator().manual_seed(seed)
-    perm = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(a.epochs)+1)])
-    warm = int(a.warm*steps)
+    perm = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(a.epochs) + 1)])
+    warm = int(a.warm * steps)
     if a.compile:  # warm-up compile on a throwaway batch (not timed); restore weights
         sd = {k: v.clone() for k, v in model.state_dict().items()}
-        x = as_input(train.images[:a.bs], channels_last=True)
+        x = as_input(train.images[: a.bs], channels_last=True)
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = fwd(x)
-        F.cross_entropy(out.float(), train.labels[:a.bs]).backward()
-        model.zero_grad(set_to_none=True); model.load_state_dict(sd)
-        print(f"compile {time.perf_counter()-t0:.1f}s")
+        F.cross_entropy(out.float(), train.labels[: a.bs]).backward()
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(sd)
+        print(f"compile {time.perf_counter() - t0:.1f}s")
     model.train()
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = perm[step*a.bs:(step+1)*a.bs]
-        x = as_input(train.images[idx], channels_last=True); y = train.labels[idx]
-        f = (step+1)/warm if step < warm else 1 - (1-a.final)*(step-warm)/max(1, steps-warm)
-        for gr in opt.param_groups: gr["lr"] = a.lr*f
+        idx = perm[step * a.bs : (step + 1) * a.bs]
+        x = as_input(train.images[idx], channels_last=True)
+        y = train.labels[idx]
+        f = (
+            (step + 1) / warm
+            if step < warm
+            else 1 - (1 - a.final) * (step - warm) / max(1, steps - warm)
+        )
+        for gr in opt.param_groups:
+            gr["lr"] = a.lr * f
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
             out = fwd(x)
         loss = F.cross_entropy(out.float(), y, label_smoothing=a.ls)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
     dt = time.perf_counter() - t0
-    model.eval(); correct = 0
+    model.eval()
+    correct = 0
     with torch.inference_mode():
         for s in range(0, len(val.labels), 500):
-            correct += (model(as_input(val.images[s:s+500], channels_last=True)).argmax(1) == val.labels[s:s+500]).sum().item()
-    acc = correct/len(val.labels)
+            correct += (
+                (
+                    model(as_input(val.images[s : s + 500], channels_last=True)).argmax(1)
+                    == val.labels[s : s + 500]
+                )
+                .sum()
+                .item()
+            )
+    acc = correct / len(val.labels)
     results.append((dt, acc))
-    print(f"seed {seed} {a.arch} params {params} steps {steps} time {dt:.2f}s {steps*a.bs/dt:.0f} img/s acc {100*acc:.2f}", flush=True)
+    print(
+        f"seed {seed} {a.arch} params {params} steps {steps} time {dt:.2f}s {steps * a.bs / dt:.0f} img/s acc {100 * acc:.2f}",
+        flush=True,
+    )
 if len(results) > 1:
-    print(f"MEDIAN time {statistics.median(r[0] for r in results):.2f}s mean acc {100*statistics.mean(r[1] for r in results):.3f} min {100*min(r[1] for r in results):.2f}")
+    print(
+        f"MEDIAN time {statistics.median(r[0] for r in results):.2f}s mean acc {100 * statistics.mean(r[1] for r in results):.3f} min {100 * min(r[1] for r in results):.2f}"
+    )
