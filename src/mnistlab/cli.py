@@ -279,20 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
-    p.add_argument("checkpoint", help="a run folder or a model .safetensors file")
-    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("checkpoint", help="a run folder, a model .safetensors file or default")
+    _evaluation_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="evaluate several checkpoints as one (averaged probabilities)")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="run folders, model .safetensors files or default")
-    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _evaluation_options(p)
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("predict", help="read the digit, or the number, in image files")
@@ -350,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.set_defaults(func=cmd_loadtest)
     return parser
+
+
+def _evaluation_options(p: argparse.ArgumentParser) -> None:
+    """What `evaluate` and `ensemble` share: which split, where, and how to print."""
+    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _positive(text: str) -> int:
