@@ -100,6 +100,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, *, seed: int = 0, device: str = "auto",
                  data_dir: str | None = None, progress: Progress | None = None,
                  on_step: Callable[[Trainer, int], None] | None = None,
+                 on_log: Callable[[dict[str, Any]], None] | None = None,
                  resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
@@ -109,6 +110,7 @@ class Trainer:
         # one process speaks and writes for all of them
         self.progress = progress if self.world.is_main else Progress(1, quiet=True)
         self.on_step = on_step
+        self.on_log = on_log  # sees every record written to metrics.jsonl (TensorBoard, say)
         self._resume_from = resume_from  # a run folder's training state: (tensors, metadata)
         self._stop = threading.Event()
 
@@ -342,6 +344,8 @@ class Trainer:
         record["time"] = round(time.time(), 3)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        if self.on_log is not None:
+            self.on_log(record)
 
 
 class _Window:
