@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -140,6 +141,10 @@ def _parse(
             f"more than the {MAX_DATA_BYTES} bytes mnistlab agrees to read: corrupt header?"
         )
     declared = f"header declares {shape} {_dtype_name(dtype)} ({expected} bytes of data)"
+    st = os.fstat(f.fileno())
+    if not compressed and stat.S_ISREG(st.st_mode) and st.st_size - f.tell() < expected:
+        # refused before reading: a few bytes declaring 2 GiB must not cost 2 GiB of memory
+        raise IdxError(f"{name}: truncated: {declared} but the file holds {st.st_size - f.tell()}")
     data = _read_exact(src, expected + 1)
     if len(data) < expected:
         raise IdxError(f"{name}: truncated: {declared} but the file holds {len(data)}")
@@ -152,7 +157,10 @@ def _parse(
     md5 = hashlib.md5(head, usedforsecurity=False)
     md5.update(dims_raw)
     md5.update(data)
-    array = np.frombuffer(data, dtype=dtype).reshape(dims)
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(dims)
+    except ValueError:  # an empty array whose other sizes multiply past what numpy can index
+        raise IdxError(f"{name}: {declared}: numpy cannot hold an array of that shape") from None
     if dtype.byteorder == ">":
         array = array.astype(dtype.newbyteorder("="))
     return array, md5.hexdigest()

@@ -264,17 +264,19 @@ def _otsu(hist: np.ndarray) -> int:
 
 
 def _block_max(a: np.ndarray, k: int) -> np.ndarray:
+    """Max over k x k blocks of uint8 `a` (partial blocks at the edges), by elementwise maxima
+    of strided views: many times faster than a max over the axes of a (h/k, k, w/k, k) reshape.
+    Nothing is padded to a multiple of k: a picture 1 pixel tall and 16 million wide would
+    make that k times its own size."""
     h, w = a.shape
-    padded = np.zeros((-(-h // k) * k, -(-w // k) * k), dtype=a.dtype)
-    padded[:h, :w] = a
-    # elementwise maxima of strided views: many times faster than a max over the axes of a
-    # (h/k, k, w/k, k) reshape
-    rows = padded[0::k].copy()
-    for i in range(1, k):
-        np.maximum(rows, padded[i::k], out=rows)
-    out = rows[:, 0::k].copy()
-    for i in range(1, k):
-        np.maximum(out, rows[:, i::k], out=out)
+    rows = np.zeros((-(-h // k), w), dtype=a.dtype)  # 0 is the least uint8: neutral for max
+    for i in range(min(k, h)):
+        part = a[i::k]
+        np.maximum(rows[:len(part)], part, out=rows[:len(part)])
+    out = np.zeros((len(rows), -(-w // k)), dtype=a.dtype)
+    for i in range(min(k, w)):
+        part = rows[:, i::k]
+        np.maximum(out[:, :part.shape[1]], part, out=out[:, :part.shape[1]])
     return out
 
 

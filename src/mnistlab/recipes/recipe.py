@@ -235,6 +235,8 @@ def recipe_from_dict(table: dict[str, Any], where: str) -> Recipe:
     if isinstance(model, dict):
         # [model] holds name and init; every other key is an argument of the model.
         known = {"name", "init", "args"}
+        if not isinstance(model.get("args", {}), dict):
+            raise RecipeError(f"{where}: 'model.args': expected a table, got {_describe(model['args'])}")
         args = dict(model.get("args") or {})
         args.update({k: v for k, v in model.items() if k not in known})
         table["model"] = {k: v for k, v in model.items() if k in known} | {"args": args}

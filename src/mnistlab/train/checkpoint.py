@@ -88,16 +88,27 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
             and isinstance(spec.get("args", {}), dict)):
         raise CheckpointError(f"{path}: metadata has no valid 'model' entry (name and args)")
     try:
-        model = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
+        # first on the meta device, which allocates nothing: the weights in the file (at most
+        # MAX_FILE_BYTES) must fit the model before a size in the metadata can cost memory
+        with torch.device("meta"):
+            skeleton = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
     except MnistlabError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"{path}: model arguments are invalid: {e}") from None
-    load_weights(model, tensors, str(path))
+    check_weights(skeleton, tensors, str(path))
+    model = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
+    model.load_state_dict(tensors)
     return model.to(device), meta
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    check_weights(model, tensors, where)
+    model.load_state_dict(tensors)
+
+
+def check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse `tensors` unless they are exactly `model`'s: names, shapes, dtypes, finite."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -116,7 +127,6 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str)
             )
         if got.is_floating_point() and not torch.isfinite(got).all():
             raise CheckpointError(f"{where}: tensor '{key}' holds NaN or infinite values")
-    model.load_state_dict(tensors)
 
 
 # ---- training state, for --resume ---------------------------------------------------------
@@ -156,17 +166,18 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
                            model: nn.Module, optimizer: torch.optim.Optimizer, where: str) -> None:
     load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
     state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    for index, values in meta.get("optim_scalars", {}).items():
-        state.setdefault(int(index), {}).update(values)
-    try:
+    try:  # a damaged file (names, indices, tables of the wrong kind) is refused like a misfit
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, values in meta.get("optim_scalars", {}).items():
+            state.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{where}: optimiser state does not fit this recipe: {e}") from None
-    torch.set_rng_state(tensors["rng.cpu"])
+        torch.set_rng_state(tensors["rng.cpu"])
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: the training state is damaged or does not fit this "
+                              f"recipe (optimiser state, random-number state): {e!r}") from None
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
