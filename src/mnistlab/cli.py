@@ -87,17 +87,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainers = [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
                             device=args.device, data_dir=args.data_dir, progress=progress)
                     for seed in seeds]
+    if args.tensorboard:  # live event files, from each record as it is logged
+        from mnistlab.report.tensorboard import TensorBoardLogger
+
+        for trainer in trainers:
+            trainer.on_log = TensorBoardLogger(trainer.run_dir)
     results = []
     for trainer in trainers:
         result = trainer.run()
         if result.is_main:  # under torchrun, one process reports for all
             print(train_summary(result))
+            if not args.no_report:  # a stopped run too: its report shows what it has
+                _report(result.run_dir, args.device)
         if result.interrupted:
             return 130
         results.append(result)
     if len(results) > 1 and results[0].is_main:
         print(_seeds_summary(results))
+        if not args.no_report:
+            _compare([r.run_dir for r in results], out)
     return 0
+
+
+def _report(run_dir: Path, device: str) -> None:
+    """Write a trained run's report; one that cannot be written is a warning, not a failed run."""
+    from mnistlab.report.build import write_report
+
+    try:
+        report = write_report(run_dir, device=device)
+    except MnistlabError as e:
+        print(f"mnistlab: warning: no report for {run_dir}: {e}", file=sys.stderr)
+        return
+    print(f"report: {report.page} ({report.seconds:.1f} s)")
+
+
+def _compare(run_dirs: list[Path], out: Path) -> None:
+    from mnistlab.report.compare import compare_runs
+
+    try:
+        comparison = compare_runs(run_dirs, out)
+    except MnistlabError as e:
+        print(f"mnistlab: warning: no comparison of the seeds: {e}", file=sys.stderr)
+        return
+    print(f"the seeds compared: {comparison.page}")
 
 
 def _seeds_summary(results) -> str:
@@ -127,6 +159,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ev = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
                              data_dir=args.data_dir)
     print(json.dumps(ev.to_dict(), indent=2) if args.json else format_evaluation(ev))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnistlab.report.build import FIGURES, write_report
+
+    report = write_report(args.run, out=args.out, device=args.device, data_dir=args.data_dir,
+                          tensorboard=args.tensorboard)
+    print(f"written: {report.page} and {len(report.figures)} PNG figures in "
+          f"{report.page.parent / FIGURES} ({report.seconds:.1f} s)")
+    if args.tensorboard:
+        print(f"TensorBoard event files: {report.tensorboard}" if report.tensorboard else
+              "no TensorBoard event files: the run has no training log")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mnistlab.report.compare import compare_runs, format_comparison
+    from mnistlab.train.engine import new_run_dir
+
+    out = Path(args.out) if args.out else new_run_dir("comparison", Path("."))
+    comparison = compare_runs(args.runs, out, x=args.x)
+    print(format_comparison(comparison))
+    print(f"written: {comparison.page} and {comparison.figure}")
     return 0
 
 
@@ -257,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--data-dir", help="a folder holding the four IDX files of an MNIST-format dataset")
     p.add_argument("--quiet", action="store_true", help="print only the result")
+    p.add_argument("--no-report", action="store_true",
+                   help="write no report.html and figures into the run folder at the end")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files, live, into RUN/tensorboard")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="train the seed recipes in full and compare with their claims")
@@ -282,6 +342,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run folder, a model .safetensors file or default")
     _evaluation_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="a run's report: curves, confusion matrix, mistakes, filters "
+                                      "(report.html and PNG files)")
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder or 'default' (the shipped model)")
+    p.add_argument("--out", metavar="DIR", help="write the report here instead of into the run "
+                                                "folder (needed for 'default' and read-only runs)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--data-dir", help="the dataset's folder, if the run's is not where it was")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files from the run's metrics.jsonl")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="several runs' curves on one chart and their results in "
+                                       "one table (compare.html)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or 'default')")
+    p.add_argument("--out", metavar="DIR", help="output folder (default ./comparison-TIME)")
+    p.add_argument("--x", choices=["step", "epoch"], default="step",
+                   help="the curves' horizontal axis (default step)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ensemble", help="evaluate several checkpoints as one (averaged probabilities)")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",

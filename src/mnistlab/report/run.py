@@ -1,0 +1,177 @@
+"""A run folder as the reports read it: the model and its metadata, and metrics.jsonl.
+
+Reading is strict where a wrong answer would otherwise follow: a folder that is not a run, a
+missing or corrupt checkpoint, or a metrics line that is not a metrics record is one clear
+error. The one exception is a last line cut short (no newline) by a crash while it was written,
+which is skipped and noted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import mnistlab
+from mnistlab.errors import MnistlabError
+from mnistlab.train.checkpoint import DEFAULT_DIR, DEFAULT_NAME, MODEL_FILE, load_model
+from mnistlab.train.engine import METRICS_FILE
+
+PACKAGE_DIR = Path(mnistlab.__file__).resolve().parent
+# every numeric field a record of each event must hold
+REQUIRED = {
+    "train": ("step", "loss", "accuracy"),
+    "validation": ("step", "loss", "accuracy"),
+    "test": ("loss", "accuracy"),
+}
+
+
+class ReportError(MnistlabError):
+    pass
+
+
+@dataclass
+class Curves:
+    """What metrics.jsonl holds, by event, in the order it was logged."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> Curves:
+        curves = cls()
+        for record in records:
+            event = record.get("event")
+            if event in ("train", "validation"):
+                getattr(curves, event).append(record)
+            elif event == "test":
+                curves.test = record
+        return curves
+
+    @property
+    def last_step(self) -> int:
+        steps = [r["step"] for r in self.train + self.validation]
+        if self.test and isinstance(self.test.get("step"), (int, float)):
+            steps.append(self.test["step"])
+        return int(max(steps, default=0))
+
+
+@dataclass
+class Run:
+    folder: Path
+    name: str  # what to call it on a page
+    model: nn.Module
+    meta: dict[str, Any]
+    records: list[dict[str, Any]] | None  # None: the folder has no metrics.jsonl
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def curves(self) -> Curves:
+        return Curves.from_records(self.records or [])
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        recipe = self.meta.get("recipe")
+        return recipe if isinstance(recipe, dict) else {}
+
+    @property
+    def is_shipped(self) -> bool:
+        """Inside the installed package (the shipped model): never written into."""
+        return self.folder.resolve().is_relative_to(PACKAGE_DIR)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.recipe.get(name)
+        return value if isinstance(value, dict) else {}
+
+
+def resolve_run_dir(target: str | os.PathLike) -> Path:
+    """A run folder, or `default` for the shipped model's folder."""
+    if str(target) == DEFAULT_NAME and not Path(target).exists():
+        return DEFAULT_DIR
+    folder = Path(target)
+    if not folder.exists():
+        raise ReportError(f"{target}: no such run folder")
+    if not folder.is_dir():
+        raise ReportError(f"{target}: not a run folder (give the folder that holds {MODEL_FILE})")
+    if not (folder / MODEL_FILE).is_file():
+        if (folder / METRICS_FILE).is_file():
+            raise ReportError(f"{target}: the run has no checkpoint ({MODEL_FILE} is missing)")
+        raise ReportError(f"{target}: not a run folder (no {MODEL_FILE} and no {METRICS_FILE})")
+    return folder
+
+
+def open_run(target: str | os.PathLike, device: str = "cpu") -> Run:
+    folder = resolve_run_dir(target)
+    model, meta = load_model(folder, device)
+    name = DEFAULT_NAME if folder == DEFAULT_DIR else folder.resolve().name
+    run = Run(folder, name, model, meta, None)
+    path = folder / METRICS_FILE
+    if path.is_file():
+        run.records, cut = read_metrics(path)
+        if cut:
+            run.notes.append(f"The last line of {METRICS_FILE} was cut short (the run was "
+                             "stopped while writing it) and is left out.")
+    else:
+        run.notes.append(f"This folder has no {METRICS_FILE}, so there are no training curves: "
+                         "the figures below come from the model itself.")
+    if not meta.get("complete", True):
+        run.notes.append(f"The run is unfinished: it stopped at step {meta.get('step')} of "
+                         f"{meta.get('total_steps')} (continue it with "
+                         f"mnistlab train --resume {folder}).")
+    return run
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The records of a metrics.jsonl, and whether a last line cut short was skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    lines = text.split("\n")
+    records, cut = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # no newline after it: written when the process died
+                cut = True
+                continue
+            raise ReportError(f"{path} line {number}: not valid JSON") from None
+        records.append(_checked(record, f"{path} line {number}"))
+    return records, cut
+
+
+def _checked(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+        raise ReportError(f"{where}: not a metrics record (an object with an 'event')")
+    for key in REQUIRED.get(record["event"], ()):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReportError(f"{where}: the {record['event']} record has no number '{key}'")
+        if key == "step" and (value < 0 or not float(value).is_integer()):
+            raise ReportError(f"{where}: step {value!r} is not a whole number of at least 0")
+        if key == "accuracy" and not 0 <= value <= 1:
+            raise ReportError(f"{where}: accuracy {value!r} is not between 0 and 1")
+    if "step" in record and isinstance(record["step"], float) and math.isfinite(record["step"]):
+        record["step"] = int(record["step"])
+    return record
+
+
+def output_dir(run: Run, out: str | os.PathLike | None) -> Path:
+    """Where a run's report goes: --out, else the run folder if it may be written into."""
+    if out is not None:
+        return Path(out)
+    if run.is_shipped:
+        raise ReportError(f"{run.name}: the shipped model lives inside the installed package, "
+                          "which a report never writes into: choose a folder with --out DIR")
+    if not os.access(run.folder, os.W_OK):
+        raise ReportError(f"{run.folder} is read-only: write the report elsewhere with --out DIR")
+    return run.folder
