@@ -1,4 +1,8 @@
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -8,8 +12,10 @@ from mnistlab.models import build_model
 from mnistlab.train.checkpoint import (
     MODEL_FILE,
     MODEL_META_FILE,
+    STATE_FILE,
     CheckpointError,
     load_model,
+    read_training_state,
     save_model,
 )
 
@@ -76,3 +82,133 @@ def test_missing_checkpoint(tmp_path):
         load_model(tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="is it a run folder"):
         load_model(tmp_path)
+
+
+# ---- untrusted files: refused with one clear line, nothing run from them -------------------
+
+FORMAT = {"format": "mnistlab.model/1"}
+
+
+def hostile_cases(state):
+    """(what, tensors, metadata or raw header text, what the error says) of files built to hurt."""
+    marker = "/tmp/mnistlab-pwned"
+    good = {**META, **FORMAT}
+    return [
+        ("int32 weights", {k: v.int() for k, v in state.items()}, good, "torch.int32"),
+        ("float16 weights", {k: v.half() for k, v in state.items()}, good, "torch.float16"),
+        ("bool weights", {k: v > 0 for k, v in state.items()}, good, "torch.bool"),
+        ("an extra tensor", {**state, "backdoor": torch.zeros(1)}, good, "unexpected backdoor"),
+        ("a transposed weight", {**state, "fc1.weight": state["fc1.weight"].t().contiguous()},
+         good, "tensor 'fc1.weight'"),
+        ("metadata that is a list", state, "[1, 2, 3]", "no valid mnistlab metadata"),
+        ("metadata that is a string", state, '"keras-cnn"', "no valid mnistlab metadata"),
+        ("metadata that is not JSON", state, "{'model': 'keras-cnn'}", "no valid mnistlab metadata"),
+        ("metadata nested 100,000 deep", state, "[" * 100_000 + "]" * 100_000,
+         "no valid mnistlab metadata"),
+        ("5 MB of metadata", state, json.dumps({**good, "notes": "x" * 5_000_000}), "metadata"),
+        ("a model name that is code", state,
+         {**FORMAT, "model": {"name": f"__import__('os').system('touch {marker}')", "args": {}}},
+         "unknown model"),
+        ("a model name that is a path", state,
+         {**FORMAT, "model": {"name": "../../../etc/passwd", "args": {}}}, "unknown model"),
+        ("a dunder argument", state,
+         {**FORMAT, "model": {"name": "keras-cnn", "args": {"__class__": "os.system"}}},
+         "takes no argument '__class__'"),
+        ("a shell command as an argument", state,
+         {**FORMAT, "model": {"name": "strided-cnn", "args": {"dropout": f"$(touch {marker})"}}},
+         "dropout must be"),
+        ("a 360 GB model", state,
+         {**FORMAT, "model": {"name": "mnistlab-cnn", "args": {"widths": [100_000] * 3}}},
+         "weights do not match the model"),
+        ("class names that are not a list", state, {**good, "class_names": 12}, "class_names"),
+        ("a data folder that is not a path", state, {**good, "data_dir": ["/etc"]}, "data_dir"),
+        ("a recipe that is not a table", state, {**good, "recipe": "rm -rf /"}, "recipe"),
+    ]
+
+
+def write_hostile(folder, tensors, meta):
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    (folder / MODEL_FILE).write_bytes(safetensors.torch.save(tensors, {"mnistlab": text}))
+
+
+def test_hostile_checkpoints_are_refused_and_nothing_runs(saved, capsys):
+    from mnistlab.cli import main
+
+    folder, model = saved
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for what, tensors, meta, message in hostile_cases(state):
+        write_hostile(folder, tensors, meta)
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            load_model(folder)
+        # through the command a user runs: one line on stderr, status 1, no traceback
+        assert main(["evaluate", str(folder), "--device", "cpu"]) == 1, what
+        err = capsys.readouterr().err
+        assert err.startswith(f"mnistlab: error: {folder / MODEL_FILE}: ") and err.count("\n") == 1, (what, err)
+        assert len(err) < 400, (what, err)  # a huge header is not echoed back
+    assert not Path("/tmp/mnistlab-pwned").exists()
+
+
+def test_evaluate_refuses_a_hostile_checkpoint_as_a_process(saved):
+    folder, model = saved
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_hostile(folder, {k: v.int() for k, v in state.items()}, {**META, **FORMAT})
+    out = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("mnistlab: error: ") and "torch.int32" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_nothing_is_ever_unpickled():
+    """No loader of ours may reach pickle: not torch.load, numpy's allow_pickle, nor eval."""
+    risky = re.compile(r"(?<!safetensors\.)torch\.load\(|\bimport pickle|\bpickle\.|allow_pickle\s*=\s*True|"
+                       r"\bjoblib\b|\bdill\b|(?<![.\w])(eval|exec)\(")
+    src = Path(__file__).resolve().parents[1] / "src" / "mnistlab"
+    found = [f"{path.relative_to(src)}:{n}: {line.strip()}" for path in sorted(src.rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if risky.search(line)]
+    assert found == []
+
+
+def test_hostile_training_states_are_refused(tmp_path, small_mnist, capsys):
+    """`mnistlab train --resume` on a training state built to hurt: one line, status 1."""
+    from mnistlab.cli import main
+    from mnistlab.recipes import load_recipe
+    from mnistlab.train.engine import Trainer
+    from mnistlab.train.progress import Progress
+
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('name = "r"\ndescription = ""\n[model]\nname = "fast-cnn"\nwidths = [8, 8]\n'
+                           '[optimizer]\nname = "adam"\nlr = 1e-3\n[train]\nbatch_size = 50\nsteps = 4\n')
+    run = tmp_path / "run"
+
+    def stop(trainer, done):
+        if done == 2:
+            trainer.request_stop()
+
+    Trainer(load_recipe(recipe_path), run, device="cpu", data_dir=str(small_mnist), on_step=stop,
+            progress=Progress(1, quiet=True)).run()
+    good_tensors, good_meta = read_training_state(run)
+    exp_avg = next(k for k in good_tensors if k.endswith(".exp_avg"))
+    cases = [
+        ("recipe", {"recipe": "rm -rf /"}, {}, "metadata 'recipe' should be dict"),
+        ("seed", {"seed": "0; rm -rf /"}, {}, "metadata 'seed' should be int"),
+        ("bool step", {"step": True}, {}, "metadata 'step' should be int"),
+        ("negative step", {"step": -5}, {}, "outside 0..4"),
+        ("step past the end", {"step": 10**12}, {}, "outside 0..4"),
+        ("seconds", {"train_seconds": "fast"}, {}, "'train_seconds' should be"),
+        ("data folder", {"data_dir": {"path": "/etc"}}, {}, "'data_dir' should be str or null"),
+        ("param groups", {"param_groups": "all"}, {}, "'param_groups' should be list"),
+        ("betas", {"param_groups": [{**good_meta["param_groups"][0], "betas": "os.system"}]}, {},
+         "betas"),
+        ("rng dtype", {}, {"rng.cpu": torch.zeros(5000)}, "random-number state"),
+        ("optimiser shape", {}, {exp_avg: torch.zeros(3)}, exp_avg),
+        ("optimiser dtype", {}, {exp_avg: good_tensors[exp_avg].int()}, exp_avg),
+    ]
+    for what, meta_change, tensor_change, message in cases:
+        text = json.dumps({**good_meta, **meta_change})
+        (run / STATE_FILE).write_bytes(safetensors.torch.save({**good_tensors, **tensor_change},
+                                                              {"mnistlab": text}))
+        assert main(["train", "--resume", str(run), "--device", "cpu", "--quiet"]) == 1, what
+        err = capsys.readouterr().err
+        assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, (what, err)
+        assert message in err, (what, err)

@@ -2,13 +2,17 @@
 
 The bytes go to a temporary file in the same folder, are flushed to disk, and the temporary
 file is renamed over the target; the folder is then synced so the rename itself survives a
-power cut.
+power cut. A process killed mid-write leaves at most a hidden `.NAME.XXXXXXXX.tmp` beside the
+target, which `remove_stale_temporaries` clears.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +29,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from e
+        raise write_error(path, e) from e
     try:
         # mkstemp creates the file private (0600); give it the permissions open() would have
         os.fchmod(fd, 0o666 & ~_umask())
@@ -33,6 +37,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _pause_for_crash_tests()
         os.replace(tmp_name, path)
     except BaseException as e:
         try:
@@ -40,7 +45,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from e
+            raise write_error(path, e) from e
         raise
     _fsync_dir(path.parent)
 
@@ -52,6 +57,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_error(path: Path, e: OSError) -> MnistlabError:
+    """`cannot write PATH: REASON`, saying what to do when the disk is full."""
+    text = f"cannot write {path}: {e.strerror or e}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (free some space and try again"
+        text += f"; the previous {path.name} is unchanged)" if path.exists() else ")"
+    return MnistlabError(text)
+
+
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what mkstemp above names its files
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in `folder` (which only
+    the caller writes to); return them."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def _pause_for_crash_tests() -> None:
+    """Inert unless MNISTLAB_TEST_PAUSE_BEFORE_RENAME is set (seconds): the crash tests stretch
+    the moment between a complete temporary file and its rename, to kill a process there."""
+    pause = os.environ.get("MNISTLAB_TEST_PAUSE_BEFORE_RENAME")
+    if pause:
+        time.sleep(float(pause))
 
 
 def _umask() -> int:

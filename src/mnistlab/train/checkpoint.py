@@ -12,6 +12,7 @@ A run folder holds
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ STATE_FILE = "training-state.safetensors"
 FORMAT = "mnistlab.model/1"
 STATE_FORMAT = "mnistlab.training-state/1"
 MAX_FILE_BYTES = 1 << 30  # no model of ours comes near; refuse before reading a huge file
+MAX_META_CHARS = 1 << 20  # ours are a few kilobytes
 
 
 class CheckpointError(MnistlabError):
@@ -83,6 +85,7 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     tensors, meta = _read(path, "mnistlab")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnistlab model checkpoint (format {meta.get('format')!r})")
+    _check_fields(meta, path, MODEL_FIELDS)
     spec = meta.get("model")
     if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)
             and isinstance(spec.get("args", {}), dict)):
@@ -159,6 +162,10 @@ def read_training_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[st
     tensors, meta = _read(path, "mnistlab")
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an mnistlab training state")
+    _check_fields(meta, path, STATE_FIELDS, required=True)
+    if not 0 <= meta["step"] <= meta["total_steps"]:
+        raise CheckpointError(f"{path}: metadata 'step' is {meta['step']}, outside "
+                              f"0..{meta['total_steps']}")
     return tensors, meta
 
 
@@ -173,6 +180,7 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
                 state.setdefault(int(index), {})[name] = value
         for index, values in meta.get("optim_scalars", {}).items():
             state.setdefault(int(index), {}).update(values)
+        _check_optimizer_state(state, meta["param_groups"], optimizer, where)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         torch.set_rng_state(tensors["rng.cpu"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
@@ -182,7 +190,71 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
+def _check_optimizer_state(state: dict[int, dict[str, Any]], groups: Any,
+                           optimizer: torch.optim.Optimizer, where: str) -> None:
+    """Refuse saved optimiser state that would fail, or quietly misbehave, at the next step:
+    a setting of another kind than the optimiser's own (`betas` a string, `eps` NaN), a tensor
+    whose shape or dtype is not its weight's. load_state_dict checks none of this."""
+    if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
+            and all(isinstance(g, dict) for g in groups)):
+        raise CheckpointError(f"{where}: the optimiser's parameter groups do not fit this recipe")
+    for saved, own in zip(groups, optimizer.param_groups):
+        for key, like in own.items():
+            if key != "params" and not _same_kind(saved.get(key, like), like):
+                raise CheckpointError(f"{where}: optimiser setting '{key}' is "
+                                      f"{str(saved.get(key))[:40]!r}, not like {like!r}")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in state.items():
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            weight = params[index] if 0 <= index < len(params) else None
+            if (weight is None or not value.is_floating_point()
+                    or value.dim() and value.shape != weight.shape):
+                raise CheckpointError(
+                    f"{where}: optimiser state 'optim.{index}.{name}' is {value.dtype} "
+                    f"{tuple(value.shape)}, which fits no weight of this model")
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    if like is None or isinstance(like, bool):  # flags: foreach, fused, amsgrad, ...
+        return value is None or isinstance(value, bool)
+    if isinstance(like, (int, float, torch.Tensor)):
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if isinstance(like, (list, tuple)):
+        return (isinstance(value, (list, tuple)) and len(value) == len(like)
+                and all(_same_kind(v, w) for v, w in zip(value, like)))
+    return type(value) is type(like)
+
+
 # ---- shared --------------------------------------------------------------------------------
+
+# The metadata that code reads, and the kinds it must have: a checkpoint is untrusted input
+_PATH = (str, type(None))
+MODEL_FIELDS = {"class_names": (list, type(None)), "recipe": (dict, type(None)), "data_dir": _PATH,
+                "input": (dict, type(None)), "metrics": (dict, type(None)),
+                "dropout_at_test": (bool, type(None)), "complete": (bool, type(None))}
+STATE_FIELDS = {"recipe": (dict,), "seed": (int,), "step": (int,), "total_steps": (int,),
+                "train_seconds": (int, float), "data_dir": _PATH, "param_groups": (list,),
+                "optim_scalars": (dict,)}
+
+
+def _check_fields(meta: dict[str, Any], path: Path, fields: dict[str, tuple[type, ...]],
+                  required: bool = False) -> None:
+    for key, kinds in fields.items():
+        value = meta.get(key)
+        if (key in meta or required) and (not isinstance(value, kinds) or isinstance(value, bool)
+                                          and bool not in kinds):
+            expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise CheckpointError(f"{path}: metadata '{key}' should be {expected}, "
+                                  f"not {type(value).__name__}")
+    names = meta.get("class_names") or []
+    if len(names) > 1000 or not all(isinstance(n, str) and len(n) <= 100 for n in names):
+        raise CheckpointError(f"{path}: metadata 'class_names' should be at most 1,000 short strings")
+    data = (meta.get("recipe") or {}).get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("dataset", ""), str)):
+        raise CheckpointError(f"{path}: metadata 'recipe.data' should be a table with a dataset name")
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -207,9 +279,12 @@ def _read(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except Exception as e:  # safetensors raises its own error types for every malformed file
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
     try:
-        meta = json.loads(header[key])
+        text = header[key]
+        if len(text) > MAX_META_CHARS:
+            raise ValueError(f"{len(text):,} characters, more than the {MAX_META_CHARS:,} allowed")
+        meta = json.loads(text)
         if not isinstance(meta, dict):
             raise ValueError("not an object")
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise CheckpointError(f"{path}: no valid mnistlab metadata in the header ({e})") from None
     return tensors, meta

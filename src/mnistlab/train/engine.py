@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -25,9 +24,10 @@ import torch.nn.functional as F
 from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
 from mnistlab.errors import MnistlabError
+from mnistlab.fileio import atomic_write_text
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
-from mnistlab.train import checkpoint, distributed
+from mnistlab.train import checkpoint, distributed, rundir
 from mnistlab.train.augment import random_affine
 from mnistlab.train.batches import BatchPlan
 from mnistlab.train.metrics import Metrics, as_input, compute_metrics
@@ -278,8 +278,20 @@ class Trainer:
         progress.line(text)
         return metrics
 
-    def _save(self, model, optimizer, step: int, total: int, train_seconds: float,
-              validation: Metrics | None, test: Metrics | None = None) -> None:
+    def _save(self, model, optimizer, step: int, *args: Any, **kwargs: Any) -> None:
+        """`_write_checkpoint`, with a failed write explained: which checkpoint survived and how
+        to continue."""
+        try:
+            self._write_checkpoint(model, optimizer, step, *args, **kwargs)
+        except MnistlabError as e:
+            if not isinstance(e.__cause__, OSError):
+                raise
+            raise rundir.save_failed(e, self.run_dir, step, self._saved_step) from e
+        if optimizer is not None:
+            self._saved_step = step
+
+    def _write_checkpoint(self, model, optimizer, step: int, total: int, train_seconds: float,
+                          validation: Metrics | None, test: Metrics | None = None) -> None:
         if not self.world.is_main:
             return
         common = {
@@ -313,11 +325,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
-        if not os.access(self.run_dir, os.W_OK):
-            raise MnistlabError(f"the run folder {self.run_dir} is not writable")
         if self._resume_from is None and (self.run_dir / checkpoint.STATE_FILE).exists():
             raise MnistlabError(f"{self.run_dir} already holds a run: continue it with --resume "
                                 "or choose another --out")
+        # the step of the last training state saved, for the error should a later save fail
+        self._saved_step = self._resume_from[1]["step"] if self._resume_from is not None else None
+        if self.world.is_main:  # a read-only folder or a full disk is an error before step 1
+            rundir.check_writable(self.run_dir, self.recipe)
 
     def _open_metrics(self, keep_until: int) -> None:
         if not self.world.is_main:
@@ -331,19 +345,24 @@ class Trainer:
                         kept.append(line)
                 except ValueError:
                     continue  # a line cut short by a crash
+        # the records kept replace the file in one rename, so a crash now loses none of them
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
         try:
-            self._metrics = open(path, "w", encoding="utf-8")
+            self._metrics = open(path, "a", encoding="utf-8")
         except OSError as e:
             raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from None
-        self._metrics.write("".join(f"{line}\n" for line in kept))
-        self._metrics.flush()
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
         record["time"] = round(time.time(), 3)
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
+        except OSError as e:
+            path = self.run_dir / METRICS_FILE
+            raise rundir.save_failed(MnistlabError(f"cannot write {path}: {e.strerror or e}"),
+                                     self.run_dir, record.get("step", 0), self._saved_step) from e
         if self.on_log is not None:
             self.on_log(record)
 
