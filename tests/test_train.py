@@ -4,6 +4,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.recipes import load_recipe
 from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
@@ -60,8 +61,11 @@ def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist, recipe_file):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_mnist, recipe_file):
-    recipe = load_recipe(recipe_file(SMALL))  # 3 epochs of 22 steps (2,200 images), dropout, a schedule
+@pytest.mark.parametrize("average", ["", "ema = 0.9\n"], ids=["last-weights", "weight-average"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_mnist, recipe_file,
+                                                                average):
+    # 3 epochs of 22 steps (2,200 images), dropout, a schedule; and the same with a weight average
+    recipe = load_recipe(recipe_file(SMALL + average))
     data = dict(device="cpu", data_dir=str(small_mnist), **QUIET)
     straight = Trainer(recipe, tmp_path / "straight", seed=7, **data).run()
 
@@ -107,7 +111,6 @@ def test_a_run_folder_is_not_overwritten(tmp_path, small_mnist, recipe_file):
 
 def test_dropout_at_test_keeps_dropout_on_for_evaluation():
     torch.manual_seed(0)
-    from mnistlab.data.splits import load_split
     from mnistlab.models import build_model
 
     model = build_model("deep-cnn", dropout=0.5)
@@ -117,3 +120,18 @@ def test_dropout_at_test_keeps_dropout_on_for_evaluation():
     noisy = [compute_metrics(model, images, labels, dropout_at_test=True).loss for _ in range(2)]
     assert plain[0] == plain[1] and noisy[0] != noisy[1]
     assert model.training  # evaluation leaves the mode as it found it
+
+
+def test_weight_average_is_what_gets_evaluated_and_saved(tmp_path, small_mnist, recipe_file):
+    recipe = load_recipe(recipe_file(SMALL + "ema = 0.9\n")).with_length(steps=40)
+    result = Trainer(recipe, tmp_path / "run", seed=3, device="cpu", data_dir=str(small_mnist),
+                     **QUIET).run()
+    saved = weights(tmp_path / "run")
+    state, _ = read_training_state(tmp_path / "run")
+    key = "conv1.weight" if "conv1.weight" in saved else next(k for k in saved if k.endswith("weight"))
+    # the saved model is the average, which lags behind the last (live) weights
+    assert torch.equal(saved[key], state[f"ema.{key}"])
+    assert not torch.equal(saved[key], state[f"model.{key}"])
+    model, _ = load_model(tmp_path / "run")
+    test = load_split("test", data_dir=str(small_mnist))
+    assert compute_metrics(model, test.images, test.labels).accuracy == result.test.accuracy

@@ -41,6 +41,9 @@ class BenchResult:
     infer_batch1024_images_per_s: float
     baseline_images_per_s: float
     threads: int
+    capture_seconds: list[float]  # CUDA graph capture, per seed (0 where none was used)
+    cuda_graph: bool
+    hardware: str  # the GPU's or CPU's model name
 
     @property
     def speedup(self) -> float:
@@ -53,14 +56,14 @@ class BenchResult:
 
 
 def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 200,
-          quiet: bool = True) -> BenchResult:
+          quiet: bool = True, cuda_graphs: bool = True) -> BenchResult:
     recipe = load_recipe(name)
     dev = resolve_device(device)
     runs = []
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
         for seed in range(seeds):
             trainer = Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=str(dev),
-                              progress=Progress(1, quiet=quiet))
+                              progress=Progress(1, quiet=quiet), cuda_graphs=cuda_graphs)
             runs.append(trainer.run())
         model, _ = _trained_model(Path(tmp) / f"seed-{seeds - 1}", dev)
     test = load_split("test", recipe.data.dataset, device=dev)
@@ -74,7 +77,22 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
         infer_batch1024_images_per_s=inference_rate(model, test.images, batch_size=1024),
         baseline_images_per_s=baseline_rate(recipe, dev, baseline_steps),
         threads=torch.get_num_threads(),
+        capture_seconds=[r.capture_seconds for r in runs],
+        cuda_graph=all(r.cuda_graph for r in runs),
+        hardware=hardware_name(dev),
     )
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def _trained_model(run_dir: Path, device: torch.device):
@@ -147,12 +165,17 @@ def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
 def format_bench(r: BenchResult) -> str:
     med = statistics.median(r.train_seconds)
     acc = statistics.fmean(r.accuracies)
+    where = (f"{r.device} ({r.hardware}), "
+             f"{'steps replayed from a CUDA graph' if r.cuda_graph else 'eager steps'}"
+             if r.device.startswith("cuda") else f"{r.device} ({r.hardware}, {r.threads} threads)")
     lines = [
-        f"recipe {r.recipe} on {r.device} ({r.threads} threads), {r.seeds} seed(s)",
+        f"recipe {r.recipe} on {where}, {r.seeds} seed(s)",
         f"time to accuracy   median {med:.2f} s (min {min(r.train_seconds):.2f}, max "
         f"{max(r.train_seconds):.2f}) for mean test accuracy {100 * acc:.2f}%",
         f"  data loading and model building, not counted above: {r.setup_seconds[0]:.2f} s "
         f"(first run; later runs reuse the loaded data)",
+        *([f"  CUDA graph capture, not counted above: {statistics.median(r.capture_seconds):.3f} s "
+           f"median"] if r.cuda_graph else []),
         f"training           {r.train_images_per_s:,.0f} images/s (median over seeds)",
         f"baseline           {r.baseline_images_per_s:,.0f} images/s (eager loop over DataLoader, "
         f"same model and optimiser)",

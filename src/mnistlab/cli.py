@@ -202,7 +202,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mnistlab.bench import bench, format_bench
     from mnistlab.fileio import atomic_write_text
 
-    result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose)
+    result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
+                   cuda_graphs=not args.eager)
     print(format_bench(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--verbose", action="store_true", help="show each run's progress")
+    p.add_argument("--eager", action="store_true",
+                   help="on a GPU, launch each step's kernels from Python instead of replaying a "
+                        "CUDA graph (to compare)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")

@@ -113,6 +113,9 @@ class TrainSection:
     # "fp32"; "bf16" autocast; "auto": bf16 where the hardware computes it natively, else fp32
     precision: str = "fp32"
     log_every: int = 100
+    # decay per step of an average of the weights (train/ema.py), which is then what is
+    # validated, tested and saved; 0: no average, the last weights
+    ema: float = 0.0
 
     def check(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -126,6 +129,8 @@ class TrainSection:
         _one_of("precision", self.precision, ("fp32", "bf16", "auto"))
         if not 0 <= self.label_smoothing < 1:
             raise ValueError("label_smoothing: expected a number in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise ValueError("ema: expected a decay in [0, 1) (0: no weight average)")
 
 
 @dataclass(frozen=True)

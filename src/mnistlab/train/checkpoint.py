@@ -136,8 +136,9 @@ def check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], where: str
 
 
 def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        meta: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+                        meta: dict[str, Any], extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Everything --resume needs; `extra` holds more tensors to keep (a weight average's)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | (extra or {})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in opt["state"].items():
@@ -149,7 +150,10 @@ def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"format": STATE_FORMAT, **meta, "param_groups": opt["param_groups"],
+    # a CUDA-graphed run keeps its learning rate in a tensor (train/step.py): save the number
+    groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
+              for group in opt["param_groups"]]
+    meta = {"format": STATE_FORMAT, **meta, "param_groups": groups,
             "optim_scalars": scalars}
     text = json.dumps(meta, sort_keys=True)
     atomic_write_bytes(Path(run_dir) / STATE_FILE, safetensors.torch.save(_tensors(tensors), {"mnistlab": text}))

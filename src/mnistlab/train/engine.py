@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
@@ -28,11 +27,12 @@ from mnistlab.fileio import atomic_write_text
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
 from mnistlab.train import checkpoint, distributed, rundir
-from mnistlab.train.augment import random_affine
 from mnistlab.train.batches import BatchPlan
-from mnistlab.train.metrics import Metrics, as_input, compute_metrics
+from mnistlab.train.ema import WeightAverage
+from mnistlab.train.metrics import Metrics, compute_metrics
 from mnistlab.train.optim import lr_factor, make_optimizer
 from mnistlab.train.progress import Progress, format_duration
+from mnistlab.train.step import Totals, TrainStep, can_use_cuda_graph
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -55,6 +55,8 @@ class RunResult:
     setup_seconds: float = 0.0  # data loading and model building, before the first step
     processes: int = 1  # data-parallel processes (torchrun)
     is_main: bool = True  # the process that prints and writes
+    capture_seconds: float = 0.0  # capturing the CUDA graph, not counted in train_seconds
+    cuda_graph: bool = False  # whether the steps were replayed from a CUDA graph
 
     @property
     def interrupted(self) -> bool:
@@ -101,6 +103,7 @@ class Trainer:
                  data_dir: str | None = None, progress: Progress | None = None,
                  on_step: Callable[[Trainer, int], None] | None = None,
                  on_log: Callable[[dict[str, Any]], None] | None = None,
+                 cuda_graphs: bool = True,
                  resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
@@ -111,6 +114,7 @@ class Trainer:
         self.progress = progress if self.world.is_main else Progress(1, quiet=True)
         self.on_step = on_step
         self.on_log = on_log  # sees every record written to metrics.jsonl (TensorBoard, say)
+        self.cuda_graphs = cuda_graphs  # on a GPU, replay each step from a CUDA graph
         self._resume_from = resume_from  # a run folder's training state: (tensors, metadata)
         self._stop = threading.Event()
 
@@ -150,30 +154,36 @@ class Trainer:
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
         # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
         model = model.to(self.device, memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, recipe.optimizer)
         world = self.world
+        cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
+        optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph)
         # DistributedDataParallel averages gradients over processes; `model` stays the module
         net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
                          steps=train_cfg.steps, device=self.device)
+        ema = WeightAverage(model, train_cfg.ema) if train_cfg.ema else None
         start_step, train_seconds = 0, 0.0
         if self._resume_from is not None:
             tensors, meta = self._resume_from
             checkpoint.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
+            if ema is not None:
+                ema.restore(tensors, str(self.run_dir))
             start_step, train_seconds = meta["step"], meta["train_seconds"]
         self._open_metrics(keep_until=start_step)
         progress = self.progress or Progress(plan.total_steps)
         progress.total = plan.total_steps
         bf16 = use_bf16(train_cfg.precision, self.device)
         progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
-                      f"on {self.device}{', bf16' if bf16 else ''}, seed {self.seed}, into {self.run_dir}"
+                      f"on {self.device}{', bf16' if bf16 else ''}{', CUDA graph' if cuda_graph else ''}, seed {self.seed}, into {self.run_dir}"
                       + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        sum_loss = train_cfg.loss_reduction == "sum"
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
-        loss_scale = world.size if sum_loss else 1
+        loss_scale = world.size if train_cfg.loss_reduction == "sum" else 1
         update_every = recipe.quirks.update_every
         window = _Window(self.device)
+        train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
+                               bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph, ema=ema)
+        # what is validated, tested and saved: the weight average where the recipe keeps one
+        final = ema.current if ema is not None else lambda: model
         last_loss = last_acc = None
         last_validation: Metrics | None = None
         images_done = 0
@@ -186,21 +196,10 @@ class Trainer:
             for step in range(start_step, plan.total_steps):
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
-                    x, y = as_input(train.images[idx], channels_last=True), train.labels[idx]
-                    if recipe.augment.enabled:
-                        x = random_affine(x, recipe.augment)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with autocast:
-                        logits = net(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing,
-                                           reduction=train_cfg.loss_reduction)
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss * loss_scale if loss_scale != 1 else loss).backward()
-                    optimizer.step()
-                    window.add(loss.detach() if sum_loss else loss.detach() * len(y), logits, y)
-                    images_done += len(y)
+                    train_step(idx, lr)
+                    window.images += len(idx)
+                    images_done += len(idx)
                 done = steps_done = step + 1
                 epoch_end = plan.epoch_ends(step)
                 log_point = done % train_cfg.log_every == 0 or epoch_end
@@ -223,22 +222,25 @@ class Trainer:
                 stop = (self._stop.is_set() if world.size == 1 else
                         log_point and distributed.any_process(self._stop.is_set(), world, self.device))
                 if epoch_end or stop:
+                    _wait_for(self.device)  # the GPU's queued steps are training time
                     pause_start = time.perf_counter()
                     if epoch_end:
-                        last_validation = self._end_epoch(model, validation, plan, done, last_loss,
-                                                          last_acc, progress)
+                        last_validation = self._end_epoch(final(), validation, plan, done,
+                                                          last_loss, last_acc, progress)
                     self._save(model, optimizer, done, plan.total_steps,
-                               train_seconds + elapsed, last_validation)
+                               train_seconds + elapsed, last_validation, ema=ema)
                     paused += time.perf_counter() - pause_start
                 if stop:
                     break
 
-        elapsed = time.perf_counter() - session_start - paused
+        _wait_for(self.device)
+        # the graph's capture is set apart, as compile time would be
+        elapsed = time.perf_counter() - session_start - paused - train_step.capture_seconds
         train_seconds += elapsed
         result = RunResult(self.run_dir, recipe, str(self.device), steps_done, plan.total_steps,
                            train_seconds, images_done * world.size / elapsed if elapsed > 0 else 0.0,
                            None, last_validation, session_start - self._started, world.size,
-                           world.is_main)
+                           world.is_main, train_step.capture_seconds, cuda_graph)
         if world.size > 1:
             difference = distributed.replica_difference(model, world)
             self._log({"event": "replicas", "step": steps_done, "processes": world.size,
@@ -252,12 +254,12 @@ class Trainer:
             return result
 
         test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
-        result.test = compute_metrics(model, test.images, test.labels,
+        result.test = compute_metrics(final(), test.images, test.labels,
                                       dropout_at_test=recipe.quirks.dropout_at_test)
         self._log({"event": "test", "step": steps_done, "loss": result.test.loss,
                    "accuracy": result.test.accuracy, "train_seconds": train_seconds})
         self._save(model, None, steps_done, plan.total_steps, train_seconds, last_validation,
-                   test=result.test)
+                   test=result.test, ema=ema)
         return result
 
     # ---- pieces ----------------------------------------------------------------------------
@@ -291,7 +293,10 @@ class Trainer:
             self._saved_step = step
 
     def _write_checkpoint(self, model, optimizer, step: int, total: int, train_seconds: float,
-                          validation: Metrics | None, test: Metrics | None = None) -> None:
+                          validation: Metrics | None, test: Metrics | None = None,
+                          ema: WeightAverage | None = None) -> None:
+        """The training state (live weights, optimiser, average) for --resume, and the model
+        that was evaluated: the weight average where there is one."""
         if not self.world.is_main:
             return
         common = {
@@ -300,14 +305,15 @@ class Trainer:
             "versions": checkpoint.versions(), "processes": self.world.size,
         }
         if optimizer is not None:  # the final save after the test needs no resume state
-            checkpoint.save_training_state(self.run_dir, model, optimizer, common)
+            checkpoint.save_training_state(self.run_dir, model, optimizer, common,
+                                           extra=ema.tensors() if ema is not None else None)
         metrics = {"train_seconds": train_seconds}
         if validation is not None:
             metrics["validation"] = {"accuracy": validation.accuracy, "loss": validation.loss}
         if test is not None:
             metrics["test"] = {"accuracy": test.accuracy, "loss": test.loss}
         dataset = self.recipe.data.dataset
-        checkpoint.save_model(self.run_dir, model, {
+        checkpoint.save_model(self.run_dir, ema.current() if ema is not None else model, {
             **common,
             "model": {"name": self.recipe.model.name, "args": self.recipe.model.args},
             # what the model expects: 28x28 grayscale, white ink on black, pixel / 255
@@ -368,27 +374,26 @@ class Trainer:
 
 
 class _Window:
-    """The training loss and accuracy since the last log point, summed on the device so that
-    no step waits for the host."""
+    """The training loss and accuracy since the last log point: sums on the device (which a
+    CUDA graph adds to), and the image count on the host."""
 
     def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over images
-        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.totals = Totals(device)
         self.images = 0
-
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss_sum
-        self.correct += (logits.argmax(1) == labels).sum()
-        self.images += len(labels)
 
     def read(self, world: distributed.World) -> tuple[float, float]:
         """Mean loss and accuracy over every process's images, and start a new window."""
-        count = torch.tensor(float(self.images), dtype=torch.float64, device=self.loss.device)
-        loss, correct, images = distributed.total(torch.stack([self.loss, self.correct, count]),
-                                                  world).tolist()
-        self.loss.zero_(), self.correct.zero_()
+        loss, correct = self.totals.take()
+        count = torch.tensor(float(self.images), dtype=torch.float64, device=loss.device)
+        loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images
+
+
+def _wait_for(device: torch.device) -> None:
+    """Let a GPU finish its queued work, so that a clock read afterwards measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager

@@ -42,9 +42,10 @@ class KerasRMSprop(torch.optim.Optimizer):
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
 
 
-def make_optimizer(model: nn.Module, spec: OptimizerSection, *,
-                   multi_tensor: bool = True) -> torch.optim.Optimizer:
-    """The recipe's optimiser; `multi_tensor=False` gives PyTorch's default per-tensor loop."""
+def make_optimizer(model: nn.Module, spec: OptimizerSection, *, multi_tensor: bool = True,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser; `multi_tensor=False` gives PyTorch's default per-tensor loop, and
+    `capturable=True` an Adam or AdamW that a CUDA graph can replay (train/step.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
     # On a GPU, one fused kernel for the whole update. On the CPU the multi-tensor (foreach)
     # update instead: about as fast there in our timings, and a resumed run ends bitwise equal
@@ -60,7 +61,7 @@ def make_optimizer(model: nn.Module, spec: OptimizerSection, *,
         cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
         return cls(
             params, lr=spec.lr, betas=tuple(spec.betas), eps=spec.eps,
-            weight_decay=spec.weight_decay, **fast,
+            weight_decay=spec.weight_decay, **fast, **({"capturable": True} if capturable else {}),
         )
     if spec.name == "keras-rmsprop":
         return KerasRMSprop(params, lr=spec.lr, rho=spec.rho, eps=spec.eps)

@@ -1,0 +1,152 @@
+"""One optimisation step: a batch's images and labels in, the model's weights updated.
+
+On the CPU, and wherever a graph cannot be used, the step runs eagerly from Python. On a CUDA
+GPU it is captured once into a CUDA graph and replayed for every later step: a small network's
+step is about a hundred kernels of a few microseconds each, and launching them one by one from
+Python leaves the GPU idle most of the time, while one replay launches them all at once.
+
+A graph replays the exact memory addresses it was captured with. So the batch is chosen by
+copying its indices into a fixed buffer, the learning rate lives in a one-element tensor that
+the optimiser reads on the device, and the training loss and accuracy are summed into fixed
+tensors. A batch of another size (an epoch's last, smaller one) runs eagerly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.recipes import Recipe
+from mnistlab.train.augment import random_affine
+from mnistlab.train.ema import WeightAverage
+from mnistlab.train.metrics import as_input
+
+# eager steps before the capture: they create the optimiser's state and let cuDNN and cuBLAS
+# initialise lazily, which a capture cannot do
+WARMUP_STEPS = 3
+
+
+class Totals:
+    """The training loss and correct answers summed on the device since the last read, so
+    that no step waits for the host."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over images
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss += loss_sum
+        self.correct += (logits.argmax(1) == labels).sum()
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sums (copies), then zero, in place: a captured graph keeps adding to them."""
+        values = self.loss.clone(), self.correct.clone()
+        self.loss.zero_(), self.correct.zero_()
+        return values
+
+
+class TrainStep:
+    """`step(indices, lr)` trains on the images at `indices` of the training split."""
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 labels: torch.Tensor, recipe: Recipe, totals: Totals, *, bf16: bool,
+                 loss_scale: float = 1, cuda_graph: bool = False,
+                 ema: WeightAverage | None = None):
+        self.net, self.optimizer = net, optimizer
+        self.images, self.labels = images, labels
+        self.recipe, self.totals = recipe, totals
+        self.bf16, self.loss_scale = bf16, loss_scale
+        self.cuda_graph = cuda_graph
+        self.ema = ema
+        self.capture_seconds = 0.0  # spent capturing the graph, not training
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._eager_steps = 0
+        if cuda_graph:
+            device = images.device
+            self._lr = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
+            for group in optimizer.param_groups:
+                group["lr"] = self._lr  # read on the device by the fused, capturable update
+            self._indices = torch.zeros(recipe.train.batch_size, dtype=torch.int64, device=device)
+
+    def __call__(self, indices: torch.Tensor, lr: float) -> None:
+        if not self.cuda_graph:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._compute(indices)
+            return
+        self._lr.fill_(lr)
+        if len(indices) != len(self._indices):  # a short last batch: not the captured shape
+            with _outside_graph():
+                self._compute(indices)
+            return
+        self._indices.copy_(indices)
+        if self._graph is not None:
+            self._graph.replay()
+        elif self._eager_steps < WARMUP_STEPS:
+            self._eager_steps += 1
+            self._warm_up()
+        else:
+            self._capture()
+            self._graph.replay()  # capturing records the step; it does not run it
+
+    def _compute(self, indices: torch.Tensor) -> None:
+        recipe = self.recipe
+        x, y = as_input(self.images[indices], channels_last=True), self.labels[indices]
+        if recipe.augment.enabled:
+            x = random_affine(x, recipe.augment)
+        # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16,
+                            cache_enabled=not self.cuda_graph):
+            logits = self.net(x)
+        train = recipe.train
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=train.label_smoothing,
+                               reduction=train.loss_reduction)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        self.totals.add(loss.detach() if train.loss_reduction == "sum" else loss.detach() * len(y),
+                        logits.detach(), y)
+
+    def _warm_up(self) -> None:
+        # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), _outside_graph():
+            self._compute(self._indices)
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self) -> None:
+        start = time.perf_counter()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._compute(self._indices)
+        torch.cuda.synchronize()
+        # The gradients the graph writes live in its private memory; keep them referenced, so
+        # that an eager step (which replaces .grad) never hands their memory back.
+        self._graph_grads = [p.grad for p in self.net.parameters()]
+        self._graph = graph
+        self.capture_seconds = time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _outside_graph():
+    # the capturable optimiser warns each time it runs outside a graph: these steps must
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*capturable=True.*")
+        yield
+
+
+def can_use_cuda_graph(device: torch.device, processes: int, recipe: Recipe) -> bool:
+    """Graphs on a single CUDA GPU, for recipes that take a step every time with an optimiser
+    whose learning rate can live on the device (Adam and AdamW; PyTorch's SGD and our Keras
+    RMSprop read it on the host)."""
+    return (device.type == "cuda" and processes == 1 and recipe.quirks.update_every == 1
+            and recipe.optimizer.name in ("adam", "adamw"))
