@@ -32,7 +32,7 @@ import struct
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -172,7 +172,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it is known to pass `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not (declared.strip().isascii() and declared.strip().isdigit()):
             raise ApiError(400, "bad_request", f"Content-Length {declared!r} is not a byte count")
         if int(declared) > limit:
             raise ApiError(413, "too_large", f"the request body is {int(declared):,} bytes; "
@@ -219,8 +219,14 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {e}") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise ApiError(422, "bad_pixels", 'expected a JSON object {"pixels": [[28 numbers] x 28 rows]}')
+    rows = payload["pixels"]
+    # numbers only: numpy would take true and false for 1 and 0, and strings of digits as numbers
+    if not (isinstance(rows, list) and all(isinstance(row, list) and all(
+            type(v) is int or type(v) is float for v in row) for row in rows)):
+        raise ApiError(422, "bad_pixels", "pixels must be a list of rows of numbers (no true, "
+                                          "false, null, strings or tables)")
     try:
-        return from_pixels(payload["pixels"])
+        return from_pixels(rows)
     except EmptyImageError as e:
         raise _image_error(e) from None
     except ImageError as e:
@@ -264,7 +270,8 @@ def parse_top_k(request: Request, default: int) -> int:
     text = request.query_params.get("top_k")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= 10:
+    # isdigit alone admits '²', which int() refuses: ASCII digits only
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10:
         raise ApiError(422, "bad_request", f"top_k must be a whole number from 1 to 10, got {text!r}")
     return int(text)
 
@@ -301,9 +308,17 @@ def json_response(content: Any, status: int = 200) -> Response:
 # ---- documentation models (the answers are built by hand, these describe them) -------------
 
 
+Pixel = Annotated[float, Field(ge=0, le=255)]
+
+
 class PixelsRequest(BaseModel):
-    pixels: list[list[float]] = Field(
+    pixels: list[Annotated[list[Pixel], Field(min_length=28, max_length=28)]] = Field(
+        min_length=28, max_length=28,
         description="28 rows of 28 numbers, light ink on a dark background: 0-255, or 0-1")
+
+
+# a "1": a vertical stroke, 20 rows tall, as MNIST has it (the example in the OpenAPI docs)
+EXAMPLE_PIXELS = [[255 if 4 <= y < 24 and 13 <= x < 15 else 0 for x in range(28)] for y in range(28)]
 
 
 class TopEntry(BaseModel):
@@ -327,6 +342,25 @@ class PredictResponse(BaseModel):
     digits: list[DigitReading] = Field(description="one reading per digit, left to right")
 
 
+class HealthResponse(BaseModel):
+    status: str = Field(description='"ok" while the server answers')
+    model_loaded: bool
+    model: str | None = Field(description="the loaded model's architecture")
+
+
+class ModelResponse(BaseModel):
+    """What the predictor says of its model (more keys may follow)."""
+
+    model: str | None = Field(description="the architecture, e.g. mnistlab-cnn")
+    args: dict[str, Any] = Field(description="its arguments")
+    parameters: int | None
+    checkpoint: str | None = Field(description="the file, without the server's folders")
+    backend: str = Field(description="torch or onnx")
+    device: str
+    test_accuracy: float | None = Field(description="on MNIST's 10,000 test images, when known")
+    class_names: list[str]
+
+
 class ErrorResponse(BaseModel):
     detail: str
     error: str = Field(description="empty_image, bad_image, bad_pixels, bad_json, bad_request, "
@@ -340,7 +374,8 @@ PREDICT_BODY = {
         "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                            "properties": {"file": {"type": "string",
                                                                    "format": "binary"}}}},
-        "application/json": {"schema": PixelsRequest.model_json_schema()},
+        "application/json": {"schema": PixelsRequest.model_json_schema(),
+                             "example": {"pixels": EXAMPLE_PIXELS}},
         **{t: _BINARY for t in IMAGE_TYPES},
         "application/octet-stream": _BINARY,
     },
@@ -423,14 +458,16 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
     async def index() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
-    @app.get("/api/health", summary="Is the server up, with its model loaded?")
+    @app.get("/api/health", summary="Is the server up, with its model loaded?",
+             response_model=None, responses={200: {"model": HealthResponse}})
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model_loaded": predictor is not None,
                 "model": predictor.info.get("model")}
 
     about = public_info(predictor.info)
 
-    @app.get("/api/model", summary="The loaded model: architecture, accuracy, input format")
+    @app.get("/api/model", summary="The loaded model: architecture, accuracy, input format",
+             response_model=None, responses={200: {"model": ModelResponse}})
     async def model() -> dict[str, Any]:
         return about
 
@@ -450,7 +487,10 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
         ),
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra={"requestBody": PREDICT_BODY},
+        openapi_extra={"requestBody": PREDICT_BODY, "parameters": [{
+            "name": "top_k", "in": "query", "required": False,
+            "description": "how many candidates to list",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 10, "default": top_k}}]},
     )
     async def predict(request: Request) -> Response:
         k = parse_top_k(request, top_k)
