@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from mnistlab.report.analysis import Filters, Mistake
 from mnistlab.report.run import Curves
@@ -81,7 +82,7 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
     loss_ax, acc_ax = axes[0], axes[1]
     accuracies: list[float] = []
     palette = [f"C{i}" for i in range(10)]
-    for n, (label, curves) in enumerate(runs):
+    for n, (_label, curves) in enumerate(runs):
         colour = palette[n % len(palette)]
         styles = {
             "train": dict(color=TRAIN if single else colour, lw=1.2 if single else 0.9,
@@ -92,7 +93,7 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
             records = getattr(curves, kind)
             if not records:
                 continue
-            name = kind if single else f"{label} ({kind})"
+            name = kind if single else None  # several runs: one legend entry a run, below
             xs = _x(records, x)
             loss_ax.plot(xs, [r["loss"] for r in records], label=name, **styles[kind])
             acc_ax.plot(xs, [100 * r["accuracy"] for r in records], label=name, **styles[kind])
@@ -106,10 +107,10 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
             acc_ax.plot([at], [100 * curves.test["accuracy"]], **star, label=name)
             accuracies.append(curves.test["accuracy"])
     xlabel = "epoch" if x == "epoch" else "step"
-    loss_ax.set(title="Loss", xlabel=xlabel, ylabel="cross-entropy (log scale)")
+    loss_ax.set(title="Loss", xlabel=xlabel, ylabel="cross-entropy")
     losses = [y for line in loss_ax.get_lines() for y in line.get_ydata()]
     if losses and min(losses) > 0:
-        loss_ax.set_yscale("log")
+        loss_ax.set(yscale="log", ylabel="cross-entropy (log scale)")
         plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
         loss_ax.yaxis.set_major_formatter(plain)
         loss_ax.yaxis.set_minor_formatter(plain if max(losses) / min(losses) < 20 else
@@ -127,9 +128,13 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
         for ax in (loss_ax, acc_ax):
             if ax.get_lines():
                 ax.legend(loc="best")
-    elif loss_ax.get_lines():
-        handles, labels = acc_ax.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))))
+    else:  # a colour for each run, then what each line style means
+        handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=label)
+                   for n, (label, _) in enumerate(runs)]
+        handles += [Line2D([], [], color="#555555", ls="--", lw=0.9, label="training"),
+                    Line2D([], [], color="#555555", lw=1.8, marker="o", ms=3.5, label="validation"),
+                    Line2D([], [], color="#555555", marker="*", ms=10, ls="none", label="test")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)))
     if not any(ax.get_lines() for ax in axes):
         for ax in axes:
             ax.text(0.5, 0.5, "no training log", ha="center", va="center",
@@ -149,8 +154,8 @@ def confusion_png(confusion: list[list[int]], class_names: Sequence[str]) -> byt
     ax = fig.subplots()
     ax.grid(False)
     shown = np.ma.masked_where(matrix == 0, matrix)
-    cmap = colors.LinearSegmentedColormap.from_list("report", ["#eef4fb", "#6baed6", "#08306b"])
-    cmap.set_bad("white")
+    cmap = colors.LinearSegmentedColormap.from_list(
+        "report", ["#eef4fb", "#6baed6", "#08306b"]).with_extremes(bad="white")
     image = ax.imshow(shown, cmap=cmap, norm=colors.LogNorm(vmin=1, vmax=max(2, matrix.max())))
     threshold = math.sqrt(max(2, matrix.max()))
     for (i, j), value in np.ndenumerate(matrix):
@@ -207,8 +212,9 @@ def mistakes_png(mistakes: Sequence[Mistake], class_names: Sequence[str], *,
         r, c = divmod(k, columns)
         top, left = r * (tile + band), c * (tile + 4) + 2
         canvas[top : top + tile, left : left + tile] = m.image
-    cmap = colors.ListedColormap(np.linspace(0, 1, 256)[:, None].repeat(3, 1)[::-1])
-    cmap.set_bad("#e9e9e9")  # between the tiles: dark ink on white paper, on a grey table
+    # dark ink on white paper, the tiles on a grey table
+    cmap = colors.ListedColormap(np.linspace(1, 0, 256)[:, None].repeat(3, 1)).with_extremes(
+        bad="#e9e9e9")
     ax.imshow(canvas, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
     for k, m in enumerate(mistakes):
         r, c = divmod(k, columns)
@@ -240,8 +246,8 @@ def filters_png(filters: Filters, *, columns: int | None = None) -> bytes:
     fig = _figure(max(4.0, columns * size), rows * size + 0.6)
     ax = fig.subplots()
     ax.axis("off")
-    cmap = colors.LinearSegmentedColormap.from_list("signed", ["#2166ac", "#f7f7f7", "#b2182b"])
-    cmap.set_bad("white")
+    cmap = colors.LinearSegmentedColormap.from_list(
+        "signed", ["#2166ac", "#f7f7f7", "#b2182b"]).with_extremes(bad="white")
     ax.imshow(canvas, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     what = (f"{count} kernels of {h}x{w}" if filters.kind == "Conv2d"
             else f"{count} units' weights over the {h}x{w} pixels")
