@@ -188,20 +188,30 @@ def test_tensorboard_encoding_and_a_resumed_run(tmp_path):
     assert [e["step"] for e in tb.read_events(events_file)] == [0, 1, 2, 3]
 
 
-def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist):
-    recipe = load_recipe("fast").with_length(steps=40)
+def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, capsys):
+    recipe = load_recipe("fast").with_length(steps=40)  # epochs of 17 steps on the small set
 
     def stop(trainer, done):
-        if done == 7:
+        if done == 20:
             trainer.request_stop()
 
-    result = Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist),
-                     on_step=stop, **QUIET).run()
+    run_dir = tmp_path / "run"
+    result = Trainer(recipe, run_dir, device="cpu", data_dir=str(small_mnist), on_step=stop,
+                     **QUIET).run()
     assert result.interrupted
-    report = write_report(tmp_path / "run", device="cpu")
+    report = write_report(run_dir, device="cpu")
     assert report.analysis.split == "validation"
     page = report.page.read_text()
-    assert "unfinished: step 7 of 40" in page and "Validation accuracy" in page
+    assert "unfinished: step 20 of 40" in page and "Validation accuracy" in page
+    # resumed with live event files: they hold what metrics.jsonl holds, the first epoch included
+    assert main(["train", "--resume", str(run_dir), "--device", "cpu", "--quiet",
+                 "--tensorboard"]) == 0
+    assert f"report: {run_dir / 'report.html'}" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    for kind in ("train", "validation"):
+        (events,) = (run_dir / tb.FOLDER / kind).iterdir()
+        steps = [r["step"] for r in records if r["event"] == kind]
+        assert [e["step"] for e in tb.read_events(events)[1:]] == steps and steps[0] == 17
 
 
 def test_the_train_command_writes_reports_and_event_files(tmp_path, small_mnist, capsys):

@@ -117,6 +117,9 @@ def open_run(target: str | os.PathLike, device: str = "cpu") -> Run:
         if cut:
             run.notes.append(f"The last line of {METRICS_FILE} was cut short (the run was "
                              "stopped while writing it) and is left out.")
+        if not run.records:
+            run.notes.append(f"{METRICS_FILE} holds no record yet: the run stopped before its "
+                             "first log point, so there are no training curves.")
     else:
         run.notes.append(f"This folder has no {METRICS_FILE}, so there are no training curves: "
                          "the figures below come from the model itself.")
