@@ -2,8 +2,12 @@ import functools
 import gzip
 import hashlib
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -79,6 +83,7 @@ class Server:
     def __init__(self, root: Path):
         self.failures = 0  # answer this many next requests with 503
         self.requests = 0
+        self.released = threading.Event()  # ends the stalled answers of /stall/NAME
         outer = self
 
         class Handler(SimpleHTTPRequestHandler):
@@ -89,6 +94,16 @@ class Server:
                     self.send_header("Content-Length", "100")
                     self.end_headers()
                     self.wfile.write(bytes(10))
+                    self.close_connection = True
+                    return
+                if self.path.startswith("/stall/"):  # half of NAME, then nothing until released
+                    data = (root / self.path[len("/stall/"):]).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    outer.released.wait(30)
                     self.close_connection = True
                     return
                 if outer.failures > 0:
@@ -108,6 +123,7 @@ class Server:
         self.thread.start()
 
     def close(self):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -346,3 +362,89 @@ def test_corrupt_cached_download_says_delete(served, monkeypatch):
     write_idx(cached, np.zeros(12, np.uint8))
     with pytest.raises(MnistlabError, match="checksum mismatch.*delete it and run again"):
         load_arrays("tiny")
+
+
+# --- damaged, cut short or substituted files, wherever they are: detected, with what to do ----
+
+
+def cut_short(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_shipped_file_says_reinstall(mnist_copy):
+    cut_short(mnist_copy / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(MnistlabError, match=r"t10k-labels-idx1-ubyte.gz: corrupt gzip .*; the "
+                                            r"installed package is damaged: reinstall mnistlab"):
+        load_arrays("mnist")
+
+
+def test_substituted_shipped_file_fails_its_checksum(mnist_copy):
+    # a valid IDX file in the wrong place: the training labels where the test labels belong
+    shutil.copy(mnist_copy / "train-labels-idx1-ubyte.gz", mnist_copy / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(MnistlabError, match=r"t10k-labels-idx1-ubyte.gz: checksum mismatch: .*"
+                                            r"expected 27ae3e4e09519cfbb04c329615203637; .*reinstall"):
+        load_arrays("mnist")
+
+
+def test_truncated_cached_file_says_delete_and_download_again(served, monkeypatch):
+    root, server = served
+    tiny_spec(root, server.url, monkeypatch)
+    load_arrays("tiny")
+    cut_short(cache_dir() / "tiny" / "train-images-idx3-ubyte.gz")
+    with pytest.raises(MnistlabError, match=r"train-images-idx3-ubyte.gz: corrupt gzip .*; delete "
+                                            r"it and run again to download a fresh copy"):
+        load_arrays("tiny")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_truncated_file_in_data_dir_says_replace_it(tmp_path, suffix):
+    write_set(tmp_path, tiny_arrays(), suffix=suffix)
+    cut_short(tmp_path / f"train-images-idx3-ubyte{suffix}")
+    with pytest.raises(MnistlabError, match=r"train-images-idx3-ubyte.*: (truncated|corrupt gzip)"
+                                            r".*; replace it with a good copy"):
+        load_arrays(data_dir=tmp_path)
+
+
+def test_substituted_files_in_data_dir_are_caught(tmp_path):
+    arrays = tiny_arrays()
+    write_set(tmp_path, {**arrays, "train-labels": arrays["test-labels"],
+                         "test-labels": arrays["train-labels"]})  # swapped
+    with pytest.raises(MnistlabError, match="12 labels for the 24 images"):
+        load_arrays(data_dir=tmp_path)
+
+
+def test_verify_checks_a_data_dir_copy_of_mnist_against_the_checksums(tmp_path):
+    mnist = load_arrays("mnist")
+    labels = mnist.train_labels.astype(np.uint8)
+    labels[123] = (labels[123] + 1) % 10  # a copy that loads perfectly well, one label off
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", mnist.test_labels.astype(np.uint8))
+    checks = {c.file.role: c for c in verify_dataset("mnist", tmp_path)}
+    assert "checksum mismatch" in checks["train-labels"].message
+    assert "replace it with a good copy" in checks["train-labels"].message
+    assert checks["test-labels"].ok and "checksum ok" in checks["test-labels"].message
+    assert checks["train-images"].message == "missing"
+
+
+def test_a_download_killed_half_way_leaves_nothing_that_looks_complete(served, monkeypatch):
+    root, server = served
+    tiny_spec(root, server.url, monkeypatch)
+    name = "train-images-idx3-ubyte.gz"
+    dest = cache_dir() / "tiny" / name
+    # a big file (the reader waits for 64 KB chunks), half of it sent, then the line goes quiet
+    write_idx(root / "big.gz", np.random.default_rng(0).integers(0, 256, (400, 28, 28), np.uint8))
+    code = ("import sys; from mnistlab.data.download import download_file; "
+            "download_file(sys.argv[1], sys.argv[2], None, retries=0)")
+    child = subprocess.Popen([sys.executable, "-c", code, f"{server.url}stall/big.gz", str(dest)])
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size >= 1 << 16 for p in dest.parent.glob(".*.tmp")):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+    assert not dest.exists() and len(list(dest.parent.glob(f".{name}.*.tmp"))) == 1
+    assert [s.state for s in dataset_status("tiny")] == ["missing"] * 4
+    a = load_arrays("tiny")  # downloads it again, whole, and checks it
+    np.testing.assert_array_equal(a.train_images, tiny_arrays()["train-images"])
+    assert all(c.ok for c in verify_dataset("tiny"))

@@ -220,9 +220,25 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
+def _what_to_do(state: str) -> str:
+    """What to do about a damaged file, by where it is."""
+    return {
+        "shipped": "the installed package is damaged: reinstall mnistlab",
+        "cached": "delete it and run again to download a fresh copy",
+    }.get(state, "replace it with a good copy")
+
+
+def _read(path: Path, state: str) -> tuple[np.ndarray, str]:
+    """read_idx_and_md5, its error saying what to do about the file."""
+    try:
+        return read_idx_and_md5(path)
+    except IdxError as e:
+        raise IdxError(f"{e}; {_what_to_do(state)}") from e
+
+
 def _read_checked(path: Path, file: DatasetFile, state: str) -> tuple[np.ndarray, str]:
     """Read `path` and check it against `file`'s checksum; return the array and what was checked."""
-    array, md5 = read_idx_and_md5(path)
+    array, md5 = _read(path, state)
     if file.md5:
         actual, expected, what = md5, file.md5, "md5 of the decompressed content"
     elif file.gz_md5 and _is_gzip(path):
@@ -230,12 +246,9 @@ def _read_checked(path: Path, file: DatasetFile, state: str) -> tuple[np.ndarray
     else:
         return array, "not checksummed (no published checksum for this form of the file)"
     if actual != expected:
-        fix = {
-            "shipped": "the installed package is damaged: reinstall mnistlab",
-            "cached": "delete it and run again to download a fresh copy",
-        }.get(state, "replace it with a good copy")
         raise MnistlabError(
-            f"{path}: checksum mismatch: {what} is {actual}, expected {expected}; {fix}"
+            f"{path}: checksum mismatch: {what} is {actual}, expected {expected}; "
+            + _what_to_do(state)
         )
     return array, "checksum ok"
 
@@ -373,7 +386,7 @@ def _load(
         if spec is not None and state != "given":
             arrays[role] = _read_checked(path, spec.file(role), state)[0]
         else:
-            arrays[role] = read_idx_and_md5(path)[0]
+            arrays[role] = _read(path, state)[0]
         paths[role] = path
     if spec is not None:
         num_classes, class_names = spec.num_classes, spec.class_names
