@@ -94,6 +94,19 @@ def test_recipe_toml_round_trips():
         assert parse_recipe(recipe_toml(recipe.to_dict()), name).to_dict() == recipe.to_dict()
 
 
+def test_figures_draw_names_as_written(tmp_path):
+    # a `$` would start matplotlib's maths, and an unpaired one fail to parse
+    from mnistlab.report import figures
+    from mnistlab.report.run import Curves
+
+    curves = Curves(train=[{"step": s, "loss": 1 / s, "accuracy": 0.5} for s in (1, 2)])
+    for png in (figures.curves_png([("a$b", curves), ("$x", curves)]),
+                figures.confusion_png([[3, 1], [0, 4]], ["$", "a$b"])):
+        path = tmp_path / "figure.png"
+        path.write_bytes(png)
+        check_png(path)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:

@@ -28,6 +28,11 @@ STYLE = {
 TRAIN, VALIDATION, TEST = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 
+def _plain(text: str) -> str:
+    """Text shown as written: a `$` in a folder or class name would start matplotlib's maths."""
+    return str(text).replace("$", r"\$")
+
+
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     # no "Software" entry: the same figure gives the same bytes whatever matplotlib drew it
@@ -129,7 +134,7 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
             if ax.get_lines():
                 ax.legend(loc="best")
     else:  # a colour for each run, then what each line style means
-        handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=label)
+        handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=_plain(label))
                    for n, (label, _) in enumerate(runs)]
         handles += [Line2D([], [], color="#555555", ls="--", lw=0.9, label="training"),
                     Line2D([], [], color="#555555", lw=1.8, marker="o", ms=3.5, label="validation"),
@@ -148,6 +153,7 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
 @_styled
 def confusion_png(confusion: list[list[int]], class_names: Sequence[str]) -> bytes:
     """The confusion matrix as a heat map on a log colour scale, every count written in."""
+    class_names = [_plain(name) for name in class_names]
     matrix = np.asarray(confusion)
     n = len(matrix)
     fig = _figure(6.4, 5.6)
@@ -176,6 +182,7 @@ def confusion_png(confusion: list[list[int]], class_names: Sequence[str]) -> byt
 @_styled
 def per_class_png(confusion: list[list[int]], class_names: Sequence[str]) -> bytes:
     """Each class's accuracy as a bar, with its value and the class's image count."""
+    class_names = [_plain(name) for name in class_names]
     matrix = np.asarray(confusion)
     counts = matrix.sum(1)
     accuracy = 100 * np.diag(matrix) / np.maximum(1, counts)
@@ -202,6 +209,7 @@ def mistakes_png(mistakes: Sequence[Mistake], class_names: Sequence[str], *,
                  columns: int = 10) -> bytes:
     """The mistakes as a grid of images, each captioned with its true and predicted class and
     the model's confidence, the most confident first (reading order)."""
+    class_names = [_plain(name) for name in class_names]
     rows = max(1, math.ceil(len(mistakes) / columns))
     tile, band = 28, 14  # pixels of image, and of caption under it
     canvas = np.full((rows * (tile + band), columns * (tile + 4)), np.nan)
