@@ -28,14 +28,8 @@ from mnistlab.inference.images import decode_image
 from mnistlab.inference.preprocess import read_digits
 from mnistlab.models import build_model
 from mnistlab.recipes.recipe import RecipeError, parse_recipe
-from mnistlab.train.checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    CheckpointError,
-    load_model,
-    read_training_state,
-    restore_training_state,
-)
+from mnistlab.train import checkpoint
+from mnistlab.train.checkpoint import CheckpointError
 
 CASES = {"pixels": 60, "checkpoint-model": 150}  # the slow ones to generate or to run
 
@@ -92,10 +86,10 @@ def _default_with(edit) -> bytes:
 def test_checkpoint_metadata_with_huge_sizes_allocates_nothing(tmp_path):
     # before: the model was built (and its gigabytes allocated) before its weights were checked
     data = _default_with(lambda m: m["model"]["args"].update(widths=[2**20, 2**20, 2**20]))
-    (tmp_path / MODEL_FILE).write_bytes(data)
+    (tmp_path / checkpoint.MODEL_FILE).write_bytes(data)
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match="the model needs"):
-        load_model(tmp_path)
+        checkpoint.load_model(tmp_path)
     assert time.perf_counter() - start < 2
 
 
@@ -109,23 +103,23 @@ def test_checkpoint_metadata_with_huge_sizes_allocates_nothing(tmp_path):
 def test_damaged_training_state_is_a_checkpoint_error(tmp_path, edit):
     import safetensors.torch
 
-    tensors, meta = read_training_state(_state_folder(tmp_path))
+    tensors, meta = checkpoint.read_training_state(_state_folder(tmp_path))
     edit(tensors, meta)
-    (tmp_path / STATE_FILE).write_bytes(safetensors.torch.save(
+    (tmp_path / checkpoint.STATE_FILE).write_bytes(safetensors.torch.save(
         {k: v.contiguous() for k, v in tensors.items()}, {"mnistlab": json.dumps(meta)}))
     model = build_model("softmax")
     rng = torch.get_rng_state()
     try:  # refused when read (metadata of the wrong kind) or when restored
         with pytest.raises(CheckpointError, match="damaged or does not fit|should be"):
-            tensors, meta = read_training_state(tmp_path)
-            restore_training_state(tensors, meta, model, torch.optim.AdamW(model.parameters()),
-                                   str(tmp_path))
+            tensors, meta = checkpoint.read_training_state(tmp_path)
+            checkpoint.restore_training_state(tensors, meta, model,
+                                              torch.optim.AdamW(model.parameters()), str(tmp_path))
     finally:
         torch.set_rng_state(rng)
 
 
 def _state_folder(folder):
-    (folder / STATE_FILE).write_bytes(checkpoint_seeds()["state"])
+    (folder / checkpoint.STATE_FILE).write_bytes(checkpoint_seeds()["state"])
     return folder
 
 
