@@ -328,6 +328,8 @@ def check_state(data: bytes) -> None:
     rng = torch.get_rng_state()
     try:
         restore_training_state(tensors, meta, model, optimizer, str(folder))
+        model(torch.rand(2, 1, 28, 28)).sum().backward()  # a restored state must train on
+        optimizer.step()
     finally:
         torch.set_rng_state(rng)
 

@@ -99,6 +99,7 @@ def test_checkpoint_metadata_with_huge_sizes_allocates_nothing(tmp_path):
     lambda t, m: t.pop("rng.cpu"),  # the random-number state missing
     lambda t, m: t.update({"rng.cpu": t["rng.cpu"][:7]}),  # ... or cut short
     lambda t, m: t.update({"optim.x": t["rng.cpu"].clone()}),  # a tensor name with no index
+    lambda t, m: t.pop("optim.0.exp_avg_sq"),  # a weight's state not whole: a KeyError at step
 ])
 def test_damaged_training_state_is_a_checkpoint_error(tmp_path, edit):
     import safetensors.torch
@@ -110,7 +111,7 @@ def test_damaged_training_state_is_a_checkpoint_error(tmp_path, edit):
     model = build_model("softmax")
     rng = torch.get_rng_state()
     try:  # refused when read (metadata of the wrong kind) or when restored
-        with pytest.raises(CheckpointError, match="damaged or does not fit|should be"):
+        with pytest.raises(CheckpointError, match="damaged or does not fit|should be|keeps"):
             tensors, meta = checkpoint.read_training_state(tmp_path)
             checkpoint.restore_training_state(tensors, meta, model,
                                               torch.optim.AdamW(model.parameters()), str(tmp_path))
@@ -132,3 +133,19 @@ def test_picture_one_pixel_thin_and_16_megapixels_long(shape):
     Image.fromarray(a).save(buffer, "PNG")
     digits = read_digits(decode_image(buffer.getvalue()))
     assert all(d.shape == (28, 28) and d.any() for d in digits)
+
+
+def test_training_state_missing_a_setting_takes_the_recipes_and_trains_on(tmp_path):
+    # before: the saved group replaced the optimiser's whole, and step() raised KeyError
+    tensors, meta = checkpoint.read_training_state(_state_folder(tmp_path))
+    del meta["param_groups"][0]["weight_decay"]
+    model = build_model("softmax")
+    optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.25)
+    rng = torch.get_rng_state()
+    try:
+        checkpoint.restore_training_state(tensors, meta, model, optimizer, str(tmp_path))
+    finally:
+        torch.set_rng_state(rng)
+    model(torch.rand(2, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    assert optimizer.param_groups[0]["weight_decay"] == 0.25

@@ -185,7 +185,10 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
         for index, values in meta.get("optim_scalars", {}).items():
             state.setdefault(int(index), {}).update(values)
         _check_optimizer_state(state, meta["param_groups"], optimizer, where)
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        # a setting the file lacks (an older PyTorch's, or a damaged file) is the recipe's own
+        groups = [{**{k: v for k, v in own.items() if k != "params"}, **saved}
+                  for own, saved in zip(optimizer.param_groups, meta["param_groups"])]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.cpu"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: the training state is damaged or does not fit this "
@@ -218,6 +221,28 @@ def _check_optimizer_state(state: dict[int, dict[str, Any]], groups: Any,
                 raise CheckpointError(
                     f"{where}: optimiser state 'optim.{index}.{name}' is {value.dtype} "
                     f"{tuple(value.shape)}, which fits no weight of this model")
+    # a weight's state must be whole: one name missing is a KeyError at the next step
+    kept = _state_names(optimizer)
+    group_of = [i for i, group in enumerate(optimizer.param_groups) for _ in group["params"]]
+    for index, values in state.items():
+        want = kept[group_of[index]] if 0 <= index < len(group_of) else None
+        if values and set(values) != want:
+            raise CheckpointError(f"{where}: optimiser state of weight {index} holds "
+                                  f"{sorted(values)}; this optimiser keeps {sorted(want or [])}")
+
+
+def _state_names(optimizer: torch.optim.Optimizer) -> list[set[str]]:
+    """For each parameter group, the names of the state a step of `optimizer` keeps for a
+    weight: found by stepping a copy of it over a one-element stand-in weight a group."""
+    groups = []
+    for group in optimizer.param_groups:
+        like = group["params"][0]
+        stand_in = torch.zeros(1, device=like.device, dtype=like.dtype, requires_grad=True)
+        stand_in.grad = torch.zeros_like(stand_in)
+        groups.append({**group, "params": [stand_in]})
+    shadow = type(optimizer)(groups)
+    shadow.step()
+    return [set(shadow.state[group["params"][0]]) for group in groups]
 
 
 def _same_kind(value: Any, like: Any) -> bool:
