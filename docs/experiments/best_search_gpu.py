@@ -7,6 +7,10 @@ with the highest validation accuracy wins (ties: the cheaper one, listed first);
 test accuracy, the single-model mean over seeds 0, 1 and 2, and the ensemble of all N.
 
     python docs/experiments/best_search_gpu.py --out /tmp/search --members 10
+
+On an H200 (docs/experiments/gpu_check.sh, 2026-11-26) its search chose best-wide-ema-30 and its
+first member ran; the call's time limit stopped it there. docs/experiments/best_seeds_gpu.py
+trained seeds 0-2 of the chosen recipe (saved as docs/experiments/best-chosen-gpu.json).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from mnistlab.train.progress import Progress
 
 
 def candidates() -> list[tuple[str, dict]]:
-    """(name, recipe table) from the shipped `best`, cheapest first."""
-    base = load_recipe("best").to_dict()
+    """(name, recipe table) from `compact` (which was called `best` when this ran), cheapest
+    first. The winner, best-wide-ema-30, is now the shipped `best`."""
+    base = load_recipe("compact").to_dict()
 
     def variant(name: str, *, epochs: int, ema: float = 0.0, widths=None) -> tuple[str, dict]:
         table = copy.deepcopy(base)
@@ -37,7 +42,7 @@ def candidates() -> list[tuple[str, dict]]:
         if ema:
             table["train"]["ema"] = ema
         if widths:
-            table["model"]["widths"] = widths
+            table["model"]["args"]["widths"] = widths
         return name, table
 
     return [

@@ -68,6 +68,17 @@ def make_optimizer(model: nn.Module, spec: OptimizerSection, *, multi_tensor: bo
     raise AssertionError(f"unhandled optimizer {spec.name}")  # recipes validate the name
 
 
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored moment tensors their parameter's memory layout (channels-last, say): a
+    checkpoint stores them contiguous, and the fused GPU update refuses mixed layouts."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def lr_factor(spec: ScheduleSection, step: int, total_steps: int) -> float:
     """The learning rate at `step` (0-based) as a fraction of the recipe's peak rate.
 
