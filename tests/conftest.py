@@ -6,17 +6,22 @@ from mnistlab.data.idx import write_idx
 from mnistlab.data.registry import load_arrays
 
 
+def write_mnist_slice(folder: Path, train: int, test: int, test_suffix: str = "") -> Path:
+    """The first `train` training and `test` test images of the real MNIST, as IDX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mnist = load_arrays("mnist")
+    write_idx(folder / "train-images-idx3-ubyte", mnist.train_images[:train])
+    write_idx(folder / "train-labels-idx1-ubyte", mnist.train_labels[:train].astype("uint8"))
+    write_idx(folder / f"t10k-images-idx3-ubyte{test_suffix}", mnist.test_images[:test])
+    write_idx(folder / f"t10k-labels-idx1-ubyte{test_suffix}", mnist.test_labels[:test].astype("uint8"))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def small_mnist(tmp_path_factory) -> Path:
     """A folder holding a small MNIST-format dataset: the first 2,400 training and 600 test
     images of the real MNIST, so that training tests run whole epochs in a second."""
-    folder = tmp_path_factory.mktemp("small-mnist")
-    mnist = load_arrays("mnist")
-    write_idx(folder / "train-images-idx3-ubyte", mnist.train_images[:2400])
-    write_idx(folder / "train-labels-idx1-ubyte", mnist.train_labels[:2400].astype("uint8"))
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", mnist.test_images[:600])
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", mnist.test_labels[:600].astype("uint8"))
-    return folder
+    return write_mnist_slice(tmp_path_factory.mktemp("small-mnist"), 2400, 600, test_suffix=".gz")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ file complete and not yet renamed. After every kill the folder must hold a loada
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -23,12 +24,18 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from conftest import write_mnist_slice
 
-from mnistlab.data.idx import write_idx
-from mnistlab.data.registry import load_arrays
-from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
+from mnistlab.train.checkpoint import (
+    MODEL_FILE,
+    MODEL_META_FILE,
+    STATE_FILE,
+    load_model,
+    read_training_state,
+)
 
 PAUSE_ENV = "MNISTLAB_TEST_PAUSE_BEFORE_RENAME"
+CHECKPOINT_TEMPORARIES = tuple(f".{name}." for name in (STATE_FILE, MODEL_FILE, MODEL_META_FILE))
 STEPS_PER_EPOCH = 11  # 550 training images (the last 50 of 600 validate) in batches of 50
 EPOCHS = 8
 RECIPE = f"""
@@ -53,13 +60,7 @@ log_every = 5
 
 def write_dataset(folder: Path) -> Path:
     """600 training and 200 test images of the real MNIST, as IDX files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mnist = load_arrays("mnist")
-    write_idx(folder / "train-images-idx3-ubyte", mnist.train_images[:600])
-    write_idx(folder / "train-labels-idx1-ubyte", mnist.train_labels[:600].astype("uint8"))
-    write_idx(folder / "t10k-images-idx3-ubyte", mnist.test_images[:200])
-    write_idx(folder / "t10k-labels-idx1-ubyte", mnist.test_labels[:200].astype("uint8"))
-    return folder
+    return write_mnist_slice(folder, 600, 200)
 
 
 def _life(argv: list[str], log: str, env: dict[str, str], uid: int | None = None) -> None:
@@ -154,8 +155,8 @@ def _live(launcher: Launcher, run_dir: Path, args: list[str], plan: str, rng: ra
     argv = [*argv, "--device", "cpu", "--quiet", "--no-report"]
     env = {PAUSE_ENV: str(pause)} if plan == "write" else {}
     remaining_epochs = EPOCHS - (step or 0) // STEPS_PER_EPOCH
-    # the writes of a life: the probe, the metrics when resuming, three per epoch, two at the end
-    nth_write = rng.randint(1, 3 * remaining_epochs + 3)
+    # the checkpoint writes of a life: three an epoch (state, model, model.json), two at the end
+    nth_write = rng.randint(1, 3 * remaining_epochs + 2)
     delay = rng.uniform(0, reference_seconds * 0.6)
     stale = {p.name for p in run_dir.glob(".*.tmp")}  # a previous life's, until the next start
     start = time.monotonic()
@@ -165,7 +166,8 @@ def _live(launcher: Launcher, run_dir: Path, args: list[str], plan: str, rng: ra
     elif plan == "write":
         seen: set[str] = set()
         while process.is_alive() and len(seen) < nth_write and time.monotonic() - start < timeout:
-            seen.update(p.name for p in run_dir.glob(".*.tmp") if p.name not in stale)
+            seen.update(p.name for p in run_dir.glob(".*.tmp")
+                        if p.name not in stale and p.name.startswith(CHECKPOINT_TEMPORARIES))
             time.sleep(0.002)
     killed = plan != "end" and process.is_alive()
     if killed:
@@ -211,11 +213,14 @@ def crash_test(workdir: Path, kills: int, seed: int = 0, write_share: float = 0.
                 if not life.resumed:  # a whole run: the time scale of the kills, should load vary
                     tally.reference_seconds = min(tally.reference_seconds, life.seconds)
                 break  # the run finished before its kill
+    if tally.lives and tally.lives[-1].killed:  # after a kill, as after any other: resume
+        tally.lives.append(_live(launcher, tally.folders[-1], [*args, "--out", str(tally.folders[-1])],
+                                 "end", rng, 0, pause, timeout))
     want = weights(reference)
     for run_dir in tally.folders:
-        if not (run_dir / MODEL_FILE).exists() or not load_model(run_dir)[1]["complete"]:
-            tally.lives.append(_live(launcher, run_dir, [*args, "--out", str(run_dir)], "end", rng,
-                                     0, pause, timeout))
+        meta = load_model(run_dir)[1]
+        assert meta["complete"] and meta["step"] == EPOCHS * STEPS_PER_EPOCH
+        assert json.loads((run_dir / MODEL_META_FILE).read_text()) == meta, f"{run_dir}: stale json"
         got = weights(run_dir)
         assert got.keys() == want.keys()
         different = [k for k in want if not torch.equal(want[k], got[k])]

@@ -35,7 +35,9 @@ def main() -> int:
             return 1
         seconds = time.monotonic() - start
     kills = tally.kills
-    where = Counter(next((t.split(".")[1] for t in k.temporaries), "between writes") for k in kills)
+    # a temporary file is .NAME.XXXXXXXX.tmp: NAME is what was being written
+    where = Counter(next((t[1:].rsplit(".", 2)[0] for t in k.temporaries), "no write under way")
+                    for k in kills)
     print(tally.summary())
     print(f"kills by what was being written: {dict(where.most_common())}")
     print(f"distinct training-state steps left by the kills: {len({k.step_after for k in kills})}")
