@@ -135,3 +135,16 @@ def test_weight_average_is_what_gets_evaluated_and_saved(tmp_path, small_mnist, 
     model, _ = load_model(tmp_path / "run")
     test = load_split("test", data_dir=str(small_mnist))
     assert compute_metrics(model, test.images, test.labels).accuracy == result.test.accuracy
+
+
+def test_a_run_too_short_for_its_weight_average_says_so(tmp_path, small_mnist, recipe_file):
+    lines = []
+
+    class Capture(Progress):
+        def line(self, text):
+            lines.append(text)
+
+    recipe = load_recipe(recipe_file(SMALL + "ema = 0.999\n")).with_length(steps=5)
+    Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist),
+            progress=Capture(1, quiet=True)).run()
+    assert any("needs about 4,603 steps" in line and "has 5" in line for line in lines)

@@ -2,12 +2,14 @@
 
 Late in training the weights wander around a minimum with the noise of each batch; their
 running average sits nearer its centre and usually generalises a little better. The average
-covers the batch-norm statistics too, so that they match the averaged weights.
+covers the batch-norm statistics too, so that they match the averaged weights. It starts from
+the initial weights, so a run must be long enough to forget them (`steps_to_forget`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -25,6 +27,10 @@ class WeightAverage:
         self._live = [live[k] for k in floats]
         self._average = [average[k] for k in floats]
         self._counters = [(average[k], live[k]) for k, v in live.items() if not v.is_floating_point()]
+
+    def steps_to_forget(self) -> int:
+        """Steps after which the initial weights weigh under 1% in the average."""
+        return math.ceil(math.log(0.01) / math.log(self.decay))
 
     @torch.no_grad()
     def update(self) -> None:

@@ -177,6 +177,11 @@ class Trainer:
         progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
                       f"on {self.device}{', bf16' if bf16 else ''}{', CUDA graph' if cuda_graph else ''}, seed {self.seed}, into {self.run_dir}"
                       + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
+        if ema is not None and plan.total_steps < ema.steps_to_forget():
+            progress.line(f"note: the weight average (ema = {train_cfg.ema}) starts from the initial "
+                          f"weights and needs about {ema.steps_to_forget():,} steps to forget them; "
+                          f"this run has {plan.total_steps:,}, so the model it tests and saves will "
+                          "be poor (set ema = 0 for short runs)")
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
         loss_scale = world.size if train_cfg.loss_reduction == "sum" else 1
         update_every = recipe.quirks.update_every
