@@ -29,7 +29,8 @@ def members(tmp_path_factory, small_mnist):
 
 def test_seeds_trains_one_folder_per_seed_and_sums_up(members):
     out, stdout = members
-    assert sorted(p.name for p in out.iterdir()) == ["seed-5", "seed-6", "seed-7"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["seed-5", "seed-6", "seed-7"]
+    assert (out / "compare.html").is_file()  # the seeds' curves on one page
     assert stdout.count("test accuracy") == 4  # three runs and the summary
     assert "3 seeds: test accuracy mean" in stdout
     assert f"mnistlab ensemble {out / 'seed-5'} {out / 'seed-6'} {out / 'seed-7'}" in stdout
