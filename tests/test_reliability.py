@@ -114,6 +114,7 @@ def test_too_little_disk_space_is_an_error_before_any_training(tmp_path, small_m
         Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist),
                 on_step=lambda trainer, done: steps.append(done), **QUIET).run()
     assert steps == []
+    assert not (tmp_path / "run").exists()  # the folder it made for the run is gone again
 
 
 def test_a_full_disk_stops_the_run_with_the_last_checkpoint_intact(tmp_path, crash_recipe,

@@ -333,6 +333,7 @@ class Trainer:
         })
 
     def _prepare_run_dir(self) -> None:
+        created = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -343,7 +344,13 @@ class Trainer:
         # the step of the last training state saved, for the error should a later save fail
         self._saved_step = self._resume_from[1]["step"] if self._resume_from is not None else None
         if self.world.is_main:  # a read-only folder or a full disk is an error before step 1
-            rundir.check_writable(self.run_dir, self.recipe)
+            try:
+                rundir.check_writable(self.run_dir, self.recipe)
+            except MnistlabError:
+                if created:  # leave no empty folder behind
+                    with contextlib.suppress(OSError):
+                        self.run_dir.rmdir()
+                raise
 
     def _open_metrics(self, keep_until: int) -> None:
         if not self.world.is_main:
