@@ -30,6 +30,9 @@ def test_reproduce_end_to_end_on_a_shortened_schedule(tmp_path):
     table = (tmp_path / "out" / "reproduction.md").read_text()
     assert "`seed000-cnn`" in table and "dropout off at test" in table
     assert table in first.stdout
+    # each run's report, and every run's curves on one page
+    assert len(list((tmp_path / "out" / "runs").glob("*/seed-*/report.html"))) == 4
+    assert (tmp_path / "out" / "compare.html").is_file() and "the runs compared" in first.stdout
     # run again into the same folder: finished runs are read back, not trained again
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "training seed00" not in again.stdout

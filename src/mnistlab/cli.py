@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -121,15 +123,15 @@ def _report(run_dir: Path, device: str) -> None:
     print(f"report: {report.page} ({report.seconds:.1f} s)")
 
 
-def _compare(run_dirs: list[Path], out: Path) -> None:
+def _compare(run_dirs: list[Path], out: Path, what: str = "the seeds") -> None:
     from mnistlab.report.compare import compare_runs
 
     try:
         comparison = compare_runs(run_dirs, out)
     except MnistlabError as e:
-        print(f"mnistlab: warning: no comparison of the seeds: {e}", file=sys.stderr)
+        print(f"mnistlab: warning: no comparison of {what}: {e}", file=sys.stderr)
         return
-    print(f"the seeds compared: {comparison.page}")
+    print(f"{what} compared: {comparison.page}")
 
 
 def _seeds_summary(results) -> str:
@@ -195,6 +197,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                          device=args.device, steps=args.steps, quiet=args.quiet)
     print(markdown_table(outcomes), end="")
     print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
+    if not args.no_report:  # each run's report (once), and every run's curves on one page
+        runs = sorted(out.glob("runs/*/seed-*"))
+        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
+            for run_dir in runs:
+                if not (run_dir / "report.html").exists():
+                    _report(run_dir, args.device)
+            _compare(runs, out, what="the runs")
     return 0
 
 
@@ -329,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive,
                    help="shorten every recipe to N steps (a smoke test: claims are not judged)")
     p.add_argument("--quiet", action="store_true", help="print only the table")
+    p.add_argument("--no-report", action="store_true",
+                   help="write no report per run and no comparison page of the runs")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("bench", help="time to accuracy and throughput, against a plain PyTorch loop")
