@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mnistlab.train.engine import METRICS_FILE
 
 RECIPE = """
@@ -21,10 +23,13 @@ log_every = 10
 """
 
 
-def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file):
+@pytest.mark.parametrize("model", ['name = "keras-cnn"', 'name = "fast-cnn"\nwidths = [32, 32]'],
+                         ids=["keras-cnn", "batch-norm"])
+def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file, model):
     out = tmp_path / "run"
+    recipe = RECIPE.replace('name = "keras-cnn"', model)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "mnistlab", "train", "--recipe", str(recipe_file(RECIPE)), "--data-dir",
+               "-m", "mnistlab", "train", "--recipe", str(recipe_file(recipe)), "--data-dir",
                str(small_mnist), "--out", str(out), "--device", "cpu"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

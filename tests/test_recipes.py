@@ -62,6 +62,15 @@ def test_user_recipe_by_path(recipe_file):
     assert recipe.with_length(epochs=2).train.steps is None
 
 
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast").mkdir()  # a run folder, say
+    assert load_recipe("fast").name == "fast"
+    (tmp_path / "mine").mkdir()  # a folder that is no recipe at all
+    with pytest.raises(RecipeError, match="mine: cannot read recipe"):
+        load_recipe("mine")
+
+
 @pytest.mark.parametrize("change, message", [
     (("batch_size = 32", "batch_sise = 32"), "[train]: unknown key 'batch_sise'"),
     (("batch_size = 32", 'batch_size = "32"'), "'train.batch_size': expected a whole number, got str '32'"),

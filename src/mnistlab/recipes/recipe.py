@@ -208,7 +208,10 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name, or a user's TOML file by path."""
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith(".toml") or path.exists() or "/" in text:
+    # a bare name is a shipped recipe even if a folder of that name sits in the working
+    # directory (`runs/fast`, say); a file of that name is the user's own
+    if text.endswith(".toml") or path.is_file() or "/" in text or (
+            path.exists() and not (_shipped() / f"{text}.toml").is_file()):
         try:
             source = path.read_text(encoding="utf-8")
         except FileNotFoundError:

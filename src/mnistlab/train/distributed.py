@@ -60,6 +60,19 @@ def any_process(flag: bool, world: World, device: torch.device) -> bool:
     return bool(total(torch.tensor(int(flag), device=device), world))
 
 
+def share_buffers(model: nn.Module, world: World) -> None:
+    """Give every process the first process's buffers (batch norm's running statistics).
+
+    Each process normalises its share of a batch by that share's own statistics, so its running
+    averages drift from the others' between the broadcasts DistributedDataParallel makes before
+    each forward pass; after the last step, this one makes them equal again.
+    """
+    if world.size == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def replica_difference(model: nn.Module, world: World) -> float:
     """The largest difference between this process's weights and the first process's."""
     if world.size == 1:

@@ -248,6 +248,7 @@ class Trainer:
                            None, last_validation, session_start - self._started, world.size,
                            world.is_main, train_step.capture_seconds, cuda_graph)
         if world.size > 1:
+            distributed.share_buffers(model, world)
             difference = distributed.replica_difference(model, world)
             self._log({"event": "replicas", "step": steps_done, "processes": world.size,
                        "max_difference": difference})
