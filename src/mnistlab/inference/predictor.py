@@ -111,19 +111,21 @@ def _info(meta: dict[str, Any], path: Path, backend: str, device: str,
     }
 
 
-def _normalisation(meta: dict[str, Any]) -> tuple[float, float, float]:
-    """(scale, mean, std): the model sees (pixel * scale - mean) / std, as it did in training."""
+def _normalisation(meta: dict[str, Any]) -> tuple[float, float, float, bool]:
+    """(scale, mean, std, plain): the model sees (pixel * scale - mean) / std, as it did in
+    training; plain when that is pixel / 255, MNIST's own scaling."""
     spec = meta.get("input") if isinstance(meta.get("input"), dict) else {}
     values = [spec.get("scale", MNIST_SCALE), spec.get("mean", 0.0), spec.get("std", 1.0)]
     if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values) or values[2] == 0:
         raise MnistlabError(f"the checkpoint's input normalisation is invalid: {spec}")
-    return float(values[0]), float(values[1]), float(values[2])
+    scale, mean, std = float(values[0]), float(values[1]), float(values[2])
+    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
+    return scale, mean, std, plain
 
 
 def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
                   device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
-    scale, mean, std = _normalisation(meta)
-    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
+    scale, mean, std, plain = _normalisation(meta)
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -139,8 +141,7 @@ def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
 
 
 def _onnx_runner(session: Any, meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    scale, mean, std = _normalisation(meta)
-    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
+    scale, mean, std, plain = _normalisation(meta)
     input_name = session.get_inputs()[0].name
     # our graphs end in a softmax; a graph from elsewhere may return logits
     softmax = session.get_outputs()[0].name != onnxio.OUTPUT_NAME

@@ -37,6 +37,7 @@ from mnistlab.inference.images import (
     MAX_IMAGE_PIXELS,
     EmptyImageError,
     ImageError,
+    _reason,
     decode_image,
     load_image,
     to_grayscale,
@@ -112,7 +113,7 @@ def from_pixels(pixels) -> np.ndarray:
     try:
         a = np.asarray(pixels, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ImageError(f"pixels must be a 28x28 array of numbers ({_first_line(e)})") from None
+        raise ImageError(f"pixels must be a 28x28 array of numbers ({_reason(e)})") from None
     if a.shape != (SIZE, SIZE):
         raise ImageError(f"pixels must be a 28x28 array of numbers, got shape {a.shape}")
     if not np.isfinite(a).all():
@@ -540,7 +541,3 @@ def _centre(digit: np.ndarray) -> np.ndarray:
     out[top:top + h, left:left + w] = digit
     return out
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

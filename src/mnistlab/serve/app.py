@@ -44,6 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from mnistlab.inference.images import FORMATS
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import (
     MAX_IMAGE_BYTES,
@@ -238,9 +239,6 @@ def digits_from_image(data: bytes) -> np.ndarray:
 
     As `mnistlab predict` reads a picture (`read_digits`, one analysis of its ink): several
     digit-sized groups of ink are a number, otherwise the whole picture is one digit."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ApiError(413, "too_large", f"the image is {len(data):,} bytes; the limit is "
-                                         f"{MAX_IMAGE_BYTES:,}")
     try:
         image = decode_image(data)
     except ImageError as e:
@@ -249,11 +247,9 @@ def digits_from_image(data: bytes) -> np.ndarray:
         log.warning("undecodable image (%s: %s)", type(e).__name__, e, exc_info=True)
         raise ApiError(422, "bad_image", f"cannot read this image ({type(e).__name__})") from None
     try:
-        digits = read_digits(image)
+        digits = read_digits(image)  # at least one, or EmptyImageError
     except ImageError as e:
         raise _image_error(e) from None
-    if not digits:
-        raise ApiError(422, "empty_image", "no digit found (empty image)")
     return np.stack(digits)
 
 
@@ -546,7 +542,7 @@ def _small_picture(data: bytes) -> bool:
         width, height = struct.unpack(">II", data[16:24])  # a PNG's size, without Pillow
         return width * height <= INLINE_PIXELS
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
     except Exception:
         return True
