@@ -54,6 +54,19 @@ class NHWCFlatten(nn.Module):
         return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x
 
 
+# conv letters: (kernel, stride, padding, max-pool before BatchNorm, output size from input size)
+CONVS = {
+    "c": (3, 1, 1, False, lambda s: s),
+    "s": (4, 2, 1, False, lambda s: s // 2),
+    "v": (5, 1, 0, False, lambda s: s - 4),
+    "t": (3, 2, 1, False, lambda s: math.ceil(s / 2)),
+    "q": (4, 4, 0, False, lambda s: s // 4),
+    "m": (3, 1, 1, True, lambda s: math.ceil(s / 2)),
+    "M": (4, 2, 1, True, lambda s: math.ceil(s // 2 / 2)),
+    "o": (6, 4, 1, False, lambda s: 7),
+}
+
+
 def build(arch):
     layers, c, size = [], 1, 28
     for tok in arch.split("-"):
@@ -62,67 +75,14 @@ def build(arch):
             size = math.ceil(size / 2)
         elif tok == "r":
             layers.append(nn.ReLU())
-        elif tok.startswith("c"):  # cN: conv3x3 same + BN + ReLU
+        elif tok[0] in CONVS:  # a convolution, (a max-pool,) BatchNorm and ReLU
+            kernel, stride, padding, pool, out_size = CONVS[tok[0]]
             n = int(tok[1:])
-            layers += [nn.Conv2d(c, n, 3, padding=1, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
-            c = n
-        elif tok.startswith("s"):  # sN: conv 4x4 stride 2 pad 1 → size/2
-            n = int(tok[1:])
-            layers += [
-                nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(n),
-                nn.ReLU(),
-            ]
-            c = n
-            size //= 2
-        elif tok.startswith("v"):  # vN: conv5x5 valid
-            n = int(tok[1:])
-            layers += [nn.Conv2d(c, n, 5, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
-            c = n
-            size -= 4
-        elif tok.startswith("t"):  # conv3x3 stride 2
-            n = int(tok[1:])
-            layers += [
-                nn.Conv2d(c, n, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(n),
-                nn.ReLU(),
-            ]
-            c = n
-            size = math.ceil(size / 2)
-        elif tok.startswith("q"):  # patchify 4x4 stride 4
-            n = int(tok[1:])
-            layers += [nn.Conv2d(c, n, 4, stride=4, bias=False), nn.BatchNorm2d(n), nn.ReLU()]
-            c = n
-            size //= 4
-        elif tok.startswith("m"):  # conv3x3 + pool + BN + ReLU
-            n = int(tok[1:])
-            layers += [
-                nn.Conv2d(c, n, 3, padding=1, bias=False),
-                nn.MaxPool2d(2, ceil_mode=True),
-                nn.BatchNorm2d(n),
-                nn.ReLU(),
-            ]
-            c = n
-            size = math.ceil(size / 2)
-        elif tok.startswith("M"):  # conv4x4 s2 + pool + BN + ReLU
-            n = int(tok[1:])
-            layers += [
-                nn.Conv2d(c, n, 4, stride=2, padding=1, bias=False),
-                nn.MaxPool2d(2, ceil_mode=True),
-                nn.BatchNorm2d(n),
-                nn.ReLU(),
-            ]
-            c = n
-            size = math.ceil(size // 2 / 2)
-        elif tok.startswith("o"):  # conv 6x6 stride 4 pad 1
-            n = int(tok[1:])
-            layers += [
-                nn.Conv2d(c, n, 6, stride=4, padding=1, bias=False),
-                nn.BatchNorm2d(n),
-                nn.ReLU(),
-            ]
-            c = n
-            size = 7
+            layers.append(nn.Conv2d(c, n, kernel, stride=stride, padding=padding, bias=False))
+            if pool:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers += [nn.BatchNorm2d(n), nn.ReLU()]
+            c, size = n, out_size(size)
         elif tok.startswith("h"):  # hidden fc
             n = int(tok[1:])
             layers += [NHWCFlatten(), nn.Linear(c * size * size, n), nn.ReLU()]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -111,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(run_dir: Path, device: str) -> None:
+def _report(run_dir: Path, device: str, quiet: bool = False) -> None:
     """Write a trained run's report; one that cannot be written is a warning, not a failed run."""
     from mnistlab.report.build import write_report
 
@@ -120,10 +118,11 @@ def _report(run_dir: Path, device: str) -> None:
     except MnistlabError as e:
         print(f"mnistlab: warning: no report for {run_dir}: {e}", file=sys.stderr)
         return
-    print(f"report: {report.page} ({report.seconds:.1f} s)")
+    if not quiet:
+        print(f"report: {report.page} ({report.seconds:.1f} s)")
 
 
-def _compare(run_dirs: list[Path], out: Path, what: str = "the seeds") -> None:
+def _compare(run_dirs: list[Path], out: Path, what: str = "the seeds", quiet: bool = False) -> None:
     from mnistlab.report.compare import compare_runs
 
     try:
@@ -131,7 +130,8 @@ def _compare(run_dirs: list[Path], out: Path, what: str = "the seeds") -> None:
     except MnistlabError as e:
         print(f"mnistlab: warning: no comparison of {what}: {e}", file=sys.stderr)
         return
-    print(f"{what} compared: {comparison.page}")
+    if not quiet:
+        print(f"{what} compared: {comparison.page}")
 
 
 def _seeds_summary(results) -> str:
@@ -199,11 +199,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
     if not args.no_report:  # each run's report (once), and every run's curves on one page
         runs = sorted(out.glob("runs/*/seed-*"))
-        with contextlib.redirect_stdout(io.StringIO()) if args.quiet else contextlib.nullcontext():
-            for run_dir in runs:
-                if not (run_dir / "report.html").exists():
-                    _report(run_dir, args.device)
-            _compare(runs, out, what="the runs")
+        for run_dir in runs:
+            if not (run_dir / "report.html").exists():
+                _report(run_dir, args.device, quiet=args.quiet)
+        _compare(runs, out, what="the runs", quiet=args.quiet)
     return 0
 
 

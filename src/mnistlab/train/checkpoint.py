@@ -25,6 +25,7 @@ import mnistlab
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes, atomic_write_text
 from mnistlab.models import build_model
+from mnistlab.train.optim import match_state_layout
 
 MODEL_FILE = "model.safetensors"
 MODEL_META_FILE = "model.json"
@@ -189,6 +190,7 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
         groups = [{**{k: v for k, v in own.items() if k != "params"}, **saved}
                   for own, saved in zip(optimizer.param_groups, meta["param_groups"])]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        match_state_layout(optimizer)
         torch.set_rng_state(tensors["rng.cpu"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: the training state is damaged or does not fit this "

@@ -30,7 +30,7 @@ from mnistlab.train import checkpoint, distributed, rundir
 from mnistlab.train.batches import BatchPlan
 from mnistlab.train.ema import WeightAverage
 from mnistlab.train.metrics import Metrics, compute_metrics
-from mnistlab.train.optim import lr_factor, make_optimizer, match_state_layout
+from mnistlab.train.optim import lr_factor, make_optimizer
 from mnistlab.train.progress import Progress, format_duration
 from mnistlab.train.step import Totals, TrainStep, can_use_cuda_graph
 
@@ -166,7 +166,6 @@ class Trainer:
         if self._resume_from is not None:
             tensors, meta = self._resume_from
             checkpoint.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
-            match_state_layout(optimizer)
             if ema is not None:
                 ema.restore(tensors, str(self.run_dir))
             start_step, train_seconds = meta["step"], meta["train_seconds"]
