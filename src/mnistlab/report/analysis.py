@@ -9,13 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.data.splits import load_split
-from mnistlab.train.metrics import Metrics, as_input
-
-BATCH = 256  # what compute_metrics uses: the fastest on a small CPU
+from mnistlab.train.metrics import Metrics, compute_metrics
 
 
 @dataclass
@@ -48,46 +45,39 @@ class Filters:
 def analyse(model: nn.Module, *, split: str = "test", dataset: str = "mnist",
             data_dir: str | None = None, device: torch.device | str = "cpu",
             dropout_at_test: bool = False, top: int = 40) -> Analysis:
-    """Run `model` once over `split` (in batches, under inference mode)."""
+    """Run `model` once over `split`: compute_metrics measures it, and keeps its logits."""
     started = time.perf_counter()
     data = load_split(split, dataset, data_dir, device)
-    logits = _logits(model, data.images, dropout_at_test)
-    labels = data.labels
-    loss = F.cross_entropy(logits, labels, reduction="mean").item()
-    probabilities = logits.softmax(1)
-    confidence, predicted = probabilities.max(1)
-    classes = logits.shape[1]
-    confusion = torch.bincount(labels * classes + predicted, minlength=classes * classes)
-    confusion = confusion.view(classes, classes).cpu()
+    # channels-last, as the model was trained: oneDNN's and cuDNN's fastest layout
+    model.to(memory_format=torch.channels_last)
+    kept = _KeepLogits(model)
+    with torch.random.fork_rng(devices=[]):  # dropout left on at test: the same every time
+        torch.manual_seed(0)
+        metrics = compute_metrics(kept, data.images, data.labels, dropout_at_test=dropout_at_test)
+    logits, labels = torch.cat(kept.logits), data.labels
+    confidence, predicted = logits.softmax(1).max(1)
     wrong = (predicted != labels).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True, stable=True)][:top]
     images = data.images[order].cpu().numpy()
     mistakes = [Mistake(int(i), int(labels[i]), int(predicted[i]), float(confidence[i]), image)
                 for i, image in zip(order.tolist(), images)]
-    count = len(labels)
-    metrics = Metrics(accuracy=float(confusion.diag().sum()) / max(1, count), loss=loss,
-                      count=count, confusion=confusion.tolist())
     return Analysis(split, dataset, metrics, mistakes, len(wrong), time.perf_counter() - started,
                     dropout_at_test)
 
 
-@torch.inference_mode()
-def _logits(model: nn.Module, images: torch.Tensor, dropout_at_test: bool) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    # channels-last, as the model was trained: oneDNN's and cuDNN's fastest layout
-    model.to(memory_format=torch.channels_last)
-    if dropout_at_test:  # a seed that left dropout on at test time: reproduce it, repeatably
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.train()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return torch.cat([model(as_input(chunk, channels_last=True)).float()
-                              for chunk in images.split(BATCH)])
-    finally:
-        model.train(was_training)
+class _KeepLogits(nn.Module):
+    """`model`, keeping each batch's logits as compute_metrics runs it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # compute_metrics leaves it as it found it
+        self.logits: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        self.logits.append(out.float())
+        return out
 
 
 def first_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 28, 28)) -> Filters | None:

@@ -22,6 +22,7 @@ from mnistlab.report.analysis import Analysis, Filters, analyse, first_layer
 from mnistlab.report.html import Page, Section, Tile, figure, num, paragraph, pre, table
 from mnistlab.report.run import Run, open_run, output_dir
 from mnistlab.report.tensorboard import TensorBoardLogger
+from mnistlab.train.checkpoint import DEFAULT_DIR, DEFAULT_NAME
 from mnistlab.train.engine import resolve_device
 from mnistlab.train.progress import format_duration
 
@@ -136,7 +137,7 @@ def _page(run: Run, analysis: Analysis | None, filters: Filters | None, pngs: di
                "complete" if complete else f"unfinished: step {meta.get('step')} of {meta.get('total_steps')}"],
         notes=_measure_notes(run, analysis) + run.notes,
         footer=f"Written by mnistlab {mnistlab.__version__} on {time.strftime('%Y-%m-%d %H:%M')}. "
-               f"Write it again with: mnistlab report {run.folder if run.name != 'default' else 'default'}"
+               f"Write it again with: mnistlab report {DEFAULT_NAME if run.folder == DEFAULT_DIR else run.folder}"
                + (f" --out {dest}" if out is not None else ""),
     )
     page.tiles = _tiles(run, analysis)

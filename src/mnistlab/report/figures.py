@@ -6,10 +6,12 @@ window, no GUI backend to choose, and safe beside a server's threads.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
@@ -46,9 +48,6 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
 
 def _styled(draw):
     """Run a drawing function under the report's style (rcParams are read as artists are made)."""
-    import functools
-
-    import matplotlib
 
     @functools.wraps(draw)
     def wrapper(*args, **kwargs):
