@@ -75,3 +75,25 @@ def test_missing_data_leaves_no_run_folder(tmp_path):
     out = mnistlab("train", "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "run", cwd=tmp_path)
     assert out.returncode == 1 and "no such folder" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_times_a_recipe_against_the_plain_loop(tmp_path):
+    recipe = tmp_path / "short.toml"
+    recipe.write_text('name = "short"\ndescription = "fast-cnn, 60 steps"\n'
+                      '[model]\nname = "fast-cnn"\nwidths = [32, 64, 64]\n'
+                      '[optimizer]\nname = "adamw"\nlr = 1e-2\n'
+                      '[train]\nbatch_size = 128\nsteps = 60\n')
+    out = mnistlab("bench", recipe, "--seeds", 2, "--device", "cpu", "--compile",
+                   "--json", tmp_path / "bench.json")
+    assert out.returncode == 0, out.stderr
+    assert "recipe short on cpu" in out.stdout and "torch.compile, not counted above" in out.stdout
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert figures["seeds"] == 2 and len(figures["accuracies"]) == 2
+    assert 0.85 < figures["accuracy_mean"] < 1  # 60 steps: about 93%
+    assert all(seconds > 0 for seconds in figures["train_seconds"])
+    # the second seed's network reuses what the first one compiled
+    first, second = figures["compile_seconds"]
+    assert figures["compiled"] and first > 10 * second > 0
+    for rate in ("train_images_per_s", "baseline_images_per_s", "infer_batch1_images_per_s",
+                 "infer_batch1024_images_per_s"):
+        assert figures[rate] > 0

@@ -96,3 +96,19 @@ def test_graphed_run_resumes(tmp_path, small_mnist, recipe_file):
 def test_fast_recipe_on_the_gpu_reaches_99_percent(tmp_path):
     result = Trainer(load_recipe("fast"), tmp_path / "run", seed=0, device="cuda", **QUIET).run()
     assert result.cuda_graph and result.test.accuracy >= 0.985
+
+
+def test_compiled_graph_steps_train_as_eager_steps_do(tmp_path, small_mnist, recipe_file):
+    # torch.compile's kernels round differently and break max-pool ties differently (see
+    # tests/test_train.py), so weights are compared after one step and whole runs by accuracy
+    recipe = load_recipe(recipe_file(FAST))
+    data = dict(seed=0, device="cuda", data_dir=str(small_mnist), **QUIET)
+    Trainer(recipe.with_length(steps=1), tmp_path / "compiled-step", compile=True, **data).run()
+    Trainer(recipe.with_length(steps=1), tmp_path / "eager-step", cuda_graphs=False, **data).run()
+    close(weights(tmp_path / "compiled-step"), weights(tmp_path / "eager-step"))
+    compiled = Trainer(recipe, tmp_path / "compiled", compile=True, **data).run()
+    eager = Trainer(recipe, tmp_path / "eager", cuda_graphs=False, **data).run()
+    assert compiled.compiled and compiled.cuda_graph and compiled.capture_seconds > 0
+    assert compiled.steps_done == eager.steps_done == 54
+    assert compiled.test.accuracy > 0.85
+    assert abs(compiled.test.accuracy - eager.test.accuracy) <= 0.02

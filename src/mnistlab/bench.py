@@ -43,6 +43,8 @@ class BenchResult:
     threads: int
     capture_seconds: list[float]  # CUDA graph capture, per seed (0 where none was used)
     cuda_graph: bool
+    compile_seconds: list[float]  # torch.compile with the first step, per seed (0 without)
+    compiled: bool
     hardware: str  # the GPU's or CPU's model name
 
     @property
@@ -56,14 +58,15 @@ class BenchResult:
 
 
 def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 200,
-          quiet: bool = True, cuda_graphs: bool = True) -> BenchResult:
+          quiet: bool = True, cuda_graphs: bool = True, compile: bool = False) -> BenchResult:
     recipe = load_recipe(name)
     dev = resolve_device(device)
     runs = []
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
         for seed in range(seeds):
             trainer = Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=str(dev),
-                              progress=Progress(1, quiet=quiet), cuda_graphs=cuda_graphs)
+                              progress=Progress(1, quiet=quiet), cuda_graphs=cuda_graphs,
+                              compile=compile)
             runs.append(trainer.run())
         model, _ = _trained_model(Path(tmp) / f"seed-{seeds - 1}", dev)
     test = load_split("test", recipe.data.dataset, device=dev)
@@ -79,6 +82,8 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
         threads=torch.get_num_threads(),
         capture_seconds=[r.capture_seconds for r in runs],
         cuda_graph=all(r.cuda_graph for r in runs),
+        compile_seconds=[r.compile_seconds for r in runs],
+        compiled=compile,
         hardware=hardware_name(dev),
     )
 
@@ -168,6 +173,8 @@ def format_bench(r: BenchResult) -> str:
     where = (f"{r.device} ({r.hardware}), "
              f"{'steps replayed from a CUDA graph' if r.cuda_graph else 'eager steps'}"
              if r.device.startswith("cuda") else f"{r.device} ({r.hardware}, {r.threads} threads)")
+    if r.compiled:
+        where += ", torch.compile"
     lines = [
         f"recipe {r.recipe} on {where}, {r.seeds} seed(s)",
         f"time to accuracy   median {med:.2f} s (min {min(r.train_seconds):.2f}, max "
@@ -176,6 +183,11 @@ def format_bench(r: BenchResult) -> str:
         f"(first run; later runs reuse the loaded data)",
         *([f"  CUDA graph capture, not counted above: {statistics.median(r.capture_seconds):.3f} s "
            f"median"] if r.cuda_graph else []),
+        *([f"  torch.compile, not counted above: {r.compile_seconds[0]:.2f} s (first run, with "
+           f"its first step; later runs reuse it: {statistics.median(r.compile_seconds[1:]):.2f} s "
+           f"median)" if r.seeds > 1 else
+           f"  torch.compile, not counted above: {r.compile_seconds[0]:.2f} s (with the first step)"]
+          if r.compiled else []),
         f"training           {r.train_images_per_s:,.0f} images/s (median over seeds)",
         f"baseline           {r.baseline_images_per_s:,.0f} images/s (eager loop over DataLoader, "
         f"same model and optimiser)",

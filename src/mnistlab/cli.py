@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
             raise MnistlabError("--resume continues a run as it was recorded: give no "
                                 "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
-        trainers = [Trainer.resuming(Path(args.resume), device=args.device, progress=progress)]
+        trainers = [Trainer.resuming(Path(args.resume), device=args.device, progress=progress,
+                                     compile=args.compile)]
     else:
         recipe = load_recipe(args.recipe or DEFAULT_RECIPE).with_length(epochs=args.epochs, steps=args.steps)
         out = Path(args.out) if args.out else new_run_dir(recipe.name)
@@ -85,7 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
         seeds = range(first, first + args.seeds) if args.seeds else [first]
         trainers = [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
-                            device=args.device, data_dir=args.data_dir, progress=progress)
+                            device=args.device, data_dir=args.data_dir, progress=progress,
+                            compile=args.compile)
                     for seed in seeds]
     if args.tensorboard:  # live event files, from each record as it is logged
         from mnistlab.report.tensorboard import TensorBoardLogger
@@ -211,7 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mnistlab.fileio import atomic_write_text
 
     result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
-                   cuda_graphs=not args.eager)
+                   cuda_graphs=not args.eager, compile=args.compile)
     print(format_bench(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -326,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write no report.html and figures into the run folder at the end")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files, live, into RUN/tensorboard")
+    p.add_argument("--compile", action="store_true",
+                   help="run the forward pass and loss through torch.compile (fewer, fused "
+                        "kernels; pays on a GPU, not on a CPU); its time is reported apart")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="train the seed recipes in full and compare with their claims")
@@ -350,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eager", action="store_true",
                    help="on a GPU, launch each step's kernels from Python instead of replaying a "
                         "CUDA graph (to compare)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the forward pass and loss through torch.compile (fewer, fused "
+                        "kernels; pays on a GPU, not on a CPU); its time is reported apart")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")

@@ -32,7 +32,7 @@ from mnistlab.train.ema import WeightAverage
 from mnistlab.train.metrics import Metrics, compute_metrics
 from mnistlab.train.optim import lr_factor, make_optimizer
 from mnistlab.train.progress import Progress, format_duration
-from mnistlab.train.step import Totals, TrainStep, can_use_cuda_graph
+from mnistlab.train.step import Totals, TrainStep, can_use_cuda_graph, wait_for
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -57,6 +57,8 @@ class RunResult:
     is_main: bool = True  # the process that prints and writes
     capture_seconds: float = 0.0  # capturing the CUDA graph, not counted in train_seconds
     cuda_graph: bool = False  # whether the steps were replayed from a CUDA graph
+    compile_seconds: float = 0.0  # torch.compile's, with the first step, not in train_seconds
+    compiled: bool = False  # whether the forward pass and loss went through torch.compile
 
     @property
     def interrupted(self) -> bool:
@@ -103,7 +105,7 @@ class Trainer:
                  data_dir: str | None = None, progress: Progress | None = None,
                  on_step: Callable[[Trainer, int], None] | None = None,
                  on_log: Callable[[dict[str, Any]], None] | None = None,
-                 cuda_graphs: bool = True,
+                 cuda_graphs: bool = True, compile: bool = False,
                  resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir)
@@ -115,6 +117,7 @@ class Trainer:
         self.on_step = on_step
         self.on_log = on_log  # sees every record written to metrics.jsonl (TensorBoard, say)
         self.cuda_graphs = cuda_graphs  # on a GPU, replay each step from a CUDA graph
+        self.compile = compile  # torch.compile the forward pass and loss
         self._resume_from = resume_from  # a run folder's training state: (tensors, metadata)
         self._stop = threading.Event()
 
@@ -173,8 +176,11 @@ class Trainer:
         progress = self.progress or Progress(plan.total_steps)
         progress.total = plan.total_steps
         bf16 = use_bf16(train_cfg.precision, self.device)
+        how = [str(self.device)] + [name for name, used in
+                                    [("bf16", bf16), ("CUDA graph", cuda_graph),
+                                     ("torch.compile", self.compile)] if used]
         progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
-                      f"on {self.device}{', bf16' if bf16 else ''}{', CUDA graph' if cuda_graph else ''}, seed {self.seed}, into {self.run_dir}"
+                      f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
                       + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
         if ema is not None and plan.total_steps < ema.steps_to_forget():
             progress.line(f"note: the weight average (ema = {train_cfg.ema}) starts from the initial "
@@ -186,7 +192,8 @@ class Trainer:
         update_every = recipe.quirks.update_every
         window = _Window(self.device)
         train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
-                               bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph, ema=ema)
+                               bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph, compile=self.compile,
+                               ema=ema)
         # what is validated, tested and saved: the weight average where the recipe keeps one
         final = ema.current if ema is not None else lambda: model
         last_loss = last_acc = None
@@ -227,7 +234,7 @@ class Trainer:
                 stop = (self._stop.is_set() if world.size == 1 else
                         log_point and distributed.any_process(self._stop.is_set(), world, self.device))
                 if epoch_end or stop:
-                    _wait_for(self.device)  # the GPU's queued steps are training time
+                    wait_for(self.device)  # the GPU's queued steps are training time
                     pause_start = time.perf_counter()
                     if epoch_end:
                         last_validation = self._end_epoch(final(), validation, plan, done,
@@ -238,14 +245,16 @@ class Trainer:
                 if stop:
                     break
 
-        _wait_for(self.device)
-        # the graph's capture is set apart, as compile time would be
-        elapsed = time.perf_counter() - session_start - paused - train_step.capture_seconds
+        wait_for(self.device)
+        # compiling and capturing the graph are set apart: they are paid once, not per step
+        elapsed = (time.perf_counter() - session_start - paused - train_step.capture_seconds
+                   - train_step.compile_seconds)
         train_seconds += elapsed
         result = RunResult(self.run_dir, recipe, str(self.device), steps_done, plan.total_steps,
                            train_seconds, images_done * world.size / elapsed if elapsed > 0 else 0.0,
                            None, last_validation, session_start - self._started, world.size,
-                           world.is_main, train_step.capture_seconds, cuda_graph)
+                           world.is_main, train_step.capture_seconds, cuda_graph,
+                           train_step.compile_seconds, self.compile)
         if world.size > 1:
             distributed.share_buffers(model, world)
             difference = distributed.replica_difference(model, world)
@@ -403,12 +412,6 @@ class _Window:
         return loss / images, correct / images
 
 
-def _wait_for(device: torch.device) -> None:
-    """Let a GPU finish its queued work, so that a clock read afterwards measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @contextlib.contextmanager
 def _stop_on_sigint(trainer: Trainer):
     """Ctrl-C asks the trainer to stop after the current step and save; a second one aborts."""
@@ -439,5 +442,10 @@ def train_summary(result: RunResult) -> str:
     where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
     lines.append(f"trained {result.steps_done:,} steps in {format_duration(result.train_seconds)} "
                  f"({result.train_seconds:.1f} s, {result.images_per_s:,.0f} images/s) on {where}")
+    apart = [f"{what} {seconds:.2f} s" for what, seconds in
+             [("torch.compile", result.compile_seconds), ("CUDA graph capture", result.capture_seconds)]
+             if seconds]
+    if apart:
+        lines.append(f"  not counted above: {', '.join(apart)}")
     lines.append(f"run saved in {result.run_dir}")
     return "\n".join(lines)
