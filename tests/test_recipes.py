@@ -84,6 +84,10 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeyp
     (("[train]", "[training]"), "unknown key 'training'"),
     (("[train]", "[augment]\nrotate = 400\n[train]"), "[augment] expected rotate in [0, 180]"),
     (("[train]", "[augment]\nflip = true\n[train]"), "[augment]: unknown key 'flip'"),
+    (("[train]", "[augment]\nelastic_alpha = 34\n[train]"),
+     "[augment] elastic_alpha needs elastic_sigma of at least 1 pixel"),
+    (("[train]", "[augment]\nelastic_alpha = 340\nelastic_sigma = 4\n[train]"),
+     "[augment] expected elastic_alpha in [0, 100]"),
     (("steps = 10", "steps = 10 ]"), "not valid TOML"),
 ])
 def test_mistakes_name_the_file_and_key(recipe_file, change, message):

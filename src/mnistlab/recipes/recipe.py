@@ -135,22 +135,30 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class AugmentSection:
-    """Random affine distortions of the training images; every limit 0 means none."""
+    """Random distortions of the training images: affine ones, and optionally elastic ones
+    (Simard et al. 2003); every limit 0 means none."""
 
     rotate: float = 0.0  # degrees, either way
     scale: float = 0.0  # fraction, bigger or smaller
     shear: float = 0.0  # degrees
     translate: float = 0.0  # pixels, in each direction
+    elastic_alpha: float = 0.0  # elastic distortions' strength (pixels, scaling the field)
+    elastic_sigma: float = 0.0  # their smoothness: the Gaussian's width, in pixels
 
     @property
     def enabled(self) -> bool:
-        return any((self.rotate, self.scale, self.shear, self.translate))
+        return any((self.rotate, self.scale, self.shear, self.translate, self.elastic_alpha))
 
     def check(self) -> None:
         if not (0 <= self.rotate <= 180 and 0 <= self.shear < 60 and 0 <= self.scale < 1
                 and 0 <= self.translate <= 14):
             raise ValueError("expected rotate in [0, 180] and shear in [0, 60) degrees, scale in "
                              "[0, 1) and translate in [0, 14] pixels")
+        if not (0 <= self.elastic_alpha <= 100 and 0 <= self.elastic_sigma <= 14):
+            raise ValueError("expected elastic_alpha in [0, 100] and elastic_sigma in [0, 14] pixels")
+        if self.elastic_alpha and self.elastic_sigma < 1:
+            raise ValueError("elastic_alpha needs elastic_sigma of at least 1 pixel: an unsmoothed "
+                             "field tears the image apart")
 
 
 @dataclass(frozen=True)

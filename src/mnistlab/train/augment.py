@@ -1,8 +1,10 @@
-"""Random affine distortions of a whole batch at once, on the batch's own device.
+"""Random distortions of a whole batch at once, on the batch's own device.
 
-Each image gets its own rotation, scale, shear and translation; one `affine_grid` and one
-`grid_sample` call apply them all, so augmentation costs two kernels per batch, not a Python
-loop per image. The draws come from torch's global generator, which checkpoints save and
+Each image gets its own rotation, scale, shear and translation, and optionally its own elastic
+distortion (Simard et al. 2003: a random displacement for every pixel, smoothed by a Gaussian,
+so that neighbouring pixels move together and strokes bend rather than tear). One sampling grid
+holds both, and one `grid_sample` call applies them all: augmentation costs a few kernels per
+batch, not a Python loop per image. The draws come from torch's global generator, which checkpoints save and
 restore, so a resumed run sees the same distortions as an uninterrupted one.
 """
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from mnistlab.recipes.recipe import AugmentSection
 
 
-def random_affine(x: torch.Tensor, spec: AugmentSection) -> torch.Tensor:
+def random_distortion(x: torch.Tensor, spec: AugmentSection) -> torch.Tensor:
     """Distort a batch (N, C, H, W) of images in [0, 1]; pixels from outside the image are 0."""
     n, _, height, width = x.shape
 
@@ -36,4 +38,25 @@ def random_affine(x: torch.Tensor, spec: AugmentSection) -> torch.Tensor:
         torch.stack([sin / scale, (cos + shear * sin) / scale, ty], 1),
     ], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    if spec.elastic_alpha:
+        grid = grid + elastic_field(n, height, width, spec.elastic_alpha, spec.elastic_sigma,
+                                    x.device).to(x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def elastic_field(n: int, height: int, width: int, alpha: float, sigma: float,
+                  device: torch.device) -> torch.Tensor:
+    """(N, H, W, 2) displacements in `affine_grid`'s coordinates: uniform noise in [-1, 1] per
+    pixel and direction, blurred by a Gaussian of width `sigma` pixels, times `alpha` pixels."""
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    field = torch.rand(n, 2, height, width, device=device) * 2 - 1
+    # the 2-D Gaussian is separable: blur along rows, then along columns; each of the two
+    # displacement channels on its own (groups=2)
+    field = F.conv2d(field, kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
+    field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
+    # pixels to affine_grid's units, in which the image spans 2 along each side
+    scale = torch.tensor([2 * alpha / width, 2 * alpha / height], device=device)
+    return field.permute(0, 2, 3, 1) * scale

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.recipes import Recipe
-from mnistlab.train.augment import random_affine
+from mnistlab.train.augment import random_distortion
 from mnistlab.train.ema import WeightAverage
 from mnistlab.train.metrics import as_input
 
@@ -107,7 +107,7 @@ class TrainStep:
         recipe, train = self.recipe, self.recipe.train
         x, y = as_input(self.images[indices], channels_last=True), self.labels[indices]
         if recipe.augment.enabled:
-            x = random_affine(x, recipe.augment)
+            x = random_distortion(x, recipe.augment)
         compiled = self.compile and len(y) == train.batch_size
         first_compiled = compiled and self.compile_seconds == 0
         if first_compiled:  # compiling: the forward pass now, the backward at its first call
