@@ -4,8 +4,9 @@ Each image gets its own rotation, scale, shear and translation, and optionally i
 distortion (Simard et al. 2003: a random displacement for every pixel, smoothed by a Gaussian,
 so that neighbouring pixels move together and strokes bend rather than tear). One sampling grid
 holds both, and one `grid_sample` call applies them all: augmentation costs a few kernels per
-batch, not a Python loop per image. The draws come from torch's global generator, which checkpoints save and
-restore, so a resumed run sees the same distortions as an uninterrupted one.
+batch, not a Python loop per image. The draws come from torch's global generator, which
+checkpoints save and restore, so a resumed run sees the same distortions as an uninterrupted
+one.
 """
 
 from __future__ import annotations
