@@ -183,11 +183,7 @@ def format_bench(r: BenchResult) -> str:
         f"(first run; later runs reuse the loaded data)",
         *([f"  CUDA graph capture, not counted above: {statistics.median(r.capture_seconds):.3f} s "
            f"median"] if r.cuda_graph else []),
-        *([f"  torch.compile, not counted above: {r.compile_seconds[0]:.2f} s (first run, with "
-           f"its first step; later runs reuse it: {statistics.median(r.compile_seconds[1:]):.2f} s "
-           f"median)" if r.seeds > 1 else
-           f"  torch.compile, not counted above: {r.compile_seconds[0]:.2f} s (with the first step)"]
-          if r.compiled else []),
+        *([_compile_line(r.compile_seconds)] if r.compiled else []),
         f"training           {r.train_images_per_s:,.0f} images/s (median over seeds)",
         f"baseline           {r.baseline_images_per_s:,.0f} images/s (eager loop over DataLoader, "
         f"same model and optimiser)",
@@ -196,3 +192,9 @@ def format_bench(r: BenchResult) -> str:
         f"{r.infer_batch1024_images_per_s:,.0f} images/s at batch 1024",
     ]
     return "\n".join(lines)
+
+
+def _compile_line(seconds: list[float]) -> str:
+    first, later = seconds[0], seconds[1:]
+    reuse = f"; later runs reuse it: {statistics.median(later):.2f} s median" if later else ""
+    return f"  torch.compile, not counted above: {first:.2f} s (first run, with its first step{reuse})"
