@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.errors import MnistlabError
 from mnistlab.recipes import Recipe
 from mnistlab.train.augment import random_distortion
 from mnistlab.train.ema import WeightAverage
@@ -113,12 +114,13 @@ class TrainStep:
         if first_compiled:  # compiling: the forward pass now, the backward at its first call
             wait_for(x.device)
             start = time.perf_counter()
-        # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
-        loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
-            self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
-            label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
+        with _compile_failures() if first_compiled else contextlib.nullcontext():
+            # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
+            loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
+                self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
+                label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
@@ -171,6 +173,18 @@ def wait_for(device: torch.device) -> None:
     """Let a GPU finish its queued work, so that a clock read afterwards measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _compile_failures():
+    """torch.compile fails in many ways a user can only work around (no C++ compiler for the
+    CPU, no Triton for the GPU, an unsupported operator): say so in one line."""
+    try:
+        yield
+    except Exception as e:
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        raise MnistlabError(f"torch.compile failed ({type(e).__name__}: {first_line}); "
+                            "train without --compile") from e
 
 
 @contextlib.contextmanager
