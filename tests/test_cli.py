@@ -63,6 +63,18 @@ def test_user_errors_are_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
 
 
+def test_a_failing_torch_compile_is_one_clear_line(tmp_path, small_mnist, monkeypatch):
+    # no C++ compiler for the CPU, and an empty compile cache, so that nothing cached answers
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    out = mnistlab("train", "--recipe", "fast", "--steps", "3", "--device", "cpu", "--compile",
+                   "--data-dir", small_mnist, "--out", tmp_path / "run", "--no-report")
+    assert out.returncode == 1
+    assert out.stderr.startswith("mnistlab: error: torch.compile failed (")
+    assert "train without --compile" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+
+
 def test_bad_recipe_file_names_file_and_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndescription = ""\n[model]\nname = "softmax"\n[optimizer]\nname = "sgd"\n'

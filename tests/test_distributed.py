@@ -23,18 +23,24 @@ log_every = 10
 """
 
 
-@pytest.mark.parametrize("model", ['name = "keras-cnn"', 'name = "fast-cnn"\nwidths = [32, 32]'],
-                         ids=["keras-cnn", "batch-norm"])
-def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file, model):
+BATCH_NORM = 'name = "fast-cnn"\nwidths = [32, 32]'
+
+
+@pytest.mark.parametrize("model, options", [('name = "keras-cnn"', []), (BATCH_NORM, []),
+                                            (BATCH_NORM, ["--compile"])],
+                         ids=["keras-cnn", "batch-norm", "compiled"])
+def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file, model, options):
     out = tmp_path / "run"
     recipe = RECIPE.replace('name = "keras-cnn"', model)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "mnistlab", "train", "--recipe", str(recipe_file(recipe)), "--data-dir",
-               str(small_mnist), "--out", str(out), "--device", "cpu"]
+               str(small_mnist), "--out", str(out), "--device", "cpu", *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("test accuracy") == 1  # one process reports for both
     assert "x 2 processes" in done.stdout
+    # compiled for each process's shard of a batch, not for the whole batch
+    assert ("not counted above: torch.compile" in done.stdout) == ("--compile" in options)
     records = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
     replicas = [r for r in records if r["event"] == "replicas"]
     assert replicas == [{**replicas[0], "processes": 2, "max_difference": 0.0}]

@@ -192,8 +192,9 @@ class Trainer:
         update_every = recipe.quirks.update_every
         window = _Window(self.device)
         train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
-                               bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph, compile=self.compile,
-                               ema=ema)
+                               batch_size=len(distributed.shard(torch.arange(train_cfg.batch_size), world)),
+                               bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph,
+                               compile=self.compile, ema=ema)
         # what is validated, tested and saved: the weight average where the recipe keeps one
         final = ema.current if ema is not None else lambda: model
         last_loss = last_acc = None

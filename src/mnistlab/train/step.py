@@ -59,13 +59,17 @@ class Totals:
 
 
 class TrainStep:
-    """`step(indices, lr)` trains on the images at `indices` of the training split."""
+    """`step(indices, lr)` trains on the images at `indices` of the training split.
+
+    `batch_size` is the number of images a full batch gives this process (its shard, under
+    torchrun): the shape that the graph is captured for and torch.compile compiles for."""
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                 labels: torch.Tensor, recipe: Recipe, totals: Totals, *, bf16: bool,
-                 loss_scale: float = 1, cuda_graph: bool = False, compile: bool = False,
-                 ema: WeightAverage | None = None):
+                 labels: torch.Tensor, recipe: Recipe, totals: Totals, *, batch_size: int,
+                 bf16: bool, loss_scale: float = 1, cuda_graph: bool = False,
+                 compile: bool = False, ema: WeightAverage | None = None):
         self.net, self.optimizer = net, optimizer
+        self.batch_size = batch_size
         self.images, self.labels = images, labels
         self.recipe, self.totals = recipe, totals
         self.bf16, self.loss_scale = bf16, loss_scale
@@ -81,7 +85,7 @@ class TrainStep:
             self._lr = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
             for group in optimizer.param_groups:
                 group["lr"] = self._lr  # read on the device by the fused, capturable update
-            self._indices = torch.zeros(recipe.train.batch_size, dtype=torch.int64, device=device)
+            self._indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
     def __call__(self, indices: torch.Tensor, lr: float) -> None:
         if not self.cuda_graph:
@@ -109,7 +113,7 @@ class TrainStep:
         x, y = as_input(self.images[indices], channels_last=True), self.labels[indices]
         if recipe.augment.enabled:
             x = random_distortion(x, recipe.augment)
-        compiled = self.compile and len(y) == train.batch_size
+        compiled = self.compile and len(y) == self.batch_size
         first_compiled = compiled and self.compile_seconds == 0
         if first_compiled:  # compiling: the forward pass now, the backward at its first call
             wait_for(x.device)
