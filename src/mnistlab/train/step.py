@@ -94,7 +94,7 @@ class TrainStep:
             self._compute(indices)
             return
         self._lr.fill_(lr)
-        if len(indices) != len(self._indices):  # a short last batch: not the captured shape
+        if len(indices) != self.batch_size:  # a short last batch: not the captured shape
             with _outside_graph():
                 self._compute(indices)
             return
@@ -109,30 +109,35 @@ class TrainStep:
             self._graph.replay()  # capturing records the step; it does not run it
 
     def _compute(self, indices: torch.Tensor) -> None:
+        compiled = self.compile and len(indices) == self.batch_size
+        if not compiled or self.compile_seconds:
+            self._train_on(indices, compiled)
+            return
+        # the first compiled step compiles the forward pass, then the backward at its first
+        # call: timed as compile time, and a failure explained
+        wait_for(indices.device)
+        start = time.perf_counter()
+        with _compile_failures():
+            self._train_on(indices, compiled)
+        wait_for(indices.device)
+        self.compile_seconds = time.perf_counter() - start
+
+    def _train_on(self, indices: torch.Tensor, compiled: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
         x, y = as_input(self.images[indices], channels_last=True), self.labels[indices]
         if recipe.augment.enabled:
             x = random_distortion(x, recipe.augment)
-        compiled = self.compile and len(y) == self.batch_size
-        first_compiled = compiled and self.compile_seconds == 0
-        if first_compiled:  # compiling: the forward pass now, the backward at its first call
-            wait_for(x.device)
-            start = time.perf_counter()
-        with _compile_failures() if first_compiled else contextlib.nullcontext():
-            # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
-            loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
-                self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
-                label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
+        # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
+        loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
+            self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
+            label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
         self.totals.add(loss.detach() if train.loss_reduction == "sum" else loss.detach() * len(y),
                         logits.detach(), y)
-        if first_compiled:
-            wait_for(x.device)
-            self.compile_seconds = time.perf_counter() - start
 
     def _warm_up(self) -> None:
         # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
