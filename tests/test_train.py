@@ -181,7 +181,7 @@ def test_compiled_steps_train_as_eager_steps_do(tmp_path, small_mnist, recipe_fi
     assert compiled.compiled and compiled.compile_seconds > 0
     assert not eager.compiled and eager.compile_seconds == 0
     # One step gives the same weights, up to rounding. Later steps drift apart: a rounding
-    # difference can flip a near-tie (which of two almost equal values a max-pool passes on),
+    # difference can flip a near-tie (say, which of two almost equal values a max-pool keeps),
     # which changes a gradient by 1e-3 at once (in float64 the two agree to 1e-8 there), and
     # training amplifies any difference (two eager runs whose initial weights differ by 1e-7
     # differ by 1e-2 after 18 steps). So whole runs are compared by their accuracy.
