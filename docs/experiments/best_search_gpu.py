@@ -63,6 +63,21 @@ def train(table: dict, out: Path, seed: int, device: str, cuda_graphs: bool) -> 
             "cuda_graph": result.cuda_graph}
 
 
+def train_members(table: dict, out: Path, count: int, device: str, cuda_graphs: bool,
+                  budget: float, rows: list, save) -> None:
+    """Seeds 0..count-1 of `table` into out/seed-K, each result appended to `rows`, then
+    `save()`; after three members, none starts once `budget` seconds of the script have passed."""
+    for seed in range(count):
+        if seed >= 3 and time.perf_counter() - STARTED > budget:
+            print(f"budget spent: {seed} members", flush=True)
+            break
+        row = train(table, out / f"seed-{seed}", seed, device, cuda_graphs)
+        rows.append(row)
+        print(f"member seed {seed}: test {100 * row['test']:.2f}%  {row['train_seconds']:.1f} s",
+              flush=True)
+        save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -96,16 +111,8 @@ def main() -> None:
     report["chosen"] = tables[chosen]
     print(f"chosen on validation: {chosen}", flush=True)
 
-    for seed in range(args.members):
-        if seed >= 3 and time.perf_counter() - STARTED > args.budget:
-            print(f"budget spent: {seed} members", flush=True)
-            break
-        row = train(tables[chosen], args.out / "members" / f"seed-{seed}", seed, args.device,
-                    not args.eager)
-        report["final"].append(row)
-        print(f"member seed {seed}: test {100 * row['test']:.2f}%  {row['train_seconds']:.1f} s",
-              flush=True)
-        log.write_text(json.dumps(report, indent=1))
+    train_members(tables[chosen], args.out / "members", args.members, args.device, not args.eager,
+                  args.budget, report["final"], lambda: log.write_text(json.dumps(report, indent=1)))
     singles = [r["test"] for r in report["final"][:3]]
     runs = [r["run"] for r in report["final"]]
     report["single_mean_3"] = statistics.fmean(singles)

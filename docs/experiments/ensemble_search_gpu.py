@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 import torch
-from best_search_gpu import train  # this folder is on the path when a script in it runs
+
+# this folder is on the path when a script in it runs
+from best_search_gpu import train, train_members
 
 from mnistlab.ensemble import evaluate_ensemble
 from mnistlab.recipes import load_recipe
@@ -99,15 +101,8 @@ def main() -> None:
     report["chosen"] = tables[chosen]
     print(f"chosen on validation: {chosen}", flush=True)
 
-    for seed in range(args.members):
-        if seed >= 3 and time.perf_counter() - STARTED > args.budget:
-            print(f"budget spent: {seed} members", flush=True)
-            break
-        row = train(tables[chosen], args.out / "members" / f"seed-{seed}", seed, args.device, True)
-        report["members"].append(row)
-        print(f"member seed {seed}: test {100 * row['test']:.2f}%  {row['train_seconds']:.1f} s",
-              flush=True)
-        save()
+    train_members(tables[chosen], args.out / "members", args.members, args.device, True,
+                  args.budget, report["members"], save)
     tests = [r["test"] for r in report["members"]]
     runs = [r["run"] for r in report["members"]]
     report["single_mean"] = statistics.fmean(tests)
