@@ -83,7 +83,7 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
         capture_seconds=[r.capture_seconds for r in runs],
         cuda_graph=all(r.cuda_graph for r in runs),
         compile_seconds=[r.compile_seconds for r in runs],
-        compiled=compile,
+        compiled=all(r.compiled for r in runs),
         hardware=hardware_name(dev),
     )
 
