@@ -360,11 +360,34 @@ def test_summarize_restores_training_mode():
     assert not model.training and not model.dropout.training
 
 
-@pytest.mark.parametrize("widths, side", [([32, 32], 4), ([32, 64, 64], 2), ([32, 32, 32, 32], 1)])
-def test_fast_cnn_shrinks_to_the_linear_layer(widths, side):
-    model = build_model("fast-cnn", widths=widths)
+@pytest.mark.parametrize(
+    "widths, crop, side",
+    [([32, 32], 0, 4), ([32, 64, 64], 0, 2), ([32, 32, 32, 32], 0, 1), ([32, 32], 2, 3), ([32, 32], 3, 3)],
+)
+def test_fast_cnn_shrinks_to_the_linear_layer(widths, crop, side):
+    model = build_model("fast-cnn", widths=widths, crop=crop)
     assert model.fc.in_features == widths[-1] * side * side
     assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_fast_cnn_crop_ignores_the_border():
+    # a cropped network must not see the pixels it drops, and must see the ones it keeps
+    torch.manual_seed(0)
+    model = build_model("fast-cnn", widths=[32, 64, 64], crop=2).eval()
+    x = torch.rand(3, 1, 28, 28)
+    border = x.clone()
+    border[:, :, :2] = border[:, :, -2:] = border[:, :, :, :2] = border[:, :, :, -2:] = 0
+    inside = x.clone()
+    inside[:, :, 2:-2, 2:-2] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(border), model(x))
+        assert not torch.allclose(model(inside), model(x))
+
+
+@pytest.mark.parametrize("crop", [-1, 5, 1.5, True, "2"])
+def test_fast_cnn_refuses_a_bad_crop(crop):
+    with pytest.raises(MnistlabError, match="crop"):
+        build_model("fast-cnn", crop=crop)
 
 
 def test_fast_cnn_gives_the_same_logits_in_either_memory_format():

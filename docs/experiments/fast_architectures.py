@@ -13,6 +13,8 @@ Layers (each convolution has no bias and is followed by BatchNorm and ReLU):
   mN  3x3 conv, max-pool, then BatchNorm and ReLU (normalising after the pool)
   MN  4x4 stride-2 conv, max-pool, then BatchNorm and ReLU (fast-cnn's stem)
   u   pixel unshuffle 2x2          hN  hidden linear layer        dP  dropout
+  xK  crop K pixels from each side (MNIST's digits sit in the middle 20x20)
+--opt muon: Muon (orthogonalised momentum) for the convolutions after the stem, AdamW for the rest.
 --nhwc 1 flattens in (height, width, channels) order, as fast-cnn does.
 """
 
@@ -46,7 +48,18 @@ p.add_argument("--fused", type=int, default=0)
 p.add_argument("--b1", type=float, default=0.9)
 p.add_argument("--b2", type=float, default=0.999)
 p.add_argument("--nhwc", type=int, default=0)
+p.add_argument("--muon-lr", type=float, default=0.02)
+p.add_argument("--muon-momentum", type=float, default=0.9)
 a = p.parse_args()
+
+
+class Crop(nn.Module):
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return x[:, :, self.k : x.shape[2] - self.k, self.k : x.shape[3] - self.k]
 
 
 class NHWCFlatten(nn.Module):
@@ -63,7 +76,7 @@ CONVS = {
     "q": (4, 4, 0, False, lambda s: s // 4),
     "m": (3, 1, 1, True, lambda s: math.ceil(s / 2)),
     "M": (4, 2, 1, True, lambda s: math.ceil(s // 2 / 2)),
-    "o": (6, 4, 1, False, lambda s: 7),
+    "o": (6, 4, 1, False, lambda s: (s + 2 - 6) // 4 + 1),
 }
 
 
@@ -73,6 +86,10 @@ def build(arch):
         if tok == "p":
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             size = math.ceil(size / 2)
+        elif tok.startswith("x"):
+            k = int(tok[1:])
+            layers.append(Crop(k))
+            size -= 2 * k
         elif tok == "r":
             layers.append(nn.ReLU())
         elif tok[0] in CONVS:  # a convolution, (a max-pool,) BatchNorm and ReLU
@@ -101,6 +118,46 @@ def build(arch):
     return nn.Sequential(*layers)
 
 
+def orthogonalise(g, steps=5):
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon's update)."""
+    x = g / (g.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        A = x @ x.T
+        x = 3.4445 * x + (-4.7750 * A + 2.0315 * A @ A) @ x
+    return x.T if tall else x
+
+
+class MuonAdamW:
+    """Muon for the hidden convolutions (weights seen as out x (in*k*k)), AdamW for the rest."""
+
+    def __init__(self, hidden, rest, a):
+        self.hidden = hidden
+        self.bufs = [torch.zeros_like(p) for p in hidden]
+        self.adam = torch.optim.AdamW(rest, lr=a.lr, weight_decay=a.wd, foreach=True)
+        self.param_groups = self.adam.param_groups + [{"lr": a.lr, "muon": True}]
+        self.momentum = a.muon_momentum
+        self.scale = a.muon_lr / a.lr
+
+    def zero_grad(self, set_to_none=True):
+        self.adam.zero_grad(set_to_none=set_to_none)
+        for p in self.hidden:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        self.adam.step()
+        lr = self.param_groups[-1]["lr"] * self.scale
+        for p, buf in zip(self.hidden, self.bufs):
+            g = p.grad
+            buf.mul_(self.momentum).add_(g)
+            g = g.add(buf, alpha=self.momentum).flatten(1)
+            o = orthogonalise(g)
+            p.add_(o.view_as(p), alpha=-lr * max(1, o.shape[0] / o.shape[1]) ** 0.5)
+
+
 train = load_split(a.split, "mnist", None, torch.device("cpu"))
 val = load_split("validation", "mnist", None, torch.device("cpu"))
 n = len(train.labels)
@@ -110,7 +167,11 @@ for seed in a.seeds:
     torch.manual_seed(seed)
     model = build(a.arch).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
-    if a.opt == "adamw":
+    if a.opt == "muon":
+        hidden = [p for p in model.parameters() if p.dim() == 4][1:]
+        rest = [p for p in model.parameters() if all(p is not h for h in hidden)]
+        opt = MuonAdamW(hidden, rest, a)
+    elif a.opt == "adamw":
         opt = torch.optim.AdamW(
             model.parameters(),
             lr=a.lr,

@@ -15,6 +15,7 @@ independently drawn initial weights the two are the same model.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -235,25 +236,38 @@ class FastCNN(nn.Module):
 
     Nearly all its arithmetic is one 3x3 convolution at 7x7, and every width is a multiple of 32
     because oneDNN's convolutions run fastest there (24 channels measured slower than 32).
+
+    `crop` drops that many pixels from each side of the image first. MNIST centres each digit's
+    20x20 box in the 28x28 frame, so a 2-pixel border is nearly always blank, and cropping it
+    leaves the blocks 6x6 (then 3, 2, 1) instead of 7x7: about a third less arithmetic.
     """
 
-    def __init__(self, *, widths: Sequence[int] = (32, 32), dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, widths: Sequence[int] = (32, 32), dropout: float = 0.0, crop: int = 0
+    ) -> None:
         super().__init__()
         if not isinstance(widths, (list, tuple)) or not 2 <= len(widths) <= 4:
             raise MnistlabError(f"widths must be a list of 2 to 4 positive integers, got {widths!r}")
         widths = _check_widths(widths, len(widths))
         dropout = _check_dropout(dropout)
+        if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= 4:
+            raise MnistlabError(f"crop must be an integer from 0 to 4 (pixels from each side), got {crop!r}")
+        self.crop = crop
         self.stem = PoolFirstBlock(nn.Conv2d(1, widths[0], 4, stride=2, padding=1, bias=False),
                                    ceil_mode=False)
         self.blocks = nn.Sequential(*[
             PoolFirstBlock(nn.Conv2d(w_in, w_out, 3, padding=1, bias=False), ceil_mode=True)
             for w_in, w_out in zip(widths, widths[1:])
         ])
-        side = [7, 4, 2, 1][len(widths) - 1]
+        side = (28 - 2 * crop) // 4  # the stem halves the side, its pool halves it again
+        for _ in widths[1:]:
+            side = math.ceil(side / 2)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(widths[-1] * side * side, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop:
+            x = x[:, :, self.crop : -self.crop, self.crop : -self.crop]
         x = self.blocks(self.stem(x))
         # flatten in (height, width, channels) order: for a channels-last tensor that is a view,
         # where the usual order costs a copy forward and a slow strided gradient backward
@@ -317,7 +331,7 @@ MODELS: dict[str, ModelEntry] = {
         ),
         ModelEntry(
             "fast-cnn",
-            "4x4 stride-2 stem, conv-pool-BN-ReLU blocks at 7x7 and below, linear (ours, fastest)",
+            "4x4 stride-2 stem, conv-pool-BN-ReLU blocks at 7x7 and below (6x6 with crop = 2), linear (ours, fastest)",
             None,
             "pytorch",
             FastCNN,
