@@ -8,9 +8,12 @@ elastic distortions (Simard et al. 2003; Ciresan et al. 2012) and longer trainin
 
 The rule, fixed before any run: each candidate trains seeds 0 and 1 on the 55,000-image train
 split; the highest mean validation accuracy wins (ties: the cheaper, listed first). Its seeds
-0..N-1 then train with the same recipe, and only then is the test split read: each member's
-test accuracy, and the ensembles (averaged probabilities) of the first 3, 5 and all N members.
-The ensemble of all N (at most 10) is the figure the issue asks about.
+0..N-1 then train with the same recipe on all 60,000 training images (the validation split has
+done its job; An et al. trained on all 60,000 too), and only then is the test split read: each
+member's test accuracy, and the ensembles (averaged probabilities) of the first 3, 5 and all N
+members. The ensemble of all N (at most 10) is the figure the issue asks about. One more figure
+is reported beside it, not chosen between: the ensemble of the eight search runs (four recipes,
+two seeds each), whose members differ more than one recipe's seeds do.
 
     PYTHONPATH=src python3 docs/experiments/ensemble_search_gpu.py --out /tmp/ensemble
 
@@ -85,9 +88,11 @@ def main() -> None:
             table["train"].pop("epochs")
             table["train"]["steps"] = args.smoke_steps
             table["train"]["ema"] = 0.0  # a few steps cannot forget the initial weights
+    search_runs = []
     for name, table in tables.items():
         rows = [train(table, args.out / "search" / name / f"seed-{seed}", seed, args.device, True)
                 for seed in (0, 1)]
+        search_runs += [r["run"] for r in rows]
         row = {"recipe": name, "validation": [r["validation"] for r in rows],
                "validation_mean": statistics.fmean(r["validation"] for r in rows),
                "train_seconds": [r["train_seconds"] for r in rows]}
@@ -101,7 +106,9 @@ def main() -> None:
     report["chosen"] = tables[chosen]
     print(f"chosen on validation: {chosen}", flush=True)
 
-    train_members(tables[chosen], args.out / "members", args.members, args.device, True,
+    members = copy.deepcopy(tables[chosen])
+    members["train"]["split"] = "train-full"
+    train_members(members, args.out / "members", args.members, args.device, True,
                   args.budget, report["members"], save)
     tests = [r["test"] for r in report["members"]]
     runs = [r["run"] for r in report["members"]]
@@ -117,6 +124,10 @@ def main() -> None:
             errors = round((1 - result.metrics.accuracy) * result.metrics.count)
             print(f"ensemble of seeds 0..{size - 1}: test {100 * result.metrics.accuracy:.2f}% "
                   f"({errors} errors)", flush=True)
+    result = evaluate_ensemble(search_runs, device=args.device)
+    report["ensemble_search_runs"] = result.metrics.accuracy
+    print(f"ensemble of the {len(search_runs)} search runs (reported, not chosen): test "
+          f"{100 * result.metrics.accuracy:.2f}%", flush=True)
     save()
 
 
