@@ -31,6 +31,16 @@ def test_recipes_and_datasets():
     assert [line[:4] for line in verify.stdout.splitlines()] == ["ok  "] * 4
 
 
+def test_verifying_every_dataset_skips_the_ones_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path))  # an empty cache: only MNIST is here
+    every = mnistlab("datasets", "verify")
+    assert every.returncode == 0, every.stdout
+    assert "-    fashion-mnist  not downloaded" in every.stdout
+    assert [line[:4] for line in every.stdout.splitlines()].count("ok  ") == 4
+    named = mnistlab("datasets", "verify", "kmnist")  # asked for by name, missing files fail
+    assert named.returncode == 1 and named.stdout.count("FAIL") == 4
+
+
 def test_train_then_evaluate(tmp_path, small_mnist):
     run = tmp_path / "run"
     out = mnistlab("train", "--recipe", "seed003-keras-cnn", "--steps", "40", "--out", run,
