@@ -182,6 +182,19 @@ def test_predict_command_json(pictures, capsys):
                      "error": f"{pictures['blank']}: no digit found (empty image)"}
 
 
+def test_predict_command_runs_an_onnx_file_with_onnx_runtime(pictures, capsys, tmp_path):
+    from mnistlab.cli import main
+    from mnistlab.inference.export import export_onnx
+
+    onnx_file = export_onnx("default", tmp_path / "digits.onnx", verify_images=20).path
+    code = main(["predict", str(pictures["seven"]), "--model", str(onnx_file), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["model"]["backend"] == "onnx" and doc["model"]["checkpoint"] == str(onnx_file)
+    assert doc["images"][0]["digit"] == "7"
+
+
 def test_predict_command_bad_model(pictures, capsys, tmp_path):
     from mnistlab.cli import main
 

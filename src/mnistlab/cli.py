@@ -230,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mnistlab.inference import Predictor, load_image
     from mnistlab.inference.reading import format_reading, read_image
 
-    predictor = Predictor.load(args.model, backend=args.backend)
+    predictor = Predictor.load(args.model, backend=_backend(args))
     results, failed = [], 0
     for name in args.images:
         # one bad file is reported and skipped: the others are still read
@@ -261,10 +261,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend(args: argparse.Namespace) -> str:
+    """--backend as given, else ONNX Runtime for an .onnx file and PyTorch for the rest."""
+    if args.backend:
+        return args.backend
+    return "onnx" if str(args.model).lower().endswith(".onnx") else "torch"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
-    serve(args.model, host=args.host, port=args.port, backend=args.backend, workers=args.workers,
+    serve(args.model, host=args.host, port=args.port, backend=_backend(args), workers=args.workers,
           threads=args.threads, top_k=args.top_k)
     return 0
 
@@ -398,15 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="read the digit, or the number, in image files")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
     p.add_argument("--model", default="default", metavar="CHECKPOINT",
-                   help="a run folder, a model .safetensors file, an .onnx file (with --backend "
-                        "onnx) or 'default' (the shipped model)")
+                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
+                        "(the shipped model)")
     p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
                    help="candidates listed per digit, 1-10 (default 3)")
     p.add_argument("--number", action="store_true",
                    help="read every image as a number written left to right (by default, only "
                         "images holding several separate digits are)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="run the model with PyTorch or ONNX Runtime (default torch)")
+    p.add_argument("--backend", choices=["torch", "onnx"],
+                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
+                        "file, torch otherwise)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -421,12 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="the drawing page and the HTTP API (POST /api/predict)")
     p.add_argument("--model", default="default",
-                   help="a run folder, a model .safetensors file, 'default' (the shipped model), "
-                        "or an .onnx file with --backend onnx")
+                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
+                        "(the shipped model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="run the model with PyTorch or ONNX Runtime (default torch)")
+    p.add_argument("--backend", choices=["torch", "onnx"],
+                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
+                        "file, torch otherwise)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="server processes, each with its own copy of the model (default 1)")
     p.add_argument("--threads", type=_positive, default=1,
