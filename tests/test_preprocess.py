@@ -238,7 +238,8 @@ def test_from_pixels_takes_0_255_or_0_1():
 @pytest.mark.parametrize("pixels, message", [
     ([[0] * 28] * 27, "shape"),
     ([[0] * 27] * 28, "shape"),
-    ([[0] * 28] * 27 + [[0] * 27], "28x28"),  # ragged
+    ([[0] * 28] * 27 + [[0] * 27], "28 rows of 28 numbers, got rows of 27 to 28"),  # ragged
+    ([[1, 2], [3]], "got rows of 1 to 2 numbers"),
     ([["a"] * 28] * 28, "28x28"),
     ([[float("nan")] * 28] * 28, "NaN"),
     ([[float("inf")] + [0] * 27] * 28, "infinite"),

@@ -110,6 +110,11 @@ def from_pixels(pixels) -> np.ndarray:
     Values are 0-255, or 0-1 when none is above 1 (a canvas's floats). Nothing is moved or
     rescaled beyond that: the caller promises MNIST's layout. An all-zero array is empty.
     """
+    if isinstance(pixels, (list, tuple)):  # rows of several lengths: say so, not numpy's words
+        lengths = {len(row) for row in pixels if isinstance(row, (list, tuple))}
+        if len(lengths) > 1:
+            raise ImageError(f"pixels must be 28 rows of 28 numbers, got rows of {min(lengths)} "
+                             f"to {max(lengths)} numbers")
     try:
         a = np.asarray(pixels, dtype=np.float64)
     except (TypeError, ValueError) as e:
