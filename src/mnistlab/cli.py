@@ -62,8 +62,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     for name in recipe_names():
         recipe = load_recipe(name)
-        length = (f"{recipe.train.epochs} epochs" if recipe.train.epochs
-                  else f"{recipe.train.steps:,} steps")
+        epochs, steps = recipe.train.epochs, recipe.train.steps
+        length = (f"{epochs} epoch{'s' if epochs != 1 else ''}" if epochs
+                  else f"{steps:,} step{'s' if steps != 1 else ''}")
         claim = ""
         if recipe.claim and recipe.claim.accuracy:
             claim = f"claims {100 * recipe.claim.accuracy:g}%"

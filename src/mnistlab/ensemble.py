@@ -74,7 +74,8 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
 
 
 def format_ensemble(result: EnsembleResult) -> str:
-    lines = [f"{len(result.members)} models on {result.dataset} {result.split} "
+    count = len(result.members)
+    lines = [f"{count} model{'s' if count != 1 else ''} on {result.dataset} {result.split} "
              f"({result.metrics.count:,} images)"]
     for path, m in result.members:
         lines.append(f"  {100 * m.accuracy:6.2f}%  {path}")
