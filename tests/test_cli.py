@@ -19,6 +19,14 @@ def test_models_and_summary():
     summary = mnistlab("summary", "keras-cnn").stdout
     for count in ("320", "18,496", "36,928", "650", "Total params: 93,322"):
         assert count in summary
+    # a recipe's model, with the recipe's arguments (fast-cnn 32/64/64, cropped to 24x24)
+    recipe = mnistlab("summary", "fast").stdout
+    assert 'Model: "fast-cnn (recipe fast)"' in recipe and "Total params: 58,698" in recipe
+    assert "(None, 32, 12, 12)" in recipe  # the stem halves the 24x24 that the crop leaves
+    shipped = mnistlab("summary", "default").stdout
+    assert 'Model: "mnistlab-cnn (default)"' in shipped and "Total params: 307,370" in shipped
+    unknown = mnistlab("summary", "fsat")
+    assert unknown.returncode == 1 and "not a model, a recipe or a checkpoint" in unknown.stderr
 
 
 def test_recipes_and_datasets():

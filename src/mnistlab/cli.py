@@ -51,9 +51,26 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from mnistlab.models import build_model, format_summary
+    from pathlib import Path
 
-    print(format_summary(build_model(args.name, init="pytorch"), args.name))
+    from mnistlab.models import MODELS, build_model, format_summary
+    from mnistlab.recipes import load_recipe, recipe_names
+    from mnistlab.train.checkpoint import load_model
+
+    name = args.name
+    if name in MODELS:  # the model with its default arguments
+        model, title = build_model(name, init="pytorch"), name
+    elif name in recipe_names() or name.endswith(".toml"):  # the model a recipe trains
+        recipe = load_recipe(name)
+        model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
+        title = f"{recipe.model.name} (recipe {recipe.name})"
+    elif name == "default" or Path(name).exists():  # the model a checkpoint holds
+        model, meta = load_model(name, "cpu")
+        title = f"{meta['model']['name']} ({name})"
+    else:
+        raise MnistlabError(f"{name!r} is not a model, a recipe or a checkpoint: the models are "
+                            f"{', '.join(MODELS)} (see also mnistlab recipes)")
+    print(format_summary(model, title))
     return 0
 
 
@@ -318,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("summary", help="a Keras-style table of a model's layers")
-    p.add_argument("name")
+    p.add_argument("name", help="a model (its default arguments), a recipe (the model it trains) "
+                                "or a checkpoint: a run folder, a model .safetensors file or 'default'")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("recipes", help="list the shipped training recipes")
