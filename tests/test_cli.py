@@ -63,6 +63,12 @@ def test_train_then_evaluate(tmp_path, small_mnist):
     assert sum(map(sum, report["confusion"])) == 600
     text = mnistlab("evaluate", run).stdout
     assert "per-class accuracy" in text and "confusion matrix" in text
+    # resuming a finished run trains nothing: it says so, and tests the same model again
+    again = mnistlab("train", "--resume", run, "--device", "cpu", "--no-report")
+    assert again.returncode == 0, again.stderr
+    assert f"{run} has trained all 40 steps: testing it again" in again.stdout
+    accuracy = next(line for line in out.stdout.splitlines() if line.startswith("test accuracy"))
+    assert accuracy in again.stdout and "images/s" not in again.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -179,9 +179,12 @@ class Trainer:
         how = [str(self.device)] + [name for name, used in
                                     [("bf16", bf16), ("CUDA graph", cuda_graph),
                                      ("torch.compile", self.compile)] if used]
-        progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
-                      f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
-                      + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
+        if start_step == plan.total_steps:  # resuming a finished run: only its test is left
+            progress.line(f"{self.run_dir} has trained all {plan.total_steps:,} steps: testing it again")
+        else:
+            progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
+                          f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
+                          + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
         if ema is not None and plan.total_steps < ema.steps_to_forget():
             progress.line(f"note: the weight average (ema = {train_cfg.ema}) starts from the initial "
                           f"weights and needs about {ema.steps_to_forget():,} steps to forget them; "
@@ -441,8 +444,10 @@ def train_summary(result: RunResult) -> str:
             text += f"; seed {claim.seed} claims {100 * claim.accuracy:.2f}%"
         lines.append(text)
     where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
+    # the rate is this session's: none when a resumed run had nothing left to train
+    rate = f", {result.images_per_s:,.0f} images/s" if result.images_per_s else ""
     lines.append(f"trained {result.steps_done:,} steps in {format_duration(result.train_seconds)} "
-                 f"({result.train_seconds:.1f} s, {result.images_per_s:,.0f} images/s) on {where}")
+                 f"({result.train_seconds:.1f} s{rate}) on {where}")
     apart = [f"{what} {seconds:.2f} s" for what, seconds in
              [("torch.compile", result.compile_seconds), ("CUDA graph capture", result.capture_seconds)]
              if seconds]
