@@ -72,13 +72,15 @@ def test_train_then_evaluate(tmp_path, small_mnist):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["train", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'; shipped recipes"),
+    (["train", "--recipe", "fsat"], "unknown recipe 'fsat' (did you mean 'fast'?)"),
+    (["summary", "keras_cnn"], "(did you mean 'keras-cnn'?)"),
     (["train", "--recipe", "missing.toml"], "missing.toml: no such recipe file"),
     (["evaluate", "nowhere"], "nowhere: no such checkpoint file or run folder"),
     (["train", "--resume", "nowhere"], "nothing to resume"),
     (["train", "--resume", "x", "--seed", "3"], "give no --recipe"),
     (["train", "--device", "tpu", "--steps", "1"], "expected auto, cpu or cuda"),
-    (["summary", "lenet"], "unknown model 'lenet'"),
+    (["summary", "lenet"], "'lenet' is not a model, a recipe or a checkpoint"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     out = mnistlab(*args, cwd=tmp_path)

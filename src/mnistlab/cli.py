@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, did_you_mean
 
 DEFAULT_RECIPE = "quick"
 
@@ -68,7 +68,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         model, meta = load_model(name, "cpu")
         title = f"{meta['model']['name']} ({name})"
     else:
-        raise MnistlabError(f"{name!r} is not a model, a recipe or a checkpoint: the models are "
+        hint = did_you_mean(name, [*MODELS, *recipe_names()])
+        raise MnistlabError(f"{name!r} is not a model, a recipe or a checkpoint{hint}: the models are "
                             f"{', '.join(MODELS)} (see also mnistlab recipes)")
     print(format_summary(model, title))
     return 0

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, did_you_mean
 from mnistlab.models.init import init_weights
 from mnistlab.models.layers import Conv2dTFSame
 
@@ -350,7 +350,8 @@ def get_entry(name: str) -> ModelEntry:
         return MODELS[name]
     except KeyError:
         known = ", ".join(MODELS)
-        raise MnistlabError(f"unknown model {name!r}; known models: {known}") from None
+        raise MnistlabError(f"unknown model {name!r}{did_you_mean(name, MODELS)}; "
+                            f"known models: {known}") from None
 
 
 def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:

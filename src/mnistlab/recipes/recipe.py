@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, did_you_mean
 from mnistlab.models import build_model
 
 
@@ -230,7 +230,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     shipped = _shipped() / f"{text}.toml"
     if not shipped.is_file():
         raise RecipeError(
-            f"unknown recipe '{text}'; shipped recipes: {', '.join(recipe_names())} "
+            f"unknown recipe '{text}'{did_you_mean(text, recipe_names())}; shipped recipes: "
+            f"{', '.join(recipe_names())} "
             "(or give the path of a .toml file)"
         )
     return parse_recipe(shipped.read_text(encoding="utf-8"), f"recipe '{text}'")
