@@ -161,7 +161,7 @@ def test_predict_command(pictures, capsys):
     lines = out.splitlines()
     assert lines[0].startswith(f"{pictures['seven']}: 7 (") and "top 3: 7 " in lines[0]
     assert lines[1].startswith(f"{pictures['number']}: 721  (3 digits: 7 ")
-    assert f"{pictures['broken']}: not a PNG, JPEG, BMP, GIF or WebP image" in err
+    assert f"{pictures['broken']}: the PNG image is damaged (its header cannot be read)" in err
     assert f"{pictures['blank']}: no digit found (empty image)" in err
     assert "Traceback" not in err and len(err.splitlines()) == 2
 

@@ -300,6 +300,8 @@ def png_header_claiming(width, height):
 @pytest.mark.parametrize("data, message", [
     (b"", "empty"),
     (np.random.default_rng(2).bytes(5000), "not a PNG, JPEG, BMP, GIF or WebP image"),
+    (b"\x89PNG\r\n\x1a\n not really", "the PNG image is damaged"),  # a signature, no header
+    (b"GIF89a" + bytes(40), "the GIF image is damaged"),
     (encode(drawn_zero(), "PNG")[:600], "truncated"),
     (png_header_claiming(100_000, 100_000), "too large"),  # Pillow's own bomb check
     (png_header_claiming(5_000, 5_000), "5000x5000"),  # ours, below Pillow's

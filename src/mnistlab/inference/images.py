@@ -53,6 +53,9 @@ def decode_image(data: bytes) -> Image.Image:
         # above ours) raises DecompressionBombError here for absurd sizes
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
+        claimed = _claimed_format(data)
+        if claimed:  # the file says what it is, but Pillow cannot read even its header
+            raise ImageError(f"the {claimed} image is damaged (its header cannot be read)") from None
         raise ImageError(f"not a {FORMAT_NAMES} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"the image is too large: its header claims more than "
@@ -75,6 +78,20 @@ def decode_image(data: bytes) -> Image.Image:
         # Pillow reports truncated and corrupt data with any of these, depending on the codec
         kind = f"{image.format} image" if image.format else "image"
         raise ImageError(f"the {kind} is damaged or truncated ({_reason(e)})") from None
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The format whose signature the data starts with (one we open), if any."""
+    head = bytes(data[:12])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    return None  # BMP's two-byte "BM" would claim too many files that are not images
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
