@@ -19,12 +19,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         names = [args.name] if args.name else list(registry.DATASETS)
         failures = 0
         for name in names:
-            checks = registry.verify_dataset(name, args.data_dir if args.name else None)
-            if not args.name and all(c.message == "missing" for c in checks):
+            if not args.name and all(s.state == "missing" for s in registry.dataset_status(name)):
                 # not downloaded is nothing wrong; `verify NAME` still fails on missing files
                 print(f"-    {name:<14} not downloaded: nothing to verify")
                 continue
-            for check in checks:
+            for check in registry.verify_dataset(name, args.data_dir if args.name else None):
                 mark = "ok  " if check.ok else "FAIL"
                 failures += not check.ok
                 print(f"{mark} {name:<14} {check.file.filename:<28} {check.message}")
