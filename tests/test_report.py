@@ -202,7 +202,7 @@ def test_tensorboard_encoding_and_a_resumed_run(tmp_path):
 
 
 def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, capsys):
-    recipe = load_recipe("fast").with_length(steps=40)  # epochs of 17 steps on the small set
+    recipe = load_recipe("fast").with_length(steps=40)  # epochs of 8 steps on the small set
 
     def stop(trainer, done):
         if done == 20:
@@ -224,7 +224,7 @@ def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, ca
     for kind in ("train", "validation"):
         (events,) = (run_dir / tb.FOLDER / kind).iterdir()
         steps = [r["step"] for r in records if r["event"] == kind]
-        assert [e["step"] for e in tb.read_events(events)[1:]] == steps and steps[0] == 17
+        assert [e["step"] for e in tb.read_events(events)[1:]] == steps and steps[0] == 8
 
 
 def test_the_train_command_writes_reports_and_event_files(tmp_path, small_mnist, capsys):
