@@ -50,8 +50,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from mnistlab.models import MODELS, build_model, format_summary
     from mnistlab.recipes import load_recipe, recipe_names
     from mnistlab.train.checkpoint import load_model
