@@ -162,6 +162,16 @@ class MuonAdamW:
             p.add_(o.view_as(p), alpha=-lr * max(1, o.shape[0] / o.shape[1]) ** 0.5)
 
 
+def train_step(fwd, opt, x, y):
+    """One step as the engine takes it on the CPU: bf16 autocast, fp32 loss, AdamW."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
+        out = fwd(x)
+    loss = F.cross_entropy(out.float(), y, label_smoothing=a.ls)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def time_steps():
     """Milliseconds a training step takes (the best of 7 rounds of 50 steps, on random images,
     after 20 to warm up); with --profile, torch.profiler's table by operator and input shape."""
@@ -172,12 +182,7 @@ def time_steps():
     y = torch.randint(0, 10, (a.bs,))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=a.ls)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, y)
 
     for _ in range(20):
         step()
@@ -257,12 +262,7 @@ for seed in a.seeds:
         )
         for gr in opt.param_groups:
             gr["lr"] = a.lr * f
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
-            out = fwd(x)
-        loss = F.cross_entropy(out.float(), y, label_smoothing=a.ls)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(fwd, opt, x, y)
     dt = time.perf_counter() - t0
     model.eval()
     correct = 0
