@@ -19,10 +19,11 @@ def test_models_and_summary():
     summary = mnistlab("summary", "keras-cnn").stdout
     for count in ("320", "18,496", "36,928", "650", "Total params: 93,322"):
         assert count in summary
-    # a recipe's model, with the recipe's arguments (fast-cnn 32/64/64, cropped to 24x24)
+    # a recipe's model, with the recipe's arguments (fast-cnn 32/64 on the middle 22x22, hidden 128)
     recipe = mnistlab("summary", "fast").stdout
-    assert 'Model: "fast-cnn (recipe fast)"' in recipe and "Total params: 58,698" in recipe
-    assert "(None, 32, 12, 12)" in recipe  # the stem halves the 24x24 that the crop leaves
+    assert 'Model: "fast-cnn (recipe fast)"' in recipe and "Total params: 94,282" in recipe
+    assert "(None, 32, 10, 10)" in recipe  # the unpadded stem on the 22x22 that the crop leaves
+    assert "hidden (Linear)              (None, 128)               73,856" in recipe
     shipped = mnistlab("summary", "default").stdout
     assert 'Model: "mnistlab-cnn (default)"' in shipped and "Total params: 307,370" in shipped
     unknown = mnistlab("summary", "fsat")

@@ -24,14 +24,17 @@ log_every = 10
 
 
 BATCH_NORM = 'name = "fast-cnn"\nwidths = [32, 32]'
+# the stem stops training after the first epoch: DDP is rebuilt for the weights still training
+FREEZING = "freeze_after = { stem = 0.34 }\n"
 
 
-@pytest.mark.parametrize("model, options", [('name = "keras-cnn"', []), (BATCH_NORM, []),
-                                            (BATCH_NORM, ["--compile"])],
-                         ids=["keras-cnn", "batch-norm", "compiled"])
-def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file, model, options):
+@pytest.mark.parametrize("model, train, options", [('name = "keras-cnn"', "", []), (BATCH_NORM, FREEZING, []),
+                                                   (BATCH_NORM, FREEZING, ["--compile"])],
+                         ids=["keras-cnn", "batch-norm-frozen-stem", "compiled"])
+def test_two_processes_train_identical_replicas(tmp_path, small_mnist, recipe_file, model, train,
+                                                options):
     out = tmp_path / "run"
-    recipe = RECIPE.replace('name = "keras-cnn"', model)
+    recipe = RECIPE.replace('name = "keras-cnn"', model) + train
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "mnistlab", "train", "--recipe", str(recipe_file(recipe)), "--data-dir",
                str(small_mnist), "--out", str(out), "--device", "cpu", *options]

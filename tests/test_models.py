@@ -362,12 +362,27 @@ def test_summarize_restores_training_mode():
 
 @pytest.mark.parametrize(
     "widths, crop, side",
-    [([32, 32], 0, 4), ([32, 64, 64], 0, 2), ([32, 32, 32, 32], 0, 1), ([32, 32], 2, 3), ([32, 32], 3, 3)],
+    [([32, 32], 0, 4), ([32, 64, 64], 0, 2), ([32, 32, 32, 32], 0, 1), ([32, 32], 2, 3), ([32, 32], 3, 3),
+     ([32, 64], 4, 3)],
 )
 def test_fast_cnn_shrinks_to_the_linear_layer(widths, crop, side):
     model = build_model("fast-cnn", widths=widths, crop=crop)
     assert model.fc.in_features == widths[-1] * side * side
     assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_fast_cnn_hidden_layer_sits_before_the_classifier():
+    model = build_model("fast-cnn", widths=[32, 64], crop=4, hidden=128)  # blocks at 5x5, 3x3
+    assert (model.hidden.in_features, model.hidden.out_features) == (64 * 3 * 3, 128)
+    assert model.fc.in_features == 128
+    assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+    assert build_model("fast-cnn").hidden is None
+
+
+@pytest.mark.parametrize("hidden", [-1, 5000, 1.5, True, "128"])
+def test_fast_cnn_refuses_a_bad_hidden_size(hidden):
+    with pytest.raises(MnistlabError, match="hidden"):
+        build_model("fast-cnn", hidden=hidden)
 
 
 def test_fast_cnn_crop_ignores_the_border():
@@ -382,6 +397,25 @@ def test_fast_cnn_crop_ignores_the_border():
     with torch.no_grad():
         torch.testing.assert_close(model(border), model(x))
         assert not torch.allclose(model(inside), model(x))
+
+
+def test_fast_cnn_without_stem_padding_sees_the_middle_22_pixels():
+    torch.manual_seed(0)
+    model = build_model("fast-cnn", widths=[32, 64], crop=3, stem_padding=0, hidden=128).eval()
+    assert model.hidden.in_features == 64 * 3 * 3  # blocks at 5x5, then 3x3
+    x = torch.rand(3, 1, 28, 28)
+    outside, edge = x.clone(), x.clone()
+    outside[:, :, :3] = outside[:, :, -3:] = outside[:, :, :, :3] = outside[:, :, :, -3:] = 0
+    edge[:, :, 3] = 0  # the first row it keeps
+    with torch.no_grad():
+        torch.testing.assert_close(model(outside), model(x))
+        assert not torch.allclose(model(edge), model(x))
+
+
+@pytest.mark.parametrize("padding", [2, -1, True, 0.5])
+def test_fast_cnn_refuses_a_bad_stem_padding(padding):
+    with pytest.raises(MnistlabError, match="stem_padding"):
+        build_model("fast-cnn", stem_padding=padding)
 
 
 @pytest.mark.parametrize("crop", [-1, 5, 1.5, True, "2"])

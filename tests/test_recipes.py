@@ -89,6 +89,12 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeyp
     (("[train]", "[augment]\nelastic_alpha = 340\nelastic_sigma = 4\n[train]"),
      "[augment] expected elastic_alpha in [0, 100]"),
     (("steps = 10", "steps = 10 ]"), "not valid TOML"),
+    (("steps = 10", "steps = 10\nfreeze_after = { stem = 0.5 }"),
+     "[train] freeze_after: keras-cnn has no part 'stem' with weights; its parts: conv1, conv2, conv3, fc1, fc2"),
+    (("steps = 10", "steps = 10\nfreeze_after = { conv1 = 2 }"),
+     "[train] freeze_after.conv1: expected a fraction of the run in [0, 1], got 2"),
+    (("steps = 10", 'steps = 10\nfreeze_after = { conv1 = "half" }'),
+     "[train] freeze_after.conv1: expected a fraction of the run in [0, 1], got 'half'"),
 ])
 def test_mistakes_name_the_file_and_key(recipe_file, change, message):
     path = recipe_file(VALID.replace(*change, 1))

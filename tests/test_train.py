@@ -6,6 +6,7 @@ import torch
 
 from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
+from mnistlab.models import build_model
 from mnistlab.recipes import load_recipe
 from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
 from mnistlab.train.engine import METRICS_FILE, Trainer, TrainingDiverged
@@ -61,7 +62,8 @@ def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist, recipe_file):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("average", ["", "ema = 0.9\n"], ids=["last-weights", "weight-average"])
+@pytest.mark.parametrize("average", ["", "ema = 0.9\n", "freeze_after = { conv1 = 0.25 }\n"],
+                         ids=["last-weights", "weight-average", "frozen-before-the-stop"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_mnist, recipe_file,
                                                                 average):
     # 3 epochs of 22 steps (2,200 images), dropout, a schedule; and the same with a weight average
@@ -84,6 +86,30 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_
     steps = [line for line in (tmp_path / "resumed" / METRICS_FILE).read_text().splitlines()
              if '"train"' in line]
     assert len(steps) == len(set(steps))  # no step logged twice after the resume
+
+
+def test_a_frozen_part_stops_training_and_the_rest_goes_on(tmp_path, small_mnist, recipe_file):
+    # 2 epochs of 24 steps; the stem stops training after 24 (FreezeOut)
+    recipe = load_recipe(recipe_file(
+        'name = "frozen"\ndescription = ""\n[model]\nname = "fast-cnn"\nwidths = [32, 32]\n'
+        '[optimizer]\nname = "adamw"\nlr = 1e-2\n[train]\nbatch_size = 100\nepochs = 2\n'
+        'freeze_after = { stem = 0.5 }\n'))
+    data = dict(device="cpu", data_dir=str(small_mnist), **QUIET)
+
+    def stop_at_step_24(trainer, done):
+        if done == 24:
+            trainer.request_stop()
+
+    Trainer(recipe, tmp_path / "half", seed=3, on_step=stop_at_step_24, **data).run()
+    whole = Trainer(recipe, tmp_path / "whole", seed=3, **data).run()
+    half, end = weights(tmp_path / "half"), weights(tmp_path / "whole")
+    weight_names = [name for name, _ in build_model("fast-cnn", widths=[32, 32]).named_parameters()]
+    stem = [name for name in weight_names if name.startswith("stem.")]
+    rest = [name for name in weight_names if not name.startswith("stem.")]
+    assert len(stem) == 3 and all(torch.equal(half[k], end[k]) for k in stem)
+    assert not any(torch.equal(half[k], end[k]) for k in rest)
+    assert not torch.equal(half["stem.bn.running_mean"], end["stem.bn.running_mean"])  # still in use
+    assert whole.test.accuracy > 0.8
 
 
 def test_a_diverging_loss_stops_the_run(tmp_path, small_mnist, recipe_file):

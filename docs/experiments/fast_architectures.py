@@ -12,6 +12,7 @@ Layers (each convolution has no bias and is followed by BatchNorm and ReLU):
   tN  3x3 stride-2 conv            qN  4x4 stride-4 conv         oN  6x6 stride-4 conv
   mN  3x3 conv, max-pool, then BatchNorm and ReLU (normalising after the pool)
   MN  4x4 stride-2 conv, max-pool, then BatchNorm and ReLU (fast-cnn's stem)
+  PN  the same without padding (x3-P32 sees what x4-M32 sees, with pixels for its padding)
   u   pixel unshuffle 2x2          hN  hidden linear layer        dP  dropout
   xK  crop K pixels from each side (MNIST's digits sit in the middle 20x20)
 --opt muon: Muon (orthogonalised momentum) for the convolutions after the stem, AdamW for the rest.
@@ -51,6 +52,11 @@ p.add_argument("--b2", type=float, default=0.999)
 p.add_argument("--nhwc", type=int, default=0)
 p.add_argument("--muon-lr", type=float, default=0.02)
 p.add_argument("--muon-momentum", type=float, default=0.9)
+p.add_argument("--stem", default="learned", choices=["learned", "pca", "random"],
+               help="pca or random: the first convolution fixed, never trained (pca: whitening "
+               "filters of the training images' patches and their negatives)")
+p.add_argument("--freeze-stem-at", type=float, default=None,
+               help="stop training the first convolution after this fraction of the steps")
 p.add_argument("--step-ms", action="store_true",
                help="time training steps on random images instead of training on MNIST")
 p.add_argument("--profile", action="store_true", help="with --step-ms: where a step's time goes")
@@ -80,6 +86,7 @@ CONVS = {
     "q": (4, 4, 0, False, lambda s: s // 4),
     "m": (3, 1, 1, True, lambda s: math.ceil(s / 2)),
     "M": (4, 2, 1, True, lambda s: math.ceil(s // 2 / 2)),
+    "P": (4, 2, 0, True, lambda s: math.ceil(((s - 4) // 2 + 1) / 2)),
     "o": (6, 4, 1, False, lambda s: (s + 2 - 6) // 4 + 1),
 }
 
@@ -162,6 +169,30 @@ class MuonAdamW:
             p.add_(o.view_as(p), alpha=-lr * max(1, o.shape[0] / o.shape[1]) ** 0.5)
 
 
+def freeze_stem(model, images):
+    """Fix the first convolution's filters and stop training them: with nothing before it to
+    train, the backward pass then stops at the BatchNorm after it (no pool or conv backward).
+    pca: the principal directions of its patches, scaled to unit variance (whitening), and
+    their negatives, so that max-pooling sees both signs; random: kept as initialised."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    if a.stem == "pca":
+        assert conv.in_channels == 1 and conv.out_channels == 2 * conv.kernel_size[0] ** 2
+        x = images
+        for m in model:
+            if m is conv:
+                break
+            x = m(x)
+        k = conv.kernel_size[0]
+        patches = F.unfold(x, k, stride=conv.stride, padding=conv.padding).transpose(1, 2)
+        patches = patches.reshape(-1, k * k).double()
+        patches = patches - patches.mean(0)
+        values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (vectors.T / (values + 1e-2).sqrt()[:, None]).float().view(-1, 1, k, k)
+        with torch.no_grad():
+            conv.weight.copy_(torch.cat([filters, -filters]))
+    conv.weight.requires_grad_(False)
+
+
 def train_step(fwd, opt, x, y):
     """One step as the engine takes it on the CPU: bf16 autocast, fp32 loss, AdamW."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(a.bf16)):
@@ -177,8 +208,10 @@ def time_steps():
     after 20 to warm up); with --profile, torch.profiler's table by operator and input shape."""
     torch.manual_seed(0)
     model = build(a.arch).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, foreach=True)
     x = torch.rand(a.bs, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    if a.stem != "learned":
+        freeze_stem(model, x)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, fused=True)
     y = torch.randint(0, 10, (a.bs,))
 
     def step():
@@ -213,6 +246,10 @@ results = []
 for seed in a.seeds:
     torch.manual_seed(seed)
     model = build(a.arch).to(memory_format=torch.channels_last)
+    if a.stem != "learned":  # timed as training: the first 5,000 images' patches
+        t_stem = time.perf_counter()
+        freeze_stem(model, as_input(train.images[:5000]))
+        t_stem = time.perf_counter() - t_stem
     params = sum(p.numel() for p in model.parameters())
     if a.opt == "muon":
         hidden = [p for p in model.parameters() if p.dim() == 4][1:]
@@ -220,7 +257,7 @@ for seed in a.seeds:
         opt = MuonAdamW(hidden, rest, a)
     elif a.opt == "adamw":
         opt = torch.optim.AdamW(
-            model.parameters(),
+            [p for p in model.parameters() if p.requires_grad],
             lr=a.lr,
             betas=(a.b1, a.b2),
             weight_decay=a.wd,
@@ -262,8 +299,10 @@ for seed in a.seeds:
         )
         for gr in opt.param_groups:
             gr["lr"] = a.lr * f
+        if a.freeze_stem_at is not None and step == int(a.freeze_stem_at * steps):
+            next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.requires_grad_(False)
         train_step(fwd, opt, x, y)
-    dt = time.perf_counter() - t0
+    dt = time.perf_counter() - t0 + (t_stem if a.stem != "learned" else 0)
     model.eval()
     correct = 0
     with torch.inference_mode():

@@ -23,6 +23,7 @@ from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, load_recipe
 from mnistlab.train.checkpoint import load_model
 from mnistlab.train.engine import Trainer, resolve_device
+from mnistlab.train.freeze import Freezer
 from mnistlab.train.metrics import as_input
 from mnistlab.train.optim import make_optimizer
 from mnistlab.train.progress import Progress
@@ -148,9 +149,11 @@ def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
     torch.manual_seed(0)
     model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args).to(device)
     optimizer = make_optimizer(model, recipe.optimizer, multi_tensor=False)  # PyTorch's default update
+    freezer = Freezer(model, recipe.train.freeze_after, steps + 6)  # as the recipe's run freezes
     model.train()
     seen, start = 0, None
     for step, (x, y) in enumerate(loader):
+        freezer.freeze_due(step)
         if step == 5:  # the first steps warm up allocators and kernels
             seen, start = 0, time.perf_counter()
         x, y = x.to(device), y.to(device)

@@ -116,6 +116,9 @@ class TrainSection:
     # decay per step of an average of the weights (train/ema.py), which is then what is
     # validated, tested and saved; 0: no average, the last weights
     ema: float = 0.0
+    # FreezeOut (Brock et al. 2017): a part of the model (a top-level name, such as fast-cnn's
+    # "stem") stops training after this fraction of the steps, and later steps skip its backward
+    freeze_after: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -131,6 +134,10 @@ class TrainSection:
             raise ValueError("label_smoothing: expected a number in [0, 1)")
         if not 0 <= self.ema < 1:
             raise ValueError("ema: expected a decay in [0, 1) (0: no weight average)")
+        for name, fraction in self.freeze_after.items():
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+                raise ValueError(f"freeze_after.{name}: expected a fraction of the run in [0, 1], "
+                                 f"got {fraction!r}")
 
 
 @dataclass(frozen=True)
@@ -279,9 +286,14 @@ def _checked(recipe: Recipe, where: str) -> Recipe:
             raise RecipeError(f"{where}: [{name}] {e}") from None
     try:  # build the model on the meta device: checks name, arguments and init, allocates nothing
         with torch.device("meta"):
-            build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
+            model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
     except MnistlabError as e:
         raise RecipeError(f"{where}: [model] {e}") from None
+    parts = [name for name, part in model.named_children() if any(True for _ in part.parameters())]
+    for name in recipe.train.freeze_after:
+        if name not in parts:
+            raise RecipeError(f"{where}: [train] freeze_after: {recipe.model.name} has no part "
+                              f"'{name}' with weights; its parts: {', '.join(parts)}")
     unused = _unused_optimizer_keys(recipe.optimizer)
     if unused:
         raise RecipeError(

@@ -28,7 +28,9 @@ from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
 from mnistlab.train import checkpoint, distributed, rundir
 from mnistlab.train.batches import BatchPlan
+from mnistlab.train.cpu_memory import keep_freed_memory
 from mnistlab.train.ema import WeightAverage
+from mnistlab.train.freeze import Freezer
 from mnistlab.train.metrics import Metrics, compute_metrics
 from mnistlab.train.optim import lr_factor, make_optimizer
 from mnistlab.train.progress import Progress, format_duration
@@ -144,6 +146,8 @@ class Trainer:
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step reuses the last one's memory: no page faults
         self._prepare_run_dir()
         try:
             return self._run(train, validation)
@@ -160,11 +164,11 @@ class Trainer:
         world = self.world
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
         optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph)
-        # DistributedDataParallel averages gradients over processes; `model` stays the module
-        net = torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+        net = _wrapped(model, world)
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
                          steps=train_cfg.steps, device=self.device)
         ema = WeightAverage(model, train_cfg.ema) if train_cfg.ema else None
+        freezer = Freezer(model, train_cfg.freeze_after, plan.total_steps)
         start_step, train_seconds = 0, 0.0
         if self._resume_from is not None:
             tensors, meta = self._resume_from
@@ -210,6 +214,8 @@ class Trainer:
         model.train()
         with _stop_on_sigint(self):
             for step in range(start_step, plan.total_steps):
+                if freezer.freeze_due(step):  # DDP must learn which weights still get gradients
+                    train_step.restart(_wrapped(model, world))
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
@@ -414,6 +420,12 @@ class _Window:
         loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images
+
+
+def _wrapped(model: torch.nn.Module, world: distributed.World) -> torch.nn.Module:
+    """What the steps run: under torchrun, DistributedDataParallel, which averages the gradients
+    of the weights that are training over the processes; alone, the model itself."""
+    return torch.nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
 
 
 @contextlib.contextmanager

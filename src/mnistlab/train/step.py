@@ -78,6 +78,7 @@ class TrainStep:
         self.capture_seconds = 0.0  # spent capturing the graph, not training
         self.compile_seconds = 0.0  # the first step's, with torch.compile: mostly compiling
         self.compile = compile
+        self._compiled = False  # whether a compiled step has run since the network last changed
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_steps = 0
         if cuda_graph:
@@ -108,9 +109,19 @@ class TrainStep:
             self._capture()
             self._graph.replay()  # capturing records the step; it does not run it
 
+    def restart(self, net: nn.Module) -> None:
+        """Run `net` from the next step on: the same weights, some of them no longer training
+        (train/freeze.py). What was captured or compiled for the old backward pass is dropped;
+        the next steps warm up, capture and compile again, timed apart as the first ones were."""
+        if self._graph is not None:
+            wait_for(self.images.device)  # the last replay finishes before its graph goes
+        self.net = net
+        self._graph, self._graph_grads, self._eager_steps = None, None, 0
+        self._compiled = False
+
     def _compute(self, indices: torch.Tensor) -> None:
         compiled = self.compile and len(indices) == self.batch_size
-        if not compiled or self.compile_seconds:
+        if not compiled or self._compiled:
             self._train_on(indices, compiled)
             return
         # the first compiled step compiles the forward pass, then the backward at its first
@@ -120,7 +131,8 @@ class TrainStep:
         with _compile_failures():
             self._train_on(indices, compiled)
         wait_for(indices.device)
-        self.compile_seconds = time.perf_counter() - start
+        self.compile_seconds += time.perf_counter() - start
+        self._compiled = True
 
     def _train_on(self, indices: torch.Tensor, compiled: bool) -> None:
         recipe, train = self.recipe, self.recipe.train

@@ -1,0 +1,31 @@
+"""FreezeOut (Brock et al. 2017): parts of the model stop training partway through a run.
+
+A part that no longer trains needs no gradient, so from then on the backward pass stops before
+it. For `fast-cnn`'s stem that is the costliest part of a CPU step after the first block: the
+max-pool's backward over the stem's 10x10 output, and the weight gradient of a one-channel
+convolution, which oneDNN runs slowly. The recipe names the parts and when they stop
+(`[train] freeze_after`, fractions of the run); a frozen part keeps its weights, and an
+optimiser skips a weight that has no gradient.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class Freezer:
+    """`freeze_due(step)` freezes the parts whose time has come by `step` (0-based, so that a
+    resumed run freezes at once what the interrupted one had frozen) and says whether it did."""
+
+    def __init__(self, model: nn.Module, fractions: dict[str, float], total_steps: int):
+        self.model = model
+        self.pending = {name: int(fraction * total_steps) for name, fraction in fractions.items()}
+
+    def freeze_due(self, step: int) -> bool:
+        due = [name for name, at in self.pending.items() if step >= at]
+        for name in due:
+            del self.pending[name]
+            for p in self.model.get_submodule(name).parameters():
+                p.requires_grad_(False)
+                p.grad = None
+        return bool(due)
