@@ -62,7 +62,9 @@ def close(a, b):
             assert difference <= 1e-3 * max(1.0, a[key].abs().max().item()), (key, difference)
 
 
-@pytest.mark.parametrize("extra", ["", "ema = 0.9\n"], ids=["plain", "weight-average"])
+# frozen halfway: the graph is captured again for the backward that stops before the stem
+@pytest.mark.parametrize("extra", ["", "ema = 0.9\n", "freeze_after = { stem = 0.5 }\n"],
+                         ids=["plain", "weight-average", "frozen-stem"])
 def test_graph_steps_match_eager_steps(tmp_path, small_mnist, recipe_file, extra):
     recipe = load_recipe(recipe_file(FAST + extra))
     data = dict(seed=0, device="cuda", data_dir=str(small_mnist), **QUIET)

@@ -75,7 +75,7 @@ class TrainStep:
         self.bf16, self.loss_scale = bf16, loss_scale
         self.cuda_graph = cuda_graph
         self.ema = ema
-        self.capture_seconds = 0.0  # spent capturing the graph, not training
+        self.capture_seconds = 0.0  # spent capturing the graph (or graphs), not training
         self.compile_seconds = 0.0  # the first step's, with torch.compile: mostly compiling
         self.compile = compile
         self._compiled = False  # whether a compiled step has run since the network last changed
@@ -170,7 +170,7 @@ class TrainStep:
         # that an eager step (which replaces .grad) never hands their memory back.
         self._graph_grads = [p.grad for p in self.net.parameters()]
         self._graph = graph
-        self.capture_seconds = time.perf_counter() - start
+        self.capture_seconds += time.perf_counter() - start
 
 
 def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool,
