@@ -76,7 +76,8 @@ class TrainStep:
         self.cuda_graph = cuda_graph
         self.ema = ema
         self.capture_seconds = 0.0  # spent capturing the graph (or graphs), not training
-        self.compile_seconds = 0.0  # the first step's, with torch.compile: mostly compiling
+        self.compile_seconds = 0.0  # with torch.compile, the steps that compiled (the first, and the
+        # first after a part of the model froze): mostly compiling
         self.compile = compile
         self._compiled = False  # whether a compiled step has run since the network last changed
         self._graph: torch.cuda.CUDAGraph | None = None
