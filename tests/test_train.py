@@ -1,5 +1,7 @@
 """The engine on real MNIST data (a small slice of it where whole epochs are needed)."""
 
+import io
+
 import pytest
 import safetensors.torch
 import torch
@@ -89,19 +91,22 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_
 
 
 def test_a_frozen_part_stops_training_and_the_rest_goes_on(tmp_path, small_mnist, recipe_file):
-    # 2 epochs of 24 steps; the stem stops training after 24 (FreezeOut)
+    # 2 epochs of 22 steps (2,200 images); the stem stops training after 22 (FreezeOut)
     recipe = load_recipe(recipe_file(
         'name = "frozen"\ndescription = ""\n[model]\nname = "fast-cnn"\nwidths = [32, 32]\n'
         '[optimizer]\nname = "adamw"\nlr = 1e-2\n[train]\nbatch_size = 100\nepochs = 2\n'
         'freeze_after = { stem = 0.5 }\n'))
     data = dict(device="cpu", data_dir=str(small_mnist), **QUIET)
 
-    def stop_at_step_24(trainer, done):
-        if done == 24:
+    def stop_at_step_22(trainer, done):
+        if done == 22:
             trainer.request_stop()
 
-    Trainer(recipe, tmp_path / "half", seed=3, on_step=stop_at_step_24, **data).run()
-    whole = Trainer(recipe, tmp_path / "whole", seed=3, **data).run()
+    Trainer(recipe, tmp_path / "half", seed=3, on_step=stop_at_step_22, **data).run()
+    said = io.StringIO()
+    whole = Trainer(recipe, tmp_path / "whole", seed=3, device="cpu", data_dir=str(small_mnist),
+                    progress=Progress(1, live=False, out=said)).run()
+    assert "stem stops training at step 22/44 (freeze_after)" in said.getvalue()
     half, end = weights(tmp_path / "half"), weights(tmp_path / "whole")
     weight_names = [name for name, _ in build_model("fast-cnn", widths=[32, 32]).named_parameters()]
     stem = [name for name in weight_names if name.startswith("stem.")]

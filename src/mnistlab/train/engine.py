@@ -214,8 +214,12 @@ class Trainer:
         model.train()
         with _stop_on_sigint(self):
             for step in range(start_step, plan.total_steps):
-                if freezer.freeze_due(step):  # DDP must learn which weights still get gradients
+                frozen = freezer.freeze_due(step)
+                if frozen:  # DDP must learn which weights still get gradients
                     train_step.restart(_wrapped(model, world))
+                    for name, at in frozen:
+                        progress.line(f"{name} stops training at step {at}/{plan.total_steps} "
+                                      "(freeze_after): its weights stay, its backward stops")
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)

@@ -15,17 +15,18 @@ from torch import nn
 
 class Freezer:
     """`freeze_due(step)` freezes the parts whose time has come by `step` (0-based, so that a
-    resumed run freezes at once what the interrupted one had frozen) and says whether it did."""
+    resumed run freezes at once what the interrupted one had frozen) and returns them, each
+    with the step it was due at."""
 
     def __init__(self, model: nn.Module, fractions: dict[str, float], total_steps: int):
         self.model = model
         self.pending = {name: int(fraction * total_steps) for name, fraction in fractions.items()}
 
-    def freeze_due(self, step: int) -> bool:
-        due = [name for name, at in self.pending.items() if step >= at]
-        for name in due:
+    def freeze_due(self, step: int) -> list[tuple[str, int]]:
+        due = [(name, at) for name, at in self.pending.items() if step >= at]
+        for name, _ in due:
             del self.pending[name]
             for p in self.model.get_submodule(name).parameters():
                 p.requires_grad_(False)
                 p.grad = None
-        return bool(due)
+        return due
