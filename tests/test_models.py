@@ -379,12 +379,6 @@ def test_fast_cnn_hidden_layer_sits_before_the_classifier():
     assert build_model("fast-cnn").hidden is None
 
 
-@pytest.mark.parametrize("hidden", [-1, 5000, 1.5, True, "128"])
-def test_fast_cnn_refuses_a_bad_hidden_size(hidden):
-    with pytest.raises(MnistlabError, match="hidden"):
-        build_model("fast-cnn", hidden=hidden)
-
-
 def test_fast_cnn_crop_ignores_the_border():
     # a cropped network must not see the pixels it drops, and must see the ones it keeps
     torch.manual_seed(0)
@@ -412,16 +406,13 @@ def test_fast_cnn_without_stem_padding_sees_the_middle_22_pixels():
         assert not torch.allclose(model(edge), model(x))
 
 
-@pytest.mark.parametrize("padding", [2, -1, True, 0.5])
-def test_fast_cnn_refuses_a_bad_stem_padding(padding):
-    with pytest.raises(MnistlabError, match="stem_padding"):
-        build_model("fast-cnn", stem_padding=padding)
-
-
-@pytest.mark.parametrize("crop", [-1, 5, 1.5, True, "2"])
-def test_fast_cnn_refuses_a_bad_crop(crop):
-    with pytest.raises(MnistlabError, match="crop"):
-        build_model("fast-cnn", crop=crop)
+@pytest.mark.parametrize("argument, values", [("crop", [-1, 5, 1.5, True, "2"]),
+                                              ("stem_padding", [2, -1, True, 0.5]),
+                                              ("hidden", [-1, 5000, 1.5, True, "128"])])
+def test_fast_cnn_refuses_bad_arguments(argument, values):
+    for value in values:
+        with pytest.raises(MnistlabError, match=argument):
+            build_model("fast-cnn", **{argument: value})
 
 
 def test_fast_cnn_gives_the_same_logits_in_either_memory_format():
