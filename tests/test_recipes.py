@@ -91,6 +91,8 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeyp
     (("steps = 10", "steps = 10 ]"), "not valid TOML"),
     (("steps = 10", "steps = 10\nfreeze_after = { stem = 0.5 }"),
      "[train] freeze_after: keras-cnn has no part 'stem' with weights; its parts: conv1, conv2, conv3, fc1, fc2"),
+    (("steps = 10", "steps = 10\nfreeze_after = { cnv1 = 0.5 }"),
+     "[train] freeze_after: keras-cnn has no part 'cnv1' with weights (did you mean 'conv1'?)"),
     (("steps = 10", "steps = 10\nfreeze_after = { conv1 = 2 }"),
      "[train] freeze_after.conv1: expected a fraction of the run in [0, 1], got 2"),
     (("steps = 10", 'steps = 10\nfreeze_after = { conv1 = "half" }'),

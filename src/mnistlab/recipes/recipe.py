@@ -293,7 +293,8 @@ def _checked(recipe: Recipe, where: str) -> Recipe:
     for name in recipe.train.freeze_after:
         if name not in parts:
             raise RecipeError(f"{where}: [train] freeze_after: {recipe.model.name} has no part "
-                              f"'{name}' with weights; its parts: {', '.join(parts)}")
+                              f"'{name}' with weights{did_you_mean(name, parts)}; its parts: "
+                              f"{', '.join(parts)}")
     unused = _unused_optimizer_keys(recipe.optimizer)
     if unused:
         raise RecipeError(
