@@ -30,6 +30,15 @@ def test_models_and_summary():
     assert unknown.returncode == 1 and "not a model, a recipe or a checkpoint" in unknown.stderr
 
 
+def test_listing_the_recipes_does_not_wait_for_pytorch():
+    # importing torch takes seconds; a listing reads the TOML files alone
+    code = ("import sys; from mnistlab.cli import main; code = main(['recipes']); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "quick (default)" in done.stdout
+    assert done.stdout.strip().endswith("no torch")
+
+
 def test_recipes_and_datasets():
     recipes = mnistlab("recipes").stdout
     assert "seed003-keras-cnn" in recipes and "quick (default)" in recipes and "claims 98.91%" in recipes
