@@ -134,7 +134,8 @@ def test_bench_times_a_recipe_against_the_plain_loop(tmp_path):
     out = mnistlab("bench", recipe, "--seeds", 2, "--device", "cpu", "--compile",
                    "--json", tmp_path / "bench.json")
     assert out.returncode == 0, out.stderr
-    assert "recipe short on cpu" in out.stdout and "torch.compile, not counted above" in out.stdout
+    assert "recipe short on cpu" in out.stdout and "torch.compile, 2 seeds\n" in out.stdout
+    assert "torch.compile, not counted above" in out.stdout
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert figures["seeds"] == 2 and len(figures["accuracies"]) == 2
     assert 0.85 < figures["accuracy_mean"] < 1  # 60 steps: about 93%

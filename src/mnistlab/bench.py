@@ -179,7 +179,7 @@ def format_bench(r: BenchResult) -> str:
     if r.compiled:
         where += ", torch.compile"
     lines = [
-        f"recipe {r.recipe} on {where}, {r.seeds} seed(s)",
+        f"recipe {r.recipe} on {where}, {r.seeds} seed{'s' if r.seeds != 1 else ''}",
         f"time to accuracy   median {med:.2f} s (min {min(r.train_seconds):.2f}, max "
         f"{max(r.train_seconds):.2f}) for mean test accuracy {100 * acc:.2f}%",
         f"  data loading and model building, not counted above: {r.setup_seconds[0]:.2f} s "
