@@ -56,7 +56,8 @@ p.add_argument("--stem", default="learned", choices=["learned", "pca", "random"]
                help="pca or random: the first convolution fixed, never trained (pca: whitening "
                "filters of the training images' patches and their negatives)")
 p.add_argument("--freeze-stem-at", type=float, default=None,
-               help="stop training the first convolution after this fraction of the steps")
+               help="stop training the first convolution and its BatchNorm after this fraction "
+               "of the steps, as the engine's freeze_after = { stem = F } does")
 p.add_argument("--step-ms", action="store_true",
                help="time training steps on random images instead of training on MNIST")
 p.add_argument("--profile", action="store_true", help="with --step-ms: where a step's time goes")
@@ -167,6 +168,14 @@ class MuonAdamW:
             g = g.add(buf, alpha=self.momentum).flatten(1)
             o = orthogonalise(g)
             p.add_(o.view_as(p), alpha=-lr * max(1, o.shape[0] / o.shape[1]) ** 0.5)
+
+
+def stem_parameters(model):
+    """The first convolution's weights and its BatchNorm's: fast-cnn's `stem`."""
+    modules = list(model.modules())
+    conv = next(i for i, m in enumerate(modules) if isinstance(m, nn.Conv2d))
+    bn = next(m for m in modules[conv:] if isinstance(m, nn.BatchNorm2d))
+    return [modules[conv].weight, bn.weight, bn.bias]
 
 
 def freeze_stem(model, images):
@@ -300,7 +309,9 @@ for seed in a.seeds:
         for gr in opt.param_groups:
             gr["lr"] = a.lr * f
         if a.freeze_stem_at is not None and step == int(a.freeze_stem_at * steps):
-            next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.requires_grad_(False)
+            for p_ in stem_parameters(model):  # as the engine's freeze_after = { stem = F }
+                p_.requires_grad_(False)
+                p_.grad = None
         train_step(fwd, opt, x, y)
     dt = time.perf_counter() - t0 + (t_stem if a.stem != "learned" else 0)
     model.eval()
