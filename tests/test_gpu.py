@@ -62,7 +62,8 @@ def close(a, b):
             assert difference <= 1e-3 * max(1.0, a[key].abs().max().item()), (key, difference)
 
 
-# frozen halfway: the graph is captured again for the backward that stops before the stem
+# frozen halfway: the graph keeps the stem's backward and its learning rate goes to 0, where
+# eager steps stop the backward before the stem; the weights must agree all the same
 @pytest.mark.parametrize("extra", ["", "ema = 0.9\n", "freeze_after = { stem = 0.5 }\n"],
                          ids=["plain", "weight-average", "frozen-stem"])
 def test_graph_steps_match_eager_steps(tmp_path, small_mnist, recipe_file, extra):

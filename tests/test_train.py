@@ -12,6 +12,7 @@ from mnistlab.models import build_model
 from mnistlab.recipes import load_recipe
 from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
 from mnistlab.train.engine import METRICS_FILE, Trainer, TrainingDiverged
+from mnistlab.train.freeze import Freezer
 from mnistlab.train.metrics import compute_metrics
 from mnistlab.train.progress import Progress
 
@@ -115,6 +116,19 @@ def test_a_frozen_part_stops_training_and_the_rest_goes_on(tmp_path, small_mnist
     assert not any(torch.equal(half[k], end[k]) for k in rest)
     assert not torch.equal(half["stem.bn.running_mean"], end["stem.bn.running_mean"])  # still in use
     assert whole.test.accuracy > 0.8
+
+
+def test_weights_are_grouped_by_the_step_they_freeze_at():
+    # an optimiser group per freezing time lets a CUDA graph stop a group by its learning rate
+    model = build_model("fast-cnn", widths=[32, 64, 64])
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    freezer = Freezer(model, {"blocks": 0.6, "stem": 0.3, "blocks.0": 0.2}, 100)
+    groups = [[name_of[id(p)].rsplit(".", 1)[0] for p in group] for group in freezer.weight_groups()]
+    assert groups == [["fc", "fc"],  # never frozen
+                      ["blocks.0.conv", "blocks.0.bn", "blocks.0.bn"],  # at step 20, not 60
+                      ["stem.conv", "stem.bn", "stem.bn"],  # 30
+                      ["blocks.1.conv", "blocks.1.bn", "blocks.1.bn"]]  # 60
+    assert [len(g) for g in Freezer(model, {}, 100).weight_groups()] == [11]
 
 
 def test_a_diverging_loss_stops_the_run(tmp_path, small_mnist, recipe_file):

@@ -163,12 +163,13 @@ class Trainer:
         model = model.to(self.device, memory_format=torch.channels_last)
         world = self.world
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
-        optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph)
         net = _wrapped(model, world)
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
                          steps=train_cfg.steps, device=self.device)
         ema = WeightAverage(model, train_cfg.ema) if train_cfg.ema else None
         freezer = Freezer(model, train_cfg.freeze_after, plan.total_steps)
+        optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph,
+                                   groups=freezer.weight_groups())
         start_step, train_seconds = 0, 0.0
         if self._resume_from is not None:
             tensors, meta = self._resume_from
@@ -216,10 +217,10 @@ class Trainer:
             for step in range(start_step, plan.total_steps):
                 frozen = freezer.freeze_due(step)
                 if frozen:  # DDP must learn which weights still get gradients
-                    train_step.restart(_wrapped(model, world))
+                    train_step.weights_frozen(_wrapped(model, world))
                     for name, at in frozen:
                         progress.line(f"{name} stops training at step {at}/{plan.total_steps} "
-                                      "(freeze_after): its weights stay, its backward stops")
+                                      "(freeze_after): its weights stay as they are")
                 if step % update_every == 0:  # seed 001 as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)

@@ -6,7 +6,7 @@ step is about a hundred kernels of a few microseconds each, and launching them o
 Python leaves the GPU idle most of the time, while one replay launches them all at once.
 
 A graph replays the exact memory addresses it was captured with. So the batch is chosen by
-copying its indices into a fixed buffer, the learning rate lives in a one-element tensor that
+copying its indices into a fixed buffer, the learning rate lives in one-element tensors that
 the optimiser reads on the device, and the training loss and accuracy are summed into fixed
 tensors. A batch of another size (an epoch's last, smaller one) runs eagerly.
 
@@ -84,9 +84,11 @@ class TrainStep:
         self._eager_steps = 0
         if cuda_graph:
             device = images.device
-            self._lr = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
+            # one learning rate per parameter group, read on the device by the fused, capturable
+            # update: a group whose weights froze keeps a rate of 0 (weights_frozen)
             for group in optimizer.param_groups:
-                group["lr"] = self._lr  # read on the device by the fused, capturable update
+                group["lr"] = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
+            self._rates = self._live_rates()
             self._indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
     def __call__(self, indices: torch.Tensor, lr: float) -> None:
@@ -95,7 +97,8 @@ class TrainStep:
                 group["lr"] = lr
             self._compute(indices)
             return
-        self._lr.fill_(lr)
+        for rate in self._rates:
+            rate.fill_(lr)
         if len(indices) != self.batch_size:  # a short last batch: not the captured shape
             with _outside_graph():
                 self._compute(indices)
@@ -110,15 +113,29 @@ class TrainStep:
             self._capture()
             self._graph.replay()  # capturing records the step; it does not run it
 
-    def restart(self, net: nn.Module) -> None:
-        """Run `net` from the next step on: the same weights, some of them no longer training
-        (train/freeze.py). What was captured or compiled for the old backward pass is dropped;
-        the next steps warm up, capture and compile again, timed apart as the first ones were."""
-        if self._graph is not None:
-            wait_for(self.images.device)  # the last replay finishes before its graph goes
+    def weights_frozen(self, net: nn.Module) -> None:
+        """Some weights no longer train (train/freeze.py); run `net`, which knows it, from the
+        next step on.
+
+        A captured graph is kept, backward and all: the frozen weights' groups get a learning
+        rate of 0, which leaves them as they are (AdamW's weight decay is scaled by it too), and
+        their gradients, still computed, go unused. Capturing anew would cost eager warm-up steps,
+        on a GPU more than the backward saved. Otherwise what was compiled for the old backward
+        is dropped: the next steps compile again, timed apart as the first ones were."""
+        if self.cuda_graph:
+            for group in self.optimizer.param_groups:
+                if not _trains(group):
+                    group["lr"].zero_()
+            self._rates = self._live_rates()
+            if self._graph is not None:
+                return
         self.net = net
         self._graph, self._graph_grads, self._eager_steps = None, None, 0
         self._compiled = False
+
+    def _live_rates(self) -> list[torch.Tensor]:
+        """The learning-rate tensors of the groups that still have weights to train."""
+        return [group["lr"] for group in self.optimizer.param_groups if _trains(group)]
 
     def _compute(self, indices: torch.Tensor) -> None:
         compiled = self.compile and len(indices) == self.batch_size
@@ -172,6 +189,11 @@ class TrainStep:
         self._graph_grads = [p.grad for p in self.net.parameters()]
         self._graph = graph
         self.capture_seconds += time.perf_counter() - start
+
+
+def _trains(group: dict) -> bool:
+    """Whether an optimiser's parameter group has a weight that still trains."""
+    return any(p.requires_grad for p in group["params"])
 
 
 def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool,
