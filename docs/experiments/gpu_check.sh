@@ -31,9 +31,8 @@ speed() {
     # torch.compile inside the graph: fewer, fused kernels per step (only if its test passed)
     [ "$compile_ok" = 0 ] && timeout 180 $py -m mnistlab bench $recipe --seeds 10 --device cuda $eager --compile --json /tmp/bench/$recipe-cuda-compile.json
   done
-  # for same-session comparisons: fast without its freezing (which costs a second capture of the
-  # graph), and fast in its previous form (three blocks on the middle 24x24 pixels)
-  for recipe in fast-no-freeze fast-crop-2; do
+  # for same-session comparisons: fast in its one-epoch form, with its stem frozen and without
+  for recipe in fast-one-epoch fast-no-freeze; do
     timeout 120 $py -m mnistlab bench docs/experiments/$recipe.toml --seeds 10 --device cuda $eager --json /tmp/bench/$recipe-cuda.json
   done
   timeout 120 $py -m mnistlab bench fast-99.5 --seeds 3 --device cuda $eager --json /tmp/bench/fast-99.5-cuda.json
