@@ -30,6 +30,9 @@ EXPECTED_PARAMS = {
     "mnistlab-cnn": 288 + 64 + 18_432 + 128 + 73_728 + 256 + 128 * 4 * 4 * 10 + 10,
     # 4x4 stem, BN, 3x3 conv, BN, linear from 4x4x32
     "fast-cnn": 16 * 32 + 64 + 9 * 32 * 32 + 64 + 32 * 4 * 4 * 10 + 10,
+    # five 5x5 convs (no bias) with BN, then a linear layer from 8x8x160 (no bias) and BN
+    "valid-cnn": 25 * (32 + 32 * 64 + 64 * 96 + 96 * 128 + 128 * 160) + 2 * (32 + 64 + 96 + 128 + 160)
+    + 160 * 8 * 8 * 10 + 2 * 10,
 }
 
 
@@ -122,6 +125,18 @@ def test_mnistlab_cnn_is_parametric():
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     rows = shapes("mnistlab-cnn")
     assert rows["block3.conv"] == (None, 128, 7, 7) and rows["block3.pool"] == (None, 128, 4, 4)
+
+
+def test_valid_cnn_follows_an_et_al():
+    # M3, M5 and M7 of An et al. (2020): no padding, no pooling, down to 8x8 (4x4 for M7)
+    for kernel, layers, last in [(3, 10, (None, 176, 8, 8)), (5, 5, (None, 160, 8, 8)),
+                                 (7, 4, (None, 192, 4, 4))]:
+        rows = shapes("valid-cnn", kernel=kernel)
+        assert [name for name in rows if ".conv" in name] == [f"convs.conv{i}" for i in range(1, layers + 1)]
+        assert rows[f"convs.conv{layers}"] == last and rows["bn"] == (None, 10)
+    for kernel in (4, "5", True):
+        with pytest.raises(MnistlabError, match="kernel must be 3, 5 or 7"):
+            build_model("valid-cnn", kernel=kernel)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mnistlab.recipes import RecipeError, load_recipe, recipe_names
@@ -22,6 +24,14 @@ def test_every_shipped_recipe_loads():
             "seed000-cnn", "seed002-strided-cnn", "seed003-keras-cnn"} <= set(names)
     for name in names:
         assert load_recipe(name).name == name
+
+
+def test_every_recipe_the_docs_run_loads():
+    # docs/experiments holds the recipes that the benchmarks and results pages were measured with
+    files = sorted((Path(__file__).parent.parent / "docs" / "experiments").rglob("*.toml"))
+    assert len(files) >= 10
+    for path in files:
+        assert load_recipe(path).name == path.stem
 
 
 def test_seed_recipes_follow_the_seeds():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -292,6 +293,40 @@ class FastCNN(nn.Module):
         return self.fc(self.dropout(x))
 
 
+class ValidCNN(nn.Module):
+    """Convolutions without padding or pooling, each with BatchNorm and ReLU, until the image
+    is 8x8 (4x4 with 7x7 kernels), then one linear layer and BatchNorm over the ten logits: the
+    simple CNNs of An et al. (2020), whose ensembles reached 99.87% on MNIST.
+
+    `kernel` 3 stacks ten 3x3 convolutions of 32 to 176 channels (28 -> 8), 5 five 5x5 ones of
+    32 to 160 (28 -> 8), 7 four 7x7 ones of 48 to 192 (28 -> 4): the paper's M3, M5 and M7. The
+    three see the digit through receptive fields of different shapes, which is what makes
+    their errors differ.
+    """
+
+    WIDTHS = {3: [32, 48, 64, 80, 96, 112, 128, 144, 160, 176], 5: [32, 64, 96, 128, 160],
+              7: [48, 96, 144, 192]}
+
+    def __init__(self, *, kernel: int = 5) -> None:
+        super().__init__()
+        if kernel not in self.WIDTHS or isinstance(kernel, bool):
+            raise MnistlabError(f"kernel must be 3, 5 or 7, got {kernel!r}")
+        widths = self.WIDTHS[kernel]
+        layers: dict[str, nn.Module] = {}
+        for i, (w_in, w_out) in enumerate(zip([1] + widths, widths), start=1):
+            layers |= {f"conv{i}": nn.Conv2d(w_in, w_out, kernel, bias=False),
+                       f"bn{i}": nn.BatchNorm2d(w_out), f"relu{i}": nn.ReLU()}
+        self.convs = nn.Sequential(OrderedDict(layers))
+        side = 28 - len(widths) * (kernel - 1)
+        self.fc = nn.Linear(widths[-1] * side * side, 10, bias=False)
+        self.bn = nn.BatchNorm1d(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # flatten in (height, width, channels) order: a view of a channels-last tensor
+        x = self.convs(x).permute(0, 2, 3, 1).flatten(1)
+        return self.bn(self.fc(x))
+
+
 # -----------------------------------------------------------------------------
 # The registry.
 
@@ -352,6 +387,13 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "pytorch",
             FastCNN,
+        ),
+        ModelEntry(
+            "valid-cnn",
+            "unpadded 3x3, 5x5 or 7x7 conv-BN-ReLU layers down to 8x8 (4x4), no pooling, linear, BN (An et al. 2020)",
+            None,
+            "pytorch",
+            ValidCNN,
         ),
     ]
 }
