@@ -6,7 +6,7 @@
 #   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` (about 3 minutes on an H200) runs the GPU tests and the benches, `accuracy` (about
-# 5 minutes, estimated from `best`'s 15 s a run) docs/experiments/ensemble_members_gpu.py; no
+# 4 minutes, estimated from `best`'s 15 s a run) docs/experiments/ensemble_members_gpu.py; no
 # argument runs both. (Its first version, on 2026-11-26, ran best_search_gpu.py, which chose
 # today's `best`.)
 set -u
@@ -44,7 +44,7 @@ accuracy() {
   # SECONDS_LEFT: the device time this call may use (default 560); no member starts in its last
   # 140 s, which the last member and the ensembles' evaluation need
   local seconds=${SECONDS_LEFT:-560}
-  echo "== ensemble: ten members of four recipes, then their ensembles on test"
+  echo "== ensemble: ten members of five recipes, then their ensembles on test"
   timeout "$seconds" $py docs/experiments/ensemble_members_gpu.py --out /tmp/ensemble --budget $((seconds - 140))
   cp /tmp/ensemble/ensemble-members.json "$OUT/"
 }
