@@ -88,7 +88,6 @@ class TrainStep:
             # update: a group whose weights froze keeps a rate of 0 (weights_frozen)
             for group in optimizer.param_groups:
                 group["lr"] = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
-            self._rates = self._live_rates()
             self._indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
 
     def __call__(self, indices: torch.Tensor, lr: float) -> None:
@@ -97,8 +96,9 @@ class TrainStep:
                 group["lr"] = lr
             self._compute(indices)
             return
-        for rate in self._rates:
-            rate.fill_(lr)
+        for group in self.optimizer.param_groups:
+            if _trains(group):
+                group["lr"].fill_(lr)
         if len(indices) != self.batch_size:  # a short last batch: not the captured shape
             with _outside_graph():
                 self._compute(indices)
@@ -126,16 +126,11 @@ class TrainStep:
             for group in self.optimizer.param_groups:
                 if not _trains(group):
                     group["lr"].zero_()
-            self._rates = self._live_rates()
             if self._graph is not None:
                 return
         self.net = net
         self._graph, self._graph_grads, self._eager_steps = None, None, 0
         self._compiled = False
-
-    def _live_rates(self) -> list[torch.Tensor]:
-        """The learning-rate tensors of the groups that still have weights to train."""
-        return [group["lr"] for group in self.optimizer.param_groups if _trains(group)]
 
     def _compute(self, indices: torch.Tensor) -> None:
         compiled = self.compile and len(indices) == self.batch_size
