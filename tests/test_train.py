@@ -118,6 +118,18 @@ def test_a_frozen_part_stops_training_and_the_rest_goes_on(tmp_path, small_mnist
     assert whole.test.accuracy > 0.8
 
 
+def test_a_run_of_steps_counts_its_part_of_an_epoch(tmp_path, small_mnist, recipe_file):
+    # 2,200 images in batches of 100: 33 steps are an epoch and a half
+    recipe = load_recipe(recipe_file(
+        'name = "by-steps"\ndescription = ""\n[model]\nname = "fast-cnn"\nwidths = [32, 32]\n'
+        '[optimizer]\nname = "adamw"\nlr = 1e-2\n[train]\nbatch_size = 100\nsteps = 33\n'))
+    said = io.StringIO()
+    Trainer(recipe, tmp_path / "run", device="cpu", data_dir=str(small_mnist),
+            progress=Progress(1, live=False, out=said)).run()
+    assert "epoch 1/1.5  step 22/33" in said.getvalue()
+    assert "epoch 1.5/1.5  step 33/33" in said.getvalue()
+
+
 def test_weights_are_grouped_by_the_step_they_freeze_at():
     # an optimiser group per freezing time lets a CUDA graph stop a group by its learning rate
     model = build_model("fast-cnn", widths=[32, 64, 64])

@@ -297,8 +297,8 @@ class Trainer:
     def _end_epoch(self, model, validation: Split | None, plan: BatchPlan, done: int,
                    loss: float | None, acc: float | None, progress: Progress) -> Metrics | None:
         epoch = math.ceil(done / plan.steps_per_epoch)
-        total_epochs = math.ceil(plan.total_steps / plan.steps_per_epoch)
-        text = f"epoch {epoch}/{total_epochs}  step {done}/{plan.total_steps}"
+        text = (f"epoch {_epochs(done, plan)}/{_epochs(plan.total_steps, plan)}  "
+                f"step {done}/{plan.total_steps}")
         if loss is not None:
             text += f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
         metrics = None
@@ -425,6 +425,13 @@ class _Window:
         loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images
+
+
+def _epochs(steps: int, plan: BatchPlan) -> str:
+    """`steps` in epochs: whole where they are, else to a tenth (a run of so many steps, as
+    TensorFlow's seeds count them, can end partway through an epoch)."""
+    epochs = steps / plan.steps_per_epoch
+    return f"{epochs:.0f}" if epochs == round(epochs) else f"{epochs:.1f}"
 
 
 def _wrapped(model: torch.nn.Module, world: distributed.World) -> torch.nn.Module:
