@@ -26,13 +26,8 @@ import safetensors.torch
 import torch
 from conftest import write_mnist_slice
 
-from mnistlab.train.checkpoint import (
-    MODEL_FILE,
-    MODEL_META_FILE,
-    STATE_FILE,
-    load_model,
-    read_training_state,
-)
+from mnistlab.checkpoint import MODEL_FILE, MODEL_META_FILE, load_model
+from mnistlab.training.state import STATE_FILE, read_training_state
 
 PAUSE_ENV = "MNISTLAB_TEST_PAUSE_BEFORE_RENAME"
 CHECKPOINT_TEMPORARIES = tuple(f".{name}." for name in (STATE_FILE, MODEL_FILE, MODEL_META_FILE))
@@ -88,7 +83,7 @@ class Launcher:
         self.ctx = multiprocessing.get_context("forkserver")
         # torch._dynamo: what building an optimiser imports, two seconds of every life otherwise
         self.ctx.set_forkserver_preload(["torch", "torch._dynamo", "mnistlab.cli",
-                                         "mnistlab.train.engine", "crashing"])
+                                         "mnistlab.training.engine", "crashing"])
         ready = self.ctx.Process(target=_ready)  # starts the server, which imports all that
         ready.start()
         ready.join()

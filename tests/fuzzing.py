@@ -31,6 +31,7 @@ import torch
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnistlab.checkpoint import DEFAULT_DIR, MODEL_FILE, CheckpointError, load_model
 from mnistlab.data.idx import IdxError, idx_bytes, read_idx_and_md5
 from mnistlab.data.registry import load_arrays
 from mnistlab.inference.images import ImageError, decode_image, load_image
@@ -43,12 +44,8 @@ from mnistlab.recipes.recipe import (
     recipe_from_dict,
     recipe_names,
 )
-from mnistlab.train.checkpoint import (
-    DEFAULT_DIR,
-    MODEL_FILE,
+from mnistlab.training.state import (
     STATE_FILE,
-    CheckpointError,
-    load_model,
     read_training_state,
     restore_training_state,
     save_training_state,

@@ -2,10 +2,9 @@ import math
 
 import torch
 
-from mnistlab.data.splits import load_split
+from mnistlab.data.splits import as_input, load_split
 from mnistlab.recipes.recipe import AugmentSection
-from mnistlab.train.augment import elastic_field, random_distortion
-from mnistlab.train.metrics import as_input
+from mnistlab.training.augment import elastic_field, random_distortion
 
 IMAGES = as_input(load_split("test").images[:64])
 

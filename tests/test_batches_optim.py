@@ -1,8 +1,8 @@
 import torch
 
 from mnistlab.recipes.recipe import ScheduleSection
-from mnistlab.train.batches import BatchPlan
-from mnistlab.train.optim import KerasRMSprop, lr_factor
+from mnistlab.training.batches import BatchPlan
+from mnistlab.training.optim import KerasRMSprop, lr_factor
 
 
 def test_epochs_cover_every_example_once_with_a_smaller_last_batch():

@@ -8,16 +8,9 @@ import pytest
 import safetensors.torch
 import torch
 
+from mnistlab.checkpoint import MODEL_FILE, MODEL_META_FILE, CheckpointError, load_model, save_model
 from mnistlab.models import build_model
-from mnistlab.train.checkpoint import (
-    MODEL_FILE,
-    MODEL_META_FILE,
-    STATE_FILE,
-    CheckpointError,
-    load_model,
-    read_training_state,
-    save_model,
-)
+from mnistlab.training.state import STATE_FILE, read_training_state
 
 META = {"model": {"name": "keras-cnn", "args": {}}, "metrics": {"test": {"accuracy": 0.5}}}
 
@@ -173,8 +166,8 @@ def test_hostile_training_states_are_refused(tmp_path, small_mnist, capsys):
     """`mnistlab train --resume` on a training state built to hurt: one line, status 1."""
     from mnistlab.cli import main
     from mnistlab.recipes import load_recipe
-    from mnistlab.train.engine import Trainer
-    from mnistlab.train.progress import Progress
+    from mnistlab.training.engine import Trainer
+    from mnistlab.training.progress import Progress
 
     recipe_path = tmp_path / "r.toml"
     recipe_path.write_text('name = "r"\ndescription = ""\n[model]\nname = "fast-cnn"\nwidths = [8, 8]\n'

@@ -41,7 +41,7 @@ def test_listing_the_recipes_does_not_wait_for_pytorch():
 
 def test_recipes_and_datasets():
     recipes = mnistlab("recipes").stdout
-    assert "seed003-keras-cnn" in recipes and "quick (default)" in recipes and "claims 98.91%" in recipes
+    assert "keras-cnn" in recipes and "quick (default)" in recipes and "claims 98.91%" in recipes
     datasets = mnistlab("datasets").stdout
     assert "mnist" in datasets and "shipped" in datasets and "fashion-mnist" in datasets
     verify = mnistlab("datasets", "verify", "mnist")
@@ -61,7 +61,7 @@ def test_verifying_every_dataset_skips_the_ones_not_downloaded(tmp_path, monkeyp
 
 def test_train_then_evaluate(tmp_path, small_mnist):
     run = tmp_path / "run"
-    out = mnistlab("train", "--recipe", "seed003-keras-cnn", "--steps", "40", "--out", run,
+    out = mnistlab("train", "--recipe", "keras-cnn", "--steps", "40", "--out", run,
                    "--data-dir", small_mnist, "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert "test accuracy" in out.stdout and f"run saved in {run}" in out.stdout

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mnistlab.train.engine import METRICS_FILE
+from mnistlab.training.engine import METRICS_FILE
 
 RECIPE = """
 name = "ddp"

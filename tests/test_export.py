@@ -5,12 +5,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from mnistlab.checkpoint import load_model, save_model
 from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import Predictor
 from mnistlab.inference.export import export_onnx, format_report
 from mnistlab.models import MODELS, build_model
-from mnistlab.train.checkpoint import load_model, save_model
 
 
 @pytest.fixture(scope="module")

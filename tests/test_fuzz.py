@@ -23,13 +23,14 @@ from fuzzing import (
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
+from mnistlab import checkpoint
+from mnistlab.checkpoint import CheckpointError
 from mnistlab.data.idx import IdxError, read_idx
 from mnistlab.inference.images import decode_image
 from mnistlab.inference.preprocess import read_digits
 from mnistlab.models import build_model
 from mnistlab.recipes.recipe import RecipeError, parse_recipe
-from mnistlab.train import checkpoint
-from mnistlab.train.checkpoint import CheckpointError
+from mnistlab.training import state
 
 CASES = {"pixels": 60, "checkpoint-model": 150}  # the slow ones to generate or to run
 
@@ -104,23 +105,23 @@ def test_checkpoint_metadata_with_huge_sizes_allocates_nothing(tmp_path):
 def test_damaged_training_state_is_a_checkpoint_error(tmp_path, edit):
     import safetensors.torch
 
-    tensors, meta = checkpoint.read_training_state(_state_folder(tmp_path))
+    tensors, meta = state.read_training_state(_state_folder(tmp_path))
     edit(tensors, meta)
-    (tmp_path / checkpoint.STATE_FILE).write_bytes(safetensors.torch.save(
+    (tmp_path / state.STATE_FILE).write_bytes(safetensors.torch.save(
         {k: v.contiguous() for k, v in tensors.items()}, {"mnistlab": json.dumps(meta)}))
     model = build_model("softmax")
     rng = torch.get_rng_state()
     try:  # refused when read (metadata of the wrong kind) or when restored
         with pytest.raises(CheckpointError, match="damaged or does not fit|should be|keeps"):
-            tensors, meta = checkpoint.read_training_state(tmp_path)
-            checkpoint.restore_training_state(tensors, meta, model,
+            tensors, meta = state.read_training_state(tmp_path)
+            state.restore_training_state(tensors, meta, model,
                                               torch.optim.AdamW(model.parameters()), str(tmp_path))
     finally:
         torch.set_rng_state(rng)
 
 
 def _state_folder(folder):
-    (folder / checkpoint.STATE_FILE).write_bytes(checkpoint_seeds()["state"])
+    (folder / state.STATE_FILE).write_bytes(checkpoint_seeds()["state"])
     return folder
 
 
@@ -137,13 +138,13 @@ def test_picture_one_pixel_thin_and_16_megapixels_long(shape):
 
 def test_training_state_missing_a_setting_takes_the_recipes_and_trains_on(tmp_path):
     # before: the saved group replaced the optimiser's whole, and step() raised KeyError
-    tensors, meta = checkpoint.read_training_state(_state_folder(tmp_path))
+    tensors, meta = state.read_training_state(_state_folder(tmp_path))
     del meta["param_groups"][0]["weight_decay"]
     model = build_model("softmax")
     optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.25)
     rng = torch.get_rng_state()
     try:
-        checkpoint.restore_training_state(tensors, meta, model, optimizer, str(tmp_path))
+        state.restore_training_state(tensors, meta, model, optimizer, str(tmp_path))
     finally:
         torch.set_rng_state(rng)
     model(torch.rand(2, 1, 28, 28)).sum().backward()

@@ -7,10 +7,11 @@ import pytest
 import safetensors.torch
 import torch
 
+from mnistlab.checkpoint import MODEL_FILE
 from mnistlab.recipes import load_recipe
-from mnistlab.train.checkpoint import MODEL_FILE, read_training_state
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
+from mnistlab.training.state import read_training_state
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from mnistlab.checkpoint import load_model
 from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import Predictor, split_digits, to_mnist
-from mnistlab.train.checkpoint import load_model
 
 # whatever model ships as `default`, as its own metadata names it
 DEFAULT_MODEL = load_model("default")[1]["model"]["name"]

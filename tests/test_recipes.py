@@ -20,8 +20,8 @@ steps = 10
 
 def test_every_shipped_recipe_loads():
     names = recipe_names()
-    assert {"quick", "seed001-softmax", "seed001-deep-cnn", "seed001-deep-cnn-printed",
-            "seed000-cnn", "seed002-strided-cnn", "seed003-keras-cnn"} <= set(names)
+    assert {"quick", "softmax-regression", "deep-mnist", "deep-mnist-as-printed",
+            "opengenus-cnn", "strided-cnn", "keras-cnn"} <= set(names)
     for name in names:
         assert load_recipe(name).name == name
 
@@ -35,30 +35,30 @@ def test_every_recipe_the_docs_run_loads():
 
 
 def test_seed_recipes_follow_the_seeds():
-    softmax = load_recipe("seed001-softmax")
+    softmax = load_recipe("softmax-regression")
     assert (softmax.model.name, softmax.model.init) == ("softmax", "zeros")
     assert (softmax.optimizer.name, softmax.optimizer.lr) == ("sgd", 0.01)
     assert (softmax.train.batch_size, softmax.train.steps, softmax.train.loss_reduction) == (50, 1000, "sum")
     assert softmax.claim.accuracy == 0.91
 
-    deep = load_recipe("seed001-deep-cnn")
-    printed = load_recipe("seed001-deep-cnn-printed")
+    deep = load_recipe("deep-mnist")
+    printed = load_recipe("deep-mnist-as-printed")
     for r in (deep, printed):
         assert (r.model.name, r.model.init, r.model.args) == ("deep-cnn", "truncated-normal", {"dropout": 0.5})
         assert (r.optimizer.name, r.optimizer.lr, r.train.batch_size, r.train.steps) == ("adam", 1e-4, 50, 20000)
         assert r.train.loss_reduction == "sum" and r.train.split == "train"
     assert (deep.quirks.update_every, printed.quirks.update_every) == (1, 100)
 
-    opengenus = load_recipe("seed000-cnn")
+    opengenus = load_recipe("opengenus-cnn")
     assert (opengenus.model.init, opengenus.model.args) == ("normal", {"dropout": 0.2})
     assert (opengenus.optimizer.lr, opengenus.train.batch_size, opengenus.train.steps) == (1e-3, 128, 10 * 429)
     assert opengenus.quirks.dropout_at_test and opengenus.train.loss_reduction == "mean"
 
-    strided = load_recipe("seed002-strided-cnn")
+    strided = load_recipe("strided-cnn")
     assert (strided.model.name, strided.train.steps, strided.train.batch_size) == ("strided-cnn", 18 * 1100, 50)
     assert strided.train.loss_reduction == "mean" and strided.claim.accuracy == 0.992
 
-    keras = load_recipe("seed003-keras-cnn")
+    keras = load_recipe("keras-cnn")
     opt = keras.optimizer
     assert (opt.name, opt.lr, opt.rho, opt.eps) == ("keras-rmsprop", 1e-3, 0.9, 1e-7)
     assert (keras.train.batch_size, keras.train.epochs, keras.train.split) == (64, 5, "train-full")

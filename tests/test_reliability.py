@@ -20,12 +20,13 @@ import safetensors.torch
 from crashing import PAUSE_ENV, RECIPE, Launcher, crash_test, write_dataset
 
 from mnistlab import fileio
+from mnistlab.checkpoint import MODEL_FILE, load_model
 from mnistlab.errors import MnistlabError
 from mnistlab.recipes import load_recipe
-from mnistlab.train import rundir
-from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training import rundir
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
+from mnistlab.training.state import STATE_FILE, read_training_state
 
 QUIET = dict(progress=Progress(1, quiet=True))
 

@@ -15,8 +15,8 @@ from mnistlab.recipes.recipe import parse_recipe
 from mnistlab.report import tensorboard as tb
 from mnistlab.report.build import recipe_toml, write_report
 from mnistlab.report.compare import compare_runs, format_comparison
-from mnistlab.train.engine import METRICS_FILE, Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import METRICS_FILE, Trainer
+from mnistlab.training.progress import Progress
 
 QUIET = dict(progress=Progress(1, quiet=True))
 # the description is a user's text: the page must show it, never run it
@@ -89,7 +89,7 @@ def test_report_writes_the_page_and_valid_pngs(runs, report):
 
 
 def test_recipe_toml_round_trips():
-    for name in ("seed001-deep-cnn-printed", "seed003-keras-cnn", "best"):
+    for name in ("deep-mnist-as-printed", "keras-cnn", "best"):
         recipe = load_recipe(name)
         assert parse_recipe(recipe_toml(recipe.to_dict()), name).to_dict() == recipe.to_dict()
 

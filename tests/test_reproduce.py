@@ -17,24 +17,25 @@ def test_verdicts_and_table():
 
 
 def test_reproduce_end_to_end_on_a_shortened_schedule(tmp_path):
-    command = [sys.executable, "-m", "mnistlab", "reproduce", "seed001-softmax", "seed000-cnn",
+    command = [sys.executable, "-m", "mnistlab", "reproduce", "softmax-regression", "opengenus-cnn",
                "--steps", "20", "--seeds", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     report = json.loads((tmp_path / "out" / "reproduction.json").read_text())
     softmax, opengenus = report["outcomes"]
-    assert softmax["recipe"] == "seed001-softmax" and softmax["claim"] == 0.91
+    assert softmax["recipe"] == "softmax-regression" and softmax["claim"] == 0.91
     assert len(softmax["accuracies"]) == 2 and softmax["accuracies"][0] != softmax["accuracies"][1]
     assert 0.5 < softmax["mean"] < 1 and softmax["verdict"] == "n/a (shortened schedule)"
-    assert len(opengenus["accuracies_dropout_off"]) == 2  # seed 000 measured both ways
+    assert len(opengenus["accuracies_dropout_off"]) == 2  # OpenGenus measured both ways
     table = (tmp_path / "out" / "reproduction.md").read_text()
-    assert "`seed000-cnn`" in table and "dropout off at test" in table
+    assert "`opengenus-cnn`" in table and "dropout off at test" in table
     assert table in first.stdout
     # each run's report, and every run's curves on one page
     assert len(list((tmp_path / "out" / "runs").glob("*/seed-*/report.html"))) == 4
     assert (tmp_path / "out" / "compare.html").is_file() and "the runs compared" in first.stdout
     # run again into the same folder: finished runs are read back, not trained again
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "training seed00" not in again.stdout
+    assert again.returncode == 0
+    assert not any(f"training {name} (" in again.stdout for name in ("softmax-regression", "opengenus-cnn"))
     assert json.loads((tmp_path / "out" / "reproduction.json").read_text())["outcomes"][0]["accuracies"] \
         == softmax["accuracies"]

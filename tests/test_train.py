@@ -6,15 +6,16 @@ import pytest
 import safetensors.torch
 import torch
 
+from mnistlab.checkpoint import MODEL_FILE, load_model
 from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
+from mnistlab.metrics import compute_metrics
 from mnistlab.models import build_model
 from mnistlab.recipes import load_recipe
-from mnistlab.train.checkpoint import MODEL_FILE, STATE_FILE, load_model, read_training_state
-from mnistlab.train.engine import METRICS_FILE, Trainer, TrainingDiverged
-from mnistlab.train.freeze import Freezer
-from mnistlab.train.metrics import compute_metrics
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged
+from mnistlab.training.freeze import Freezer
+from mnistlab.training.progress import Progress
+from mnistlab.training.state import STATE_FILE, read_training_state
 
 QUIET = dict(progress=Progress(1, quiet=True))
 
@@ -42,7 +43,7 @@ def weights(run_dir):
 
 
 def test_short_training_on_real_mnist_reaches_a_real_accuracy(tmp_path):
-    recipe = load_recipe("seed003-keras-cnn").with_length(steps=400)
+    recipe = load_recipe("keras-cnn").with_length(steps=400)
     result = Trainer(recipe, tmp_path / "run", seed=0, device="cpu", **QUIET).run()
     assert result.test.count == 10_000
     assert result.test.accuracy > 0.95  # 400 steps of 64 images: about 97% in practice
@@ -150,8 +151,8 @@ def test_a_diverging_loss_stops_the_run(tmp_path, small_mnist, recipe_file):
                 data_dir=str(small_mnist), **QUIET).run()
 
 
-def test_printed_seed001_updates_only_every_hundredth_iteration(tmp_path):
-    recipe = load_recipe("seed001-deep-cnn-printed").with_length(steps=300)
+def test_deep_mnist_as_printed_updates_only_every_hundredth_iteration(tmp_path):
+    recipe = load_recipe("deep-mnist-as-printed").with_length(steps=300)
     Trainer(recipe, tmp_path / "run", device="cpu", **QUIET).run()
     tensors, _ = read_training_state(tmp_path / "run")
     adam_steps = {float(v) for k, v in tensors.items() if k.endswith(".step")}

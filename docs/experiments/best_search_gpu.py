@@ -26,8 +26,8 @@ import torch
 
 from mnistlab.ensemble import evaluate_ensemble
 from mnistlab.recipes import load_recipe, recipe_from_dict
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
 
 
 def candidates() -> list[tuple[str, dict]]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from mnistlab.ensemble import evaluate_ensemble
 from mnistlab.models import build_model
 from mnistlab.recipes import recipe_from_dict
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
 
 HERE = Path(__file__).parent
 

@@ -39,8 +39,8 @@ import torch
 
 from mnistlab.ensemble import evaluate_ensemble
 from mnistlab.recipes import load_recipe, recipe_from_dict
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
 
 RECIPES = Path(__file__).parent / "ensemble"
 # (recipe, seed) in training order: the five recipes in turn, twice

@@ -29,8 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mnistlab.data.splits import load_split
-from mnistlab.train.metrics import as_input
+from mnistlab.data.splits import as_input, load_split
 
 p = argparse.ArgumentParser()
 p.add_argument("--arch", default="c16-p-c32-p-c64-p")

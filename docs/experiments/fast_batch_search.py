@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from mnistlab.recipes import load_recipe, recipe_from_dict
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
 
 CONFIGS = [  # (batch size, peak learning rate)
     (128, 3e-2),  # the shipped `fast`

@@ -14,8 +14,8 @@ import statistics
 from pathlib import Path
 
 from mnistlab.recipes import load_recipe, recipe_from_dict
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
 
 for precision in ("fp32", "bf16", "fp32"):
     table = load_recipe("fast").to_dict()

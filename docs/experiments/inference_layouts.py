@@ -9,9 +9,8 @@ import time
 
 import torch
 
-from mnistlab.data.splits import load_split
+from mnistlab.data.splits import as_input, load_split
 from mnistlab.models import build_model
-from mnistlab.train.metrics import as_input
 
 images = load_split("test").images
 for name in ("keras-cnn", "mnistlab-cnn"):

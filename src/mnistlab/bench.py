@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mnistlab.data.splits import load_split
+from mnistlab.checkpoint import load_model
+from mnistlab.data.splits import as_input, load_split
+from mnistlab.device import resolve_device
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, load_recipe
-from mnistlab.train.checkpoint import load_model
-from mnistlab.train.engine import Trainer, resolve_device
-from mnistlab.train.freeze import Freezer
-from mnistlab.train.metrics import as_input
-from mnistlab.train.optim import make_optimizer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.freeze import Freezer
+from mnistlab.training.optim import make_optimizer
+from mnistlab.training.progress import Progress
 
 
 @dataclass

@@ -44,15 +44,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, entry in MODELS.items():
         with torch.device("meta"):
             params = count_parameters(build_model(name, init="pytorch"))
-        seed = f"seed {entry.seed}" if entry.seed else "mnistlab"
-        print(f"{name:<14} {params:>11,} params  {seed:<9} {entry.description}")
+        source = entry.tutorial or "mnistlab"
+        print(f"{name:<14} {params:>11,} params  {source:<12} {entry.description}")
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from mnistlab.checkpoint import load_model
     from mnistlab.models import MODELS, build_model, format_summary
     from mnistlab.recipes import load_recipe, recipe_names
-    from mnistlab.train.checkpoint import load_model
 
     name = args.name
     if name in MODELS:  # the model with its default arguments
@@ -90,8 +90,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mnistlab.recipes import load_recipe
-    from mnistlab.train.engine import Trainer, new_run_dir, train_summary
-    from mnistlab.train.progress import Progress
+    from mnistlab.training.engine import Trainer, new_run_dir, train_summary
+    from mnistlab.training.progress import Progress
 
     progress = Progress(1, quiet=args.quiet)
     if args.resume:
@@ -202,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from mnistlab.report.compare import compare_runs, format_comparison
-    from mnistlab.train.engine import new_run_dir
+    from mnistlab.training.engine import new_run_dir
 
     out = Path(args.out) if args.out else new_run_dir("comparison", Path("."))
     comparison = compare_runs(args.runs, out, x=args.x)
@@ -212,11 +212,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mnistlab.reproduce import SEED_RECIPES, markdown_table, reproduce
-    from mnistlab.train.engine import new_run_dir
+    from mnistlab.reproduce import TUTORIAL_RECIPES, markdown_table, reproduce
+    from mnistlab.training.engine import new_run_dir
 
     out = Path(args.out) if args.out else new_run_dir("reproduction", Path("."))
-    outcomes = reproduce(args.recipes or list(SEED_RECIPES), seeds=args.seeds, out=out,
+    outcomes = reproduce(args.recipes or list(TUTORIAL_RECIPES), seeds=args.seeds, out=out,
                          device=args.device, steps=args.steps, quiet=args.quiet)
     print(markdown_table(outcomes), end="")
     print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
@@ -362,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels; pays on a GPU, not on a CPU); its time is reported apart")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("reproduce", help="train the seed recipes in full and compare with their claims")
-    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every seed recipe")
+    p = sub.add_parser("reproduce", help="train the tutorial recipes in full and compare with their claims")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every tutorial recipe")
     p.add_argument("--seeds", type=_positive, default=1, help="random seeds per recipe (default 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--out", help="output folder (default ./reproduction-TIME); "

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
+from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
-from mnistlab.train.checkpoint import load_model, resolve_checkpoint
-from mnistlab.train.engine import resolve_device
-from mnistlab.train.metrics import Metrics, compute_metrics
+from mnistlab.metrics import Metrics, compute_metrics
 
 
 class Committee(nn.Module):

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
-from mnistlab.train.checkpoint import load_model, resolve_checkpoint
-from mnistlab.train.engine import resolve_device
-from mnistlab.train.metrics import Metrics, compute_metrics
+from mnistlab.device import resolve_device
+from mnistlab.metrics import Metrics, compute_metrics
 
 
 @dataclass
@@ -51,7 +51,7 @@ def format_evaluation(ev: Evaluation) -> str:
         f"loss {m.loss:.4f}",
     ]
     if ev.meta.get("dropout_at_test"):
-        lines.append("dropout left on at test time, as the seed's printed code does")
+        lines.append("dropout left on at test time, as the tutorial's printed code does")
     lines += ["", "per-class accuracy:"]
     width = max(len(str(n)) for n in names)
     for name, acc, row in zip(names, m.per_class_accuracy, m.confusion):

@@ -1,6 +1,7 @@
-"""Reproduce the seeds: train each seed recipe at its published schedule, measure, compare.
+"""Reproduce the tutorials: train each tutorial recipe at its published schedule, measure,
+compare with what the tutorial claims.
 
-Every (recipe, seed) run goes into its own run folder under the output folder, and the tables
+Every (recipe, random seed) run goes into its own run folder under the output folder, and the tables
 are rewritten after each run, so a long reproduction can be interrupted and continued: a run
 that already finished is read back instead of trained again.
 """
@@ -13,35 +14,36 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mnistlab.checkpoint import MODEL_META_FILE
 from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.fileio import atomic_write_text
 from mnistlab.recipes import Recipe, load_recipe
-from mnistlab.train.checkpoint import MODEL_META_FILE, STATE_FILE
-from mnistlab.train.engine import Trainer
-from mnistlab.train.progress import Progress
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
+from mnistlab.training.state import STATE_FILE
 
-SEED_RECIPES = (
-    "seed001-softmax",
-    "seed001-deep-cnn",
-    "seed001-deep-cnn-printed",
-    "seed000-cnn",
-    "seed002-strided-cnn",
-    "seed003-keras-cnn",
+TUTORIAL_RECIPES = (
+    "softmax-regression",
+    "deep-mnist",
+    "deep-mnist-as-printed",
+    "opengenus-cnn",
+    "strided-cnn",
+    "keras-cnn",
 )
 # A claim holds when the mean measured accuracy reaches it, or falls short by at most this much
-# (the seeds say "about 99.2%"; one run of theirs is no more precise than that).
+# (the tutorials say "about 99.2%"; one run of theirs is no more precise than that).
 TOLERANCE = 0.001
 
 
 @dataclass
 class Outcome:
     recipe: str
-    document: str
+    tutorial: str
     claim: float | None
     device: str
     accuracies: list[float] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
-    # seed 000 as printed tests with dropout on; this is the same model tested with it off
+    # OpenGenus' CNN as printed tests with dropout on; this is the same model tested with it off
     accuracies_dropout_off: list[float] = field(default_factory=list)
     shortened: bool = False
 
@@ -76,7 +78,7 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
             run_dir = out / "runs" / recipe.name / f"seed-{seed}"
             accuracy, seconds, run_device = _finished(run_dir) or _train(recipe, run_dir, seed, device, quiet)
             if outcome is None:
-                outcome = Outcome(recipe.name, recipe.claim.document if recipe.claim else "",
+                outcome = Outcome(recipe.name, recipe.claim.tutorial if recipe.claim else "",
                                   recipe.claim.accuracy if recipe.claim else None, run_device,
                                   shortened=steps is not None)
             outcome.accuracies.append(accuracy)
@@ -126,7 +128,7 @@ def _write(out: Path, outcomes: list[Outcome], seeds: int) -> None:
 
 def markdown_table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| recipe | seed document | claimed | measured (mean ± sd) | seeds | training time (mean) | device | claim holds |",
+        "| recipe | tutorial | claimed | measured (mean ± sd) | seeds | training time (mean) | device | claim holds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
@@ -135,6 +137,6 @@ def markdown_table(outcomes: list[Outcome]) -> str:
         if o.accuracies_dropout_off:
             off = statistics.fmean(o.accuracies_dropout_off)
             measured += f" (dropout off at test: {100 * off:.2f}%)"
-        lines.append(f"| `{o.recipe}` | {o.document} | {claim} | {measured} | {len(o.accuracies)} | "
+        lines.append(f"| `{o.recipe}` | {o.tutorial} | {claim} | {measured} | {len(o.accuracies)} | "
                      f"{statistics.fmean(o.train_seconds):.1f} s | {o.device} | {o.verdict} |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Named splits of a dataset, each as two whole tensors on a device.
 
 The validation split is the tail of the training file, as TensorFlow's `input_data` made it
-for the seeds (55,000 train, 5,000 validation); the test file is only ever the test split.
+for the tutorials (55,000 train, 5,000 validation); the test file is only ever the test split.
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class Split:
 
     def to(self, device: str | torch.device) -> Split:
         return Split(self.name, self.images.to(device), self.labels.to(device))
+
+
+def as_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images (N, H, W) to the float (N, 1, H, W) in [0, 1] every model takes."""
+    x = images.unsqueeze(1).to(torch.float32).div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

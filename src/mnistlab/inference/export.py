@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistlab.checkpoint import DEFAULT_NAME, load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes
 from mnistlab.inference import onnxio
 from mnistlab.inference.predictor import Predictor
-from mnistlab.train.checkpoint import DEFAULT_NAME, load_model, resolve_checkpoint
 
 VERIFY_IMAGES = 1000
 

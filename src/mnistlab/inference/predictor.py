@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnistlab.checkpoint import load_model, resolve_checkpoint
+from mnistlab.data.splits import as_input
+from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import onnxio
 from mnistlab.models import count_parameters
-from mnistlab.train.checkpoint import load_model, resolve_checkpoint
-from mnistlab.train.metrics import as_input
 
 BACKENDS = ("torch", "onnx")
 BATCH_SIZE = 256  # what evaluation found fastest on the CPU (docs/BENCHMARKS.md)
@@ -54,11 +55,10 @@ class Predictor:
                 return cls._from_onnx_file(Path(target), threads)
         elif target.lower().endswith(".onnx"):
             raise MnistlabError(f"{target}: an ONNX file needs the onnx backend (--backend onnx)")
-        from mnistlab.train.engine import resolve_device
 
         dev = resolve_device(device)
         model, meta = load_model(target, dev)
-        model.eval()  # predictions are deterministic: dropout off even where a seed left it on
+        model.eval()  # predictions are deterministic: dropout off even where a tutorial left it on
         info = _info(meta, resolve_checkpoint(target), backend, str(dev),
                      count_parameters(model))
         if backend == "onnx":

@@ -1,4 +1,4 @@
-"""Models: the seeds' networks and ours, a registry by name, init schemes, a Keras-style summary."""
+"""Models: the tutorials' networks and ours, a registry by name, init schemes, a Keras-style summary."""
 
 from mnistlab.models.init import INIT_SCHEMES, init_weights
 from mnistlab.models.summary import LayerRow, format_summary, summarize

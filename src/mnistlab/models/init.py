@@ -1,12 +1,12 @@
-"""The seeds' initialisation schemes.
+"""The tutorials' initialisation schemes.
 
-A faithful reproduction starts from the seed framework's initial weights, not PyTorch's: a
+A faithful reproduction starts from the tutorial framework's initial weights, not PyTorch's: a
 zero-initialised softmax regression, TensorFlow's truncated normal with biases 0.1, Keras' Glorot
 uniform, and so on. Every scheme draws from torch's global RNG, so `torch.manual_seed(s)` before
 `init_weights` (or `build_model`) makes the weights reproducible.
 
 Schemes touch convolution and linear layers only. Normalisation layers (BatchNorm) keep their
-identity start (weight 1, bias 0): none of the seeds has one, and drawing them at random would
+identity start (weight 1, bias 0): none of the tutorials has one, and drawing them at random would
 only break them.
 """
 
@@ -20,11 +20,11 @@ from torch import nn
 from mnistlab.errors import MnistlabError
 
 INIT_SCHEMES: dict[str, str] = {
-    "zeros": "every weight and bias 0 (seed 001 softmax regression)",
-    "truncated-normal": "weights TF truncated_normal(stddev=0.1), biases 0.1 (seed 001 deep CNN)",
-    "normal": "every weight and bias N(0, 1), TF random_normal (seed 000)",
-    "glorot-uniform": "weights Glorot/Xavier uniform, biases 0 (Keras defaults, seed 003)",
-    "seed-002": "conv filters truncated normal std 0.1; fully connected Xavier uniform, bias 0",
+    "zeros": "every weight and bias 0 (Deep MNIST's softmax regression)",
+    "truncated-normal": "weights TF truncated_normal(stddev=0.1), biases 0.1 (Deep MNIST's CNN)",
+    "normal": "every weight and bias N(0, 1), TF random_normal (OpenGenus' CNN)",
+    "glorot-uniform": "weights Glorot/Xavier uniform, biases 0 (Keras defaults, the Keras tutorial)",
+    "truncated-normal-xavier": "conv filters truncated normal std 0.1; fully connected Xavier uniform, bias 0",
     "pytorch": "PyTorch's default initialisation, left as built",
 }
 
@@ -73,8 +73,8 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                 # torch's fans for a conv kernel are kh*kw*in and kh*kw*out, the same as Keras'.
                 nn.init.xavier_uniform_(weight)
                 _zero_(bias)
-            elif scheme == "seed-002":
-                # Seed 002 draws its conv filters by hand (truncated normal) and builds its dense
+            elif scheme == "truncated-normal-xavier":
+                # The strided CNN tutorial draws its conv filters by hand (truncated normal) and builds its dense
                 # layers with tf.contrib.layers.fully_connected, whose defaults are Xavier
                 # uniform weights and zero biases.
                 if isinstance(layer, nn.Linear):

@@ -4,8 +4,8 @@ Every model takes a float tensor (N, 1, 28, 28) of pixels in [0, 1] and returns 
 None applies a softmax: the loss and the predictor do, and Keras' softmax followed by categorical
 cross-entropy is the same function as cross-entropy on logits.
 
-Layers are named so that `format_summary` reads like the seeds' own descriptions. Activations
-are functional (F.relu), as in the seeds, where an activation belongs to its layer.
+Layers are named so that `format_summary` reads like the tutorials' own descriptions. Activations
+are functional (F.relu), as in the tutorials, where an activation belongs to its layer.
 
 Tensors are flattened in PyTorch's (channels, height, width) order where TF flattens (height,
 width, channels). That permutes the inputs of the first dense layer and nothing else: with
@@ -52,11 +52,11 @@ def _check_widths(widths: Any, count: int) -> list[int]:
 
 
 # -----------------------------------------------------------------------------
-# Seed 001: softmax regression.
+# Deep MNIST for Experts: softmax regression.
 
 
 class Softmax(nn.Module):
-    """Softmax regression: one linear layer from the 784 pixels to 10 logits (seed 001)."""
+    """Softmax regression: one linear layer from the 784 pixels to 10 logits (Deep MNIST)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -68,13 +68,13 @@ class Softmax(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Seeds 001 and 000: the deep CNN of TensorFlow's "Deep MNIST for Experts".
+# Deep MNIST and OpenGenus: the deep CNN of TensorFlow's "Deep MNIST for Experts".
 
 
 class DeepCNN(nn.Module):
-    """Two 5x5 SAME convolutions with max-pooling, a 1024-unit dense layer, dropout (seed 001).
+    """Two 5x5 SAME convolutions with max-pooling, a 1024-unit dense layer, dropout (Deep MNIST).
 
-    Seed 000 is the same network with N(0, 1) initialisation and dropout 0.2 (keep 0.8).
+    OpenGenus' CNN is the same network with N(0, 1) initialisation and dropout 0.2 (keep 0.8).
     """
 
     def __init__(self, *, dropout: float = 0.5) -> None:
@@ -101,13 +101,13 @@ class DeepCNN(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Seed 002: the strided CNN.
+# The strided CNN tutorial.
 
 
 class StridedCNN(nn.Module):
-    """Two stride-2 convolutions without bias or activation, each max-pooled (seed 002).
+    """Two stride-2 convolutions without bias or activation, each max-pooled (the strided CNN tutorial).
 
-    The seed's convolutions are purely linear (no bias, no ReLU): the first nonlinearity is the
+    The tutorial's convolutions are purely linear (no bias, no ReLU): the first nonlinearity is the
     max-pooling, then the ReLU of the dense layer. Kept as printed.
     """
 
@@ -132,7 +132,7 @@ class StridedCNN(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Seed 003: the small Keras CNN of "Deep Learning with Python".
+# The Keras tutorial: the small CNN of "Deep Learning with Python".
 
 
 class KerasCNN(nn.Module):
@@ -335,7 +335,7 @@ class ValidCNN(nn.Module):
 class ModelEntry:
     name: str
     description: str
-    seed: str | None  # the seed tutorial(s) it reproduces, e.g. "001", or None for ours
+    tutorial: str | None  # the tutorial(s) whose network it is, or None for ours
     default_init: str  # a key of INIT_SCHEMES
     builder: Callable[..., nn.Module]  # takes keyword arguments only
 
@@ -352,25 +352,25 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     e.name: e
     for e in [
-        ModelEntry("softmax", "softmax regression, 784 -> 10", "001", "zeros", Softmax),
+        ModelEntry("softmax", "softmax regression, 784 -> 10", "Deep MNIST", "zeros", Softmax),
         ModelEntry(
             "deep-cnn",
-            "two 5x5 SAME convs + pools, fc 1024, dropout (seeds 001, 000)",
-            "001",
+            "two 5x5 SAME convs + pools, fc 1024, dropout",
+            "Deep MNIST",
             "truncated-normal",
             DeepCNN,
         ),
         ModelEntry(
             "strided-cnn",
             "two 5x5 stride-2 convs without bias or activation + pools, fc 1024, dropout",
-            "002",
-            "seed-002",
+            "strided CNN",
+            "truncated-normal-xavier",
             StridedCNN,
         ),
         ModelEntry(
             "keras-cnn",
             "three 3x3 VALID convs, two pools, dense 64, dense 10 (93,322 parameters)",
-            "003",
+            "Keras CNN",
             "glorot-uniform",
             KerasCNN,
         ),
@@ -414,7 +414,7 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build model `name` with `kwargs`, then initialise it (default: the seed's scheme).
+    """Build model `name` with `kwargs`, then initialise it (default: the tutorial's scheme).
 
     Initialisation draws from torch's global RNG: seed it first for reproducible weights.
     """

@@ -2,7 +2,7 @@
 
 A recipe is a TOML file: the model and its initialisation, the optimiser with every
 hyperparameter, the learning-rate schedule, batch size, length, loss, training split and, for a
-seed recipe, the claim it reproduces. Loading validates every key, type and value, and a mistake
+tutorial recipe, the tutorial it reproduces and what that tutorial claims. Loading validates every key, type and value, and a mistake
 is reported with the file, the key and what was expected.
 """
 
@@ -27,10 +27,10 @@ class RecipeError(MnistlabError):
 
 @dataclass(frozen=True)
 class Claim:
-    """What a seed document says its program achieves, and where it says so."""
+    """What a tutorial says its program achieves, and where it says so."""
 
-    seed: str
-    document: str
+    tutorial: str  # its title, as a reader would look it up
+    document: str  # the tutorial's text, as kept in the project's shared/seeds/
     accuracy: float | None = None  # claimed test accuracy (fraction), None when none is stated
     text: str = ""
 
@@ -105,12 +105,12 @@ class TrainSection:
     epochs: int | None = None  # exactly one of epochs and steps
     steps: int | None = None
     split: str = "train"  # "train" (validated on "validation") or "train-full"
-    loss_reduction: str = "mean"  # "sum" where a seed summed the loss over the batch
+    loss_reduction: str = "mean"  # "sum" where a tutorial summed the loss over the batch
     label_smoothing: float = 0.0
     # "fp32"; "bf16" autocast; "auto": bf16 where the hardware computes it natively, else fp32
     precision: str = "fp32"
     log_every: int = 100
-    # decay per step of an average of the weights (train/ema.py), which is then what is
+    # decay per step of an average of the weights (training/ema.py), which is then what is
     # validated, tested and saved; 0: no average, the last weights
     ema: float = 0.0
     # FreezeOut (Brock et al. 2017): a part of the model (a top-level name, such as fast-cnn's
@@ -172,12 +172,12 @@ class DataSection:
 
 @dataclass(frozen=True)
 class QuirksSection:
-    """Faithful reproductions of what a seed's printed code really does."""
+    """Faithful reproductions of what a tutorial's printed code really does."""
 
-    # Seed 001 as printed runs the optimiser only when step % 100 == 0, though a batch is
+    # Deep MNIST as printed runs the optimiser only when step % 100 == 0, though a batch is
     # drawn on every iteration.
     update_every: int = 1
-    # Seed 000 as printed never sets dropout's keep probability to 1 for the test.
+    # OpenGenus' CNN as printed never sets dropout's keep probability to 1 for the test.
     dropout_at_test: bool = False
 
     def check(self) -> None:

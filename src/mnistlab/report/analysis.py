@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mnistlab.data.splits import load_split
-from mnistlab.train.metrics import Metrics, compute_metrics
+from mnistlab.metrics import Metrics, compute_metrics
 
 
 @dataclass

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import mnistlab
+from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME
+from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes, atomic_write_text
 from mnistlab.models import format_summary
@@ -22,9 +24,7 @@ from mnistlab.report.analysis import Analysis, Filters, analyse, first_layer
 from mnistlab.report.html import Page, Section, Tile, figure, num, paragraph, pre, table
 from mnistlab.report.run import Run, open_run, output_dir
 from mnistlab.report.tensorboard import TensorBoardLogger
-from mnistlab.train.checkpoint import DEFAULT_DIR, DEFAULT_NAME
-from mnistlab.train.engine import resolve_device
-from mnistlab.train.progress import format_duration
+from mnistlab.training.progress import format_duration
 
 PAGE = "report.html"
 FIGURES = "figures"
@@ -177,7 +177,7 @@ def _page(run: Run, analysis: Analysis | None, filters: Filters | None, pngs: di
 def _measure_notes(run: Run, analysis: Analysis | None) -> list[str]:
     notes = []
     if analysis is not None and analysis.dropout_at_test:
-        notes.append("Dropout is left on at test time, as this seed's printed code does "
+        notes.append("Dropout is left on at test time, as this tutorial's printed code does "
                      "(measured here with a fixed random seed).")
     recorded = ((run.meta.get("metrics") or {}).get("test") or {}).get("accuracy")
     if (analysis is not None and analysis.split == "test" and isinstance(recorded, (int, float))
@@ -218,7 +218,7 @@ def _tiles(run: Run, analysis: Analysis | None) -> list[Tile]:
         detail = ""
         if analysis is not None and analysis.split == "test":
             detail = f"this run: {100 * (analysis.metrics.accuracy - claim['accuracy']):+.2f} points"
-        tiles.append(Tile(f"Seed {claim.get('seed', '')} claims", f"{100 * claim['accuracy']:.2f}%",
+        tiles.append(Tile("The tutorial claims", f"{100 * claim['accuracy']:.2f}%",
                           detail))
     return tiles
 

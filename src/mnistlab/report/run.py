@@ -18,9 +18,9 @@ from typing import Any
 from torch import nn
 
 import mnistlab
+from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME, MODEL_FILE, load_model
 from mnistlab.errors import MnistlabError
-from mnistlab.train.checkpoint import DEFAULT_DIR, DEFAULT_NAME, MODEL_FILE, load_model
-from mnistlab.train.engine import METRICS_FILE
+from mnistlab.training.engine import METRICS_FILE
 
 PACKAGE_DIR = Path(mnistlab.__file__).resolve().parent
 # every numeric field a record of each event must hold

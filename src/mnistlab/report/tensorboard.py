@@ -8,7 +8,7 @@ An event file is a sequence of TFRecords, each a serialized `Event` protocol buf
 (`file_version`, "brain.Event:2"), every other one holds `wall_time`, `step` and a `Summary` of
 `simple_value`s under their tags. TensorBoard reads `simple_value` as a scalar series.
 
-A run's curves go into one folder per kind, like Keras' TensorBoard callback (the seeds' tool):
+A run's curves go into one folder per kind, like Keras' TensorBoard callback (the tutorials' tool):
 `tensorboard/train`, `tensorboard/validation`, `tensorboard/test`, each with the tags `loss` and
 `accuracy` (and `learning_rate` for train), so TensorBoard overlays training and validation on
 one chart, and `tensorboard --logdir runs` shows every run side by side.

@@ -14,7 +14,7 @@ class KerasRMSprop(torch.optim.Optimizer):
     """RMSprop as Keras computes it.
 
     PyTorch's RMSprop divides by sqrt(v) + eps with rho 0.99 and eps 1e-8 by default; Keras
-    divides by sqrt(v + eps) with rho 0.9 and eps 1e-7. Seed 003 used Keras' defaults, so a
+    divides by sqrt(v + eps) with rho 0.9 and eps 1e-7. The Keras tutorial used Keras' defaults, so a
     faithful reproduction needs Keras' arithmetic.
     """
 
@@ -46,7 +46,7 @@ def make_optimizer(model: nn.Module, spec: OptimizerSection, *, multi_tensor: bo
                    capturable: bool = False,
                    groups: list[list[nn.Parameter]] | None = None) -> torch.optim.Optimizer:
     """The recipe's optimiser; `multi_tensor=False` gives PyTorch's default per-tensor loop, and
-    `capturable=True` an Adam or AdamW that a CUDA graph can replay (train/step.py). `groups`
+    `capturable=True` an Adam or AdamW that a CUDA graph can replay (training/step.py). `groups`
     splits the trainable weights into parameter groups (Freezer.weight_groups); one by default."""
     groups = groups or [[p for p in model.parameters() if p.requires_grad]]
     params = [{"params": group} for group in groups]

@@ -1,6 +1,6 @@
 """How large seed 000's N(0, 1) initialisation makes the deep CNN's first activations.
 
-    python docs/experiments/seed000_init_scale.py
+    python docs/experiments/opengenus_init_scale.py
 
 Builds the deep CNN with seed 000's initialisation and with seed 001's, runs the first 256
 training images through each (eval mode, no dropout), and prints the spread of the first
@@ -11,9 +11,8 @@ cross-entropy loss.
 import torch
 import torch.nn.functional as F
 
-from mnistlab.data.splits import load_split
+from mnistlab.data.splits import as_input, load_split
 from mnistlab.models import build_model
-from mnistlab.train.metrics import as_input
 
 train = load_split("train")
 x, y = as_input(train.images[:256]), train.labels[:256]

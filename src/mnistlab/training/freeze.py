@@ -9,7 +9,7 @@ optimiser skips a weight that has no gradient.
 
 A step replayed from a CUDA graph cannot drop part of its backward without being captured anew,
 after eager warm-up steps that cost more than the backward they save. There the frozen weights'
-learning rate goes to zero instead (train/step.py), which needs them in optimiser groups of
+learning rate goes to zero instead (training/step.py), which needs them in optimiser groups of
 their own: `weight_groups` gives them.
 """
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from mnistlab.train.checkpoint import load_weights
+from mnistlab.checkpoint import load_weights
 
 
 class WeightAverage:

@@ -4,7 +4,7 @@ The order is a pure function of (seed, step): every epoch has its own permutatio
 generator seeded by (seed, epoch). A resumed run therefore sees exactly the batches the
 uninterrupted run would have seen, with nothing to save but the step.
 
-Two ways of walking the data, as the seeds do:
+Two ways of walking the data, as the tutorials do:
 - by epochs (Keras' fit): each epoch is cut into batches; the last one may be smaller.
 - by steps (TensorFlow's input_data.next_batch): one endless stream through successive
   shuffled epochs, every batch full, a batch at an epoch's end continuing into the next.

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.data.splits import as_input
+
 
 @dataclass
 class Metrics:
@@ -31,12 +33,6 @@ class Metrics:
         }
 
 
-def as_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 images (N, H, W) to the float (N, 1, H, W) in [0, 1] every seed feeds its model."""
-    x = images.unsqueeze(1).to(torch.float32).div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 @torch.inference_mode()
 def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                     num_classes: int = 10, batch_size: int = 256,
@@ -48,7 +44,7 @@ def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """
     was_training = model.training
     model.eval()
-    if dropout_at_test:  # reproduce a seed that left dropout switched on for its test
+    if dropout_at_test:  # reproduce a tutorial that left dropout switched on for its test
         for m in model.modules():
             if isinstance(m, nn.Dropout):
                 m.train()

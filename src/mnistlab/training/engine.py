@@ -20,21 +20,23 @@ from typing import Any
 
 import torch
 
+from mnistlab import checkpoint
 from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
+from mnistlab.device import resolve_device, wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_text
+from mnistlab.metrics import Metrics, compute_metrics
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
-from mnistlab.train import checkpoint, distributed, rundir
-from mnistlab.train.batches import BatchPlan
-from mnistlab.train.cpu_memory import keep_freed_memory
-from mnistlab.train.ema import WeightAverage
-from mnistlab.train.freeze import Freezer
-from mnistlab.train.metrics import Metrics, compute_metrics
-from mnistlab.train.optim import lr_factor, make_optimizer
-from mnistlab.train.progress import Progress, format_duration
-from mnistlab.train.step import Totals, TrainStep, can_use_cuda_graph, wait_for
+from mnistlab.training import distributed, rundir, state
+from mnistlab.training.batches import BatchPlan
+from mnistlab.training.cpu_memory import keep_freed_memory
+from mnistlab.training.ema import WeightAverage
+from mnistlab.training.freeze import Freezer
+from mnistlab.training.optim import lr_factor, make_optimizer
+from mnistlab.training.progress import Progress, format_duration
+from mnistlab.training.step import Totals, TrainStep, can_use_cuda_graph
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -65,16 +67,6 @@ class RunResult:
     @property
     def interrupted(self) -> bool:
         return self.test is None
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MnistlabError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise MnistlabError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device(name)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -125,11 +117,11 @@ class Trainer:
 
     @classmethod
     def resuming(cls, run_dir: Path, **kwargs: Any) -> Trainer:
-        state = checkpoint.read_training_state(run_dir)
-        meta = state[1]
-        recipe = recipe_from_dict(meta["recipe"], f"{run_dir}/{checkpoint.STATE_FILE}")
+        saved = state.read_training_state(run_dir)
+        meta = saved[1]
+        recipe = recipe_from_dict(meta["recipe"], f"{run_dir}/{state.STATE_FILE}")
         return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"),
-                   resume_from=state, **kwargs)
+                   resume_from=saved, **kwargs)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -173,7 +165,7 @@ class Trainer:
         start_step, train_seconds = 0, 0.0
         if self._resume_from is not None:
             tensors, meta = self._resume_from
-            checkpoint.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
+            state.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
             if ema is not None:
                 ema.restore(tensors, str(self.run_dir))
             start_step, train_seconds = meta["step"], meta["train_seconds"]
@@ -221,7 +213,7 @@ class Trainer:
                     for name, at in frozen:
                         progress.line(f"{name} stops training at step {at}/{plan.total_steps} "
                                       "(freeze_after): its weights stay as they are")
-                if step % update_every == 0:  # seed 001 as printed skips the others entirely
+                if step % update_every == 0:  # Deep MNIST as printed skips the others entirely
                     idx = distributed.shard(plan.indices(step), world)
                     lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
                     train_step(idx, lr)
@@ -335,7 +327,7 @@ class Trainer:
             "versions": checkpoint.versions(), "processes": self.world.size,
         }
         if optimizer is not None:  # the final save after the test needs no resume state
-            checkpoint.save_training_state(self.run_dir, model, optimizer, common,
+            state.save_training_state(self.run_dir, model, optimizer, common,
                                            extra=ema.tensors() if ema is not None else None)
         metrics = {"train_seconds": train_seconds}
         if validation is not None:
@@ -362,7 +354,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
-        if self._resume_from is None and (self.run_dir / checkpoint.STATE_FILE).exists():
+        if self._resume_from is None and (self.run_dir / state.STATE_FILE).exists():
             raise MnistlabError(f"{self.run_dir} already holds a run: continue it with --resume "
                                 "or choose another --out")
         # the step of the last training state saved, for the error should a later save fail
@@ -429,7 +421,7 @@ class _Window:
 
 def _epochs(steps: int, plan: BatchPlan) -> str:
     """`steps` in epochs: whole where they are, else to a tenth (a run of so many steps, as
-    TensorFlow's seeds count them, can end partway through an epoch)."""
+    TensorFlow's tutorials count them, can end partway through an epoch)."""
     epochs = steps / plan.steps_per_epoch
     return f"{epochs:.0f}" if epochs == round(epochs) else f"{epochs:.1f}"
 
@@ -465,7 +457,7 @@ def train_summary(result: RunResult) -> str:
         claim = result.recipe.claim
         text = f"test accuracy {100 * result.test.accuracy:.2f}% (loss {result.test.loss:.4f}) on {result.test.count:,} images"
         if claim is not None and claim.accuracy is not None:
-            text += f"; seed {claim.seed} claims {100 * claim.accuracy:.2f}%"
+            text += f"; the tutorial claims {100 * claim.accuracy:.2f}%"
         lines.append(text)
     where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
     # the rate is this session's: none when a resumed run had nothing left to train

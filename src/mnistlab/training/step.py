@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.data.splits import as_input
+from mnistlab.device import wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.recipes import Recipe
-from mnistlab.train.augment import random_distortion
-from mnistlab.train.ema import WeightAverage
-from mnistlab.train.metrics import as_input
+from mnistlab.training.augment import random_distortion
+from mnistlab.training.ema import WeightAverage
 
 # eager steps before the capture: they create the optimiser's state and let cuDNN and cuBLAS
 # initialise lazily, which a capture cannot do
@@ -114,7 +115,7 @@ class TrainStep:
             self._graph.replay()  # capturing records the step; it does not run it
 
     def weights_frozen(self, net: nn.Module) -> None:
-        """Some weights no longer train (train/freeze.py); run `net`, which knows it, from the
+        """Some weights no longer train (training/freeze.py); run `net`, which knows it, from the
         next step on.
 
         A captured graph is kept, backward and all: the frozen weights' groups get a learning
@@ -204,14 +205,8 @@ def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: b
 @functools.cache
 def compiled_loss_and_logits():
     """`loss_and_logits` through torch.compile, made once: every later network of the same
-    shape (the next seed's, a resumed run's) reuses what the first one compiled."""
+    shape (the next random seed's, a resumed run's) reuses what the first one compiled."""
     return torch.compile(loss_and_logits)
-
-
-def wait_for(device: torch.device) -> None:
-    """Let a GPU finish its queued work, so that a clock read afterwards measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
