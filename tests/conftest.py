@@ -6,6 +6,15 @@ from mnistlab.data.idx import write_idx
 from mnistlab.data.registry import load_arrays
 
 
+def pytest_addoption(parser):
+    """Longer runs of two tests, for docs/RELIABILITY.md; the defaults keep the suite's length."""
+    group = parser.getgroup("mnistlab", "mnistlab's long runs (print their tally with -s)")
+    group.addoption("--fuzz-cases", type=int, default=None, metavar="N",
+                    help="cases per target in tests/test_fuzz.py (default: 60 to 200 a target)")
+    group.addoption("--kills", type=int, default=24, metavar="N",
+                    help="SIGKILLs in tests/test_reliability.py's kill test (default: 24)")
+
+
 def write_mnist_slice(folder: Path, train: int, test: int, test_suffix: str = "") -> Path:
     """The first `train` training and `test` test images of the real MNIST, as IDX files."""
     folder.mkdir(parents=True, exist_ok=True)

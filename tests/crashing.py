@@ -1,6 +1,5 @@
 """Kill training runs with SIGKILL at random moments, resume them, and compare their final weights
-with an uninterrupted run's. Shared by tests/test_reliability.py (a few dozen kills) and
-docs/experiments/kill_resume.py (hundreds, with a tally).
+with an uninterrupted run's, for tests/test_reliability.py (24 kills; `--kills N` for more).
 
 Each life of a run is `mnistlab train` (the CLI's `main`, with its arguments) in a process of its
 own, forked from a server that has already imported PyTorch so that a life starts in milliseconds
@@ -19,6 +18,7 @@ import random
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +125,15 @@ class Tally:
                 f"checkpoint write, {in_write} left a half-done write behind, {before} before the "
                 f"first checkpoint), {len(self.lives)} lives in {len(self.folders)} runs, "
                 f"{resumes} resumes; every run finished with the reference run's weights")
+
+    def details(self) -> str:
+        """What the kills interrupted: the file being written, and how many distinct steps."""
+        # a temporary file is .NAME.XXXXXXXX.tmp: NAME is what was being written
+        where = Counter(next((t[1:].rsplit(".", 2)[0] for t in k.temporaries), "no write under way")
+                        for k in self.kills)
+        steps = len({k.step_after for k in self.kills})
+        return (f"kills by what was being written: {dict(where.most_common())}\n"
+                f"distinct training-state steps left by the kills: {steps}")
 
 
 def checkpoint_step(run_dir: Path) -> int | None:

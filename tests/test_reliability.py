@@ -1,8 +1,9 @@
 """Crash safety: SIGKILL at random moments, Ctrl-C, a folder that cannot be written, a full disk.
 
 The kill test forks its runs from a server that has imported PyTorch (tests/crashing.py), so
-that two dozen kills fit in well under a minute on two cores; docs/experiments/kill_resume.py
-runs hundreds and prints the tally that docs/RELIABILITY.md reports.
+that two dozen kills fit in well under a minute on two cores;
+`pytest tests/test_reliability.py -k sigkill --kills 200 -s` runs hundreds and prints the tally
+that docs/RELIABILITY.md reports.
 """
 
 import errno
@@ -31,11 +32,13 @@ from mnistlab.training.state import STATE_FILE, read_training_state
 QUIET = dict(progress=Progress(1, quiet=True))
 
 
-def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(tmp_path):
-    tally = crash_test(tmp_path, kills=24, seed=0)
-    print(tally.summary())
+def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(tmp_path, request):
+    wanted = request.config.getoption("--kills")
+    start = time.monotonic()
+    tally = crash_test(tmp_path, kills=wanted, seed=0)
+    print(f"\n{tally.summary()}\n{tally.details()}; {time.monotonic() - start:.0f} s")
     kills = tally.kills
-    assert len(kills) >= 24
+    assert len(kills) >= wanted
     assert sum(1 for k in kills if k.temporaries) >= 4  # killed with a write half done
     assert len({k.step_after for k in kills}) >= 4  # at many different points of the run
 
