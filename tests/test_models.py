@@ -13,6 +13,7 @@ from mnistlab.models import (
     INIT_SCHEMES,
     MODELS,
     build_model,
+    check_model_args,
     count_parameters,
     format_summary,
     init_weights,
@@ -136,7 +137,7 @@ def test_valid_cnn_follows_an_et_al():
         assert rows[f"convs.conv{layers}"] == last and rows["bn"] == (None, 10)
     for kernel in (4, "5", True):
         with pytest.raises(MnistlabError, match="kernel must be 3, 5 or 7"):
-            build_model("valid-cnn", kernel=kernel)
+            check_model_args("valid-cnn", {"kernel": kernel})
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
@@ -300,21 +301,81 @@ def test_unknown_model():
 
 def test_unknown_argument():
     with pytest.raises(MnistlabError) as err:
-        build_model("deep-cnn", widht=3)
+        check_model_args("deep-cnn", {"widht": 3})
     assert str(err.value) == "model 'deep-cnn' takes no argument 'widht'; it takes: dropout"
     with pytest.raises(MnistlabError, match="'keras-cnn' takes no argument 'dropout'; it takes no"):
-        build_model("keras-cnn", dropout=0.5)
+        check_model_args("keras-cnn", {"dropout": 0.5})
+    with pytest.raises(MnistlabError, match=r"'hiden' \(did you mean 'hidden'\?\); it takes: widths, "):
+        check_model_args("fast-cnn", {"hiden": 128})
+    with pytest.raises(MnistlabError, match="unknown model 'resnet'"):
+        check_model_args("resnet", {})
 
 
 def test_invalid_arguments():
+    with pytest.raises(MnistlabError, match=r"dropout must be a drop probability in \[0, 1\), got 1.5"):
+        check_model_args("deep-cnn", {"dropout": 1.5})
     with pytest.raises(MnistlabError, match="dropout must be"):
-        build_model("deep-cnn", dropout=1.5)
+        check_model_args("strided-cnn", {"dropout": "0.5"})
     with pytest.raises(MnistlabError, match="dropout must be"):
-        build_model("strided-cnn", dropout="0.5")
-    with pytest.raises(MnistlabError, match="widths must be a list of 3 positive integers"):
-        build_model("mnistlab-cnn", widths=[32, 64])
+        check_model_args("strided-cnn", {"dropout": math.nan})
+    with pytest.raises(MnistlabError, match=r"widths must be a list of 3 integers from 1 to 1024 \(channels\)"):
+        check_model_args("mnistlab-cnn", {"widths": [32, 64]})
     with pytest.raises(MnistlabError, match="widths"):
-        build_model("mnistlab-cnn", widths=[32, 64, 0])
+        check_model_args("mnistlab-cnn", {"widths": [32, 64, 0]})
+    with pytest.raises(MnistlabError, match="convs must be an integer from 1 to 4, got 5"):
+        check_model_args("mnistlab-cnn", {"convs": 5})
+
+
+def test_sizes_are_bounded():
+    # sizes far beyond any MNIST model are refused before anything is built or allocated
+    with pytest.raises(MnistlabError, match=r"widths must be a list of 2 to 4 integers from 1 to 1024 "
+                                            r"\(channels\), got \[100000, 64\]"):
+        check_model_args("fast-cnn", {"widths": [100_000, 64]})
+    with pytest.raises(MnistlabError, match="widths"):
+        check_model_args("mnistlab-cnn", {"widths": [2**40] * 3})
+    with pytest.raises(MnistlabError, match=r"got \[1, 2, 3, .*\.\.\.$"):  # a long value is cut short
+        check_model_args("fast-cnn", {"widths": list(range(1, 1000))})
+    assert check_model_args("fast-cnn", {"widths": [1024] * 4, "hidden": 4096}) == {
+        "widths": [1024] * 4, "hidden": 4096}
+
+
+def test_arguments_named_like_build_models_keywords_are_refused():
+    for key in ("init", "name"):
+        with pytest.raises(MnistlabError) as err:
+            check_model_args("fast-cnn", {key: "zeros"})
+        assert str(err.value).startswith(f"model 'fast-cnn' takes no argument '{key}': the model's {key} "
+                                         "is given beside its arguments")
+
+
+def test_every_model_declares_each_argument():
+    # the declarations (what an argument may be) and the builder's signature (its default) agree
+    for name, entry in MODELS.items():
+        assert list(entry.args) == list(entry.arguments()), name
+        assert check_model_args(name, entry.arguments()) == entry.arguments(), name
+        assert not {"name", "init"} & set(entry.args), name  # build_model's own keywords
+
+
+def test_checked_arguments_are_as_the_models_take_them():
+    assert check_model_args("deep-cnn", {"dropout": 0}) == {"dropout": 0.0}
+    assert type(check_model_args("deep-cnn", {"dropout": 0})["dropout"]) is float
+    assert check_model_args("mnistlab-cnn", {"widths": (8, 16, 24)}) == {"widths": [8, 16, 24]}
+    assert check_model_args("fast-cnn", {}) == {}
+
+
+def test_every_declared_shape_builds_and_runs():
+    # what the declarations let through, the constructors build: every depth, crop and padding
+    for convs in range(1, 5):
+        model = build_model("mnistlab-cnn", **check_model_args("mnistlab-cnn", {"widths": [1] * 3,
+                                                                                "convs": convs}))
+        assert model.eval()(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+    for crop in range(5):
+        for stem_padding in (0, 1):
+            for depth in (2, 3, 4):
+                args = check_model_args("fast-cnn", {"widths": [1] * depth, "crop": crop,
+                                                     "stem_padding": stem_padding, "hidden": 1})
+                model = build_model("fast-cnn", **args).eval()
+                with torch.no_grad():
+                    assert model(torch.rand(1, 1, 28, 28)).shape == (1, 10), args
 
 
 def test_unknown_init():
@@ -327,7 +388,8 @@ def test_unknown_init():
 def test_errors_are_one_line():
     for call in (
         lambda: build_model("nope"),
-        lambda: build_model("deep-cnn", widht=1),
+        lambda: check_model_args("deep-cnn", {"widht": 1}),
+        lambda: check_model_args("fast-cnn", {"widths": [[1] * 100, 1]}),
         lambda: build_model("softmax", init="he"),
     ):
         with pytest.raises(MnistlabError) as err:
@@ -427,7 +489,7 @@ def test_fast_cnn_without_stem_padding_sees_the_middle_22_pixels():
 def test_fast_cnn_refuses_bad_arguments(argument, values):
     for value in values:
         with pytest.raises(MnistlabError, match=argument):
-            build_model("fast-cnn", **{argument: value})
+            check_model_args("fast-cnn", {argument: value})
 
 
 def test_fast_cnn_gives_the_same_logits_in_either_memory_format():
@@ -444,4 +506,4 @@ def test_fast_cnn_gives_the_same_logits_in_either_memory_format():
 @pytest.mark.parametrize("widths", [[32], [32, 32, 32, 32, 32], [32, 0], "32", [32, 2.5]])
 def test_fast_cnn_refuses_bad_widths(widths):
     with pytest.raises(MnistlabError, match="widths"):
-        build_model("fast-cnn", widths=widths)
+        check_model_args("fast-cnn", {"widths": widths})

@@ -91,6 +91,13 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeyp
     (("steps = 10", "steps = 10\nepochs = 2"), "[train] epochs/steps: expected exactly one of them"),
     (('name = "keras-cnn"', 'name = "keras-cnn"\nwidth = 3'), "[model] model 'keras-cnn'"),
     (('name = "keras-cnn"', 'name = "resnet"'), "[model] unknown model 'resnet'"),
+    (('name = "keras-cnn"', 'name = "keras-cnn"\ninit = "he"'), "[model] unknown init scheme 'he'"),
+    (('name = "keras-cnn"', 'name = "keras-cnn"\nargs = { init = "zeros" }'),
+     "[model] model 'keras-cnn' takes no argument 'init': the model's init is given beside its arguments"),
+    (('name = "keras-cnn"', 'name = "fast-cnn"\nwidths = [100000, 64]'),
+     "[model] widths must be a list of 2 to 4 integers from 1 to 1024 (channels), got [100000, 64]"),
+    (('name = "keras-cnn"', 'name = "fast-cnn"\nhidden = 1e9'),
+     "[model] hidden must be an integer from 0 to 4096 (units; 0: none), got 1000000000.0"),
     (("[train]", "[training]"), "unknown key 'training'"),
     (("[train]", "[augment]\nrotate = 400\n[train]"), "[augment] expected rotate in [0, 180]"),
     (("[train]", "[augment]\nflip = true\n[train]"), "[augment]: unknown key 'flip'"),
@@ -123,3 +130,21 @@ def test_missing_section_and_unknown_name(recipe_file, tmp_path):
         load_recipe("nope")
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(tmp_path / "absent.toml")
+
+
+def test_model_arguments_are_checked_where_the_recipe_comes_in(recipe_file):
+    path = recipe_file(VALID.replace('name = "keras-cnn"', 'name = "deep-cnn"\ndropout = 0', 1))
+    args = load_recipe(path).model.args
+    assert args == {"dropout": 0.0} and type(args["dropout"]) is float  # as the model takes it
+
+
+def test_a_recipe_with_huge_sizes_is_one_line_and_allocates_nothing(recipe_file, capsys):
+    """Before: the meta-device check let widths of 100,000 through, and `mnistlab summary` then
+    died allocating gigabytes with a DefaultCPUAllocator traceback."""
+    from mnistlab.cli import main
+
+    path = recipe_file(VALID.replace('name = "keras-cnn"', 'name = "fast-cnn"\nwidths = [100000, 64]', 1))
+    assert main(["summary", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"mnistlab: error: {path}: [model] widths must be a list of 2 to 4 integers from 1 "
+                   "to 1024 (channels), got [100000, 64]\n")

@@ -9,8 +9,8 @@ A run folder holds
   (`mnistlab.training.state`), written and read through `write_file` and `read_file` here.
 
 Every file is untrusted input: `read_file` refuses oversized files, malformed headers and
-metadata too large or nested too deep; `load_model` builds the model the metadata names and
-refuses weights that are not exactly its own.
+metadata too large or nested too deep; `load_model` checks the model name and arguments the
+metadata gives, builds that model and refuses weights that are not exactly its own.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 import mnistlab
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes, atomic_write_text
-from mnistlab.models import build_model
+from mnistlab.models import build_model, check_model_args
 
 MODEL_FILE = "model.safetensors"
 MODEL_META_FILE = "model.json"
@@ -93,16 +93,15 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
             and isinstance(spec.get("args", {}), dict)):
         raise CheckpointError(f"{path}: metadata has no valid 'model' entry (name and args)")
     try:
-        # first on the meta device, which allocates nothing: the weights in the file (at most
-        # MAX_FILE_BYTES) must fit the model before a size in the metadata can cost memory
-        with torch.device("meta"):
-            skeleton = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
+        args = check_model_args(spec["name"], spec.get("args", {}))  # their one check
     except MnistlabError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
-        raise CheckpointError(f"{path}: model arguments are invalid: {e}") from None
+    # first on the meta device, which allocates nothing: the weights in the file must fit the
+    # model before the model costs memory (its sizes are bounded, yet up to hundreds of MB)
+    with torch.device("meta"):
+        skeleton = build_model(spec["name"], init="pytorch", **args)
     check_weights(skeleton, tensors, str(path))
-    model = build_model(spec["name"], init="pytorch", **spec.get("args", {}))
+    model = build_model(spec["name"], init="pytorch", **args)
     model.load_state_dict(tensors)
     return model.to(device), meta
 

@@ -48,12 +48,17 @@ def _zero_(t: torch.Tensor | None) -> None:
         nn.init.zeros_(t)
 
 
-def init_weights(model: nn.Module, scheme: str) -> None:
-    """Re-initialise `model`'s convolution and linear layers in place with a named scheme."""
+def check_init(scheme: str) -> str:
+    """`scheme` if it names one of INIT_SCHEMES, else a MnistlabError listing them."""
     if scheme not in INIT_SCHEMES:
         known = ", ".join(INIT_SCHEMES)
         raise MnistlabError(f"unknown init scheme {scheme!r}; known schemes: {known}")
-    if scheme == "pytorch":
+    return scheme
+
+
+def init_weights(model: nn.Module, scheme: str) -> None:
+    """Re-initialise `model`'s convolution and linear layers in place with a named scheme."""
+    if check_init(scheme) == "pytorch":
         return
     with torch.no_grad():
         for layer in _layers(model):

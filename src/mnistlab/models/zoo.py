@@ -18,7 +18,7 @@ import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,30 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.errors import MnistlabError, did_you_mean
+from mnistlab.models.args import Arg
 from mnistlab.models.init import init_weights
 from mnistlab.models.layers import Conv2dTFSame
-
-# -----------------------------------------------------------------------------
-# Argument checks. Constructor arguments are recorded in checkpoints as JSON, so they are plain
-# ints, floats and lists, and a bad one is the user's mistake (a recipe, a command line).
-
-
-def _check_dropout(p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise MnistlabError(f"dropout must be a drop probability in [0, 1), got {p!r}")
-    return float(p)
-
-
-def _check_widths(widths: Any, count: int) -> list[int]:
-    ok = (
-        isinstance(widths, (list, tuple))
-        and len(widths) == count
-        and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
-    )
-    if not ok:
-        raise MnistlabError(f"widths must be a list of {count} positive integers, got {widths!r}")
-    return list(widths)
-
 
 # -----------------------------------------------------------------------------
 # Deep MNIST for Experts: softmax regression.
@@ -79,7 +58,6 @@ class DeepCNN(nn.Module):
 
     def __init__(self, *, dropout: float = 0.5) -> None:
         super().__init__()
-        dropout = _check_dropout(dropout)
         # Stride 1 and a 5x5 kernel: TF's SAME is 2 on every side, so padding=2 is exact.
         self.conv1 = nn.Conv2d(1, 32, 5, padding=2)  # 28x28
         # TF pools 2x2 with SAME padding, which on even sizes (28, 14) pads nothing.
@@ -113,7 +91,6 @@ class StridedCNN(nn.Module):
 
     def __init__(self, *, dropout: float = 0.5) -> None:
         super().__init__()
-        dropout = _check_dropout(dropout)
         # TF SAME with stride 2 pads asymmetrically (see layers.py): 28 -> 14, 7 -> 4.
         self.conv1 = Conv2dTFSame(1, 32, 5, stride=2, bias=False)  # 14x14
         self.pool1 = nn.MaxPool2d(2)  # VALID: 7x7
@@ -201,10 +178,7 @@ class MnistlabCNN(nn.Module):
     def __init__(self, *, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.1,
                  convs: int = 1) -> None:
         super().__init__()
-        w0, w1, w2 = _check_widths(widths, 3)
-        dropout = _check_dropout(dropout)
-        if isinstance(convs, bool) or not isinstance(convs, int) or not 1 <= convs <= 4:
-            raise MnistlabError(f"convs must be an integer from 1 to 4, got {convs!r}")
+        w0, w1, w2 = widths
         self.block1 = ConvBlock(1, w0, convs=convs)  # 28x28 -> 14x14
         self.block2 = ConvBlock(w0, w1, convs=convs)  # 14x14 -> 7x7
         self.block3 = ConvBlock(w1, w2, ceil_mode=True, convs=convs)  # 7x7 -> 4x4, keeping the last row
@@ -256,16 +230,6 @@ class FastCNN(nn.Module):
         stem_padding: int = 1, hidden: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(widths, (list, tuple)) or not 2 <= len(widths) <= 4:
-            raise MnistlabError(f"widths must be a list of 2 to 4 positive integers, got {widths!r}")
-        widths = _check_widths(widths, len(widths))
-        dropout = _check_dropout(dropout)
-        if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= 4:
-            raise MnistlabError(f"crop must be an integer from 0 to 4 (pixels from each side), got {crop!r}")
-        if stem_padding not in (0, 1) or isinstance(stem_padding, bool):
-            raise MnistlabError(f"stem_padding must be 0 or 1, got {stem_padding!r}")
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or not 0 <= hidden <= 4096:
-            raise MnistlabError(f"hidden must be an integer from 0 (none) to 4096 units, got {hidden!r}")
         self.crop = crop
         self.stem = PoolFirstBlock(nn.Conv2d(1, widths[0], 4, stride=2, padding=stem_padding,
                                              bias=False), ceil_mode=False)
@@ -309,8 +273,6 @@ class ValidCNN(nn.Module):
 
     def __init__(self, *, kernel: int = 5) -> None:
         super().__init__()
-        if kernel not in self.WIDTHS or isinstance(kernel, bool):
-            raise MnistlabError(f"kernel must be 3, 5 or 7, got {kernel!r}")
         widths = self.WIDTHS[kernel]
         layers: dict[str, nn.Module] = {}
         for i, (w_in, w_out) in enumerate(zip([1] + widths, widths), start=1):
@@ -331,6 +293,18 @@ class ValidCNN(nn.Module):
 # The registry.
 
 
+# The arguments' bounds. The upper ones are far beyond any sane MNIST model (the widest layer of
+# any recipe has 256 channels, An et al.'s 192; fast-cnn's hidden layer 128 units) and are there
+# so that a recipe or checkpoint naming huge sizes is one clear error, not gigabytes allocated.
+MAX_WIDTH = 1024
+MAX_HIDDEN = 4096
+DROPOUT = Arg(float, 0, 1, open_high=True, what="a drop probability")
+
+
+def _widths(fewest: int, most: int) -> Arg:
+    return Arg(list, 1, MAX_WIDTH, length=(fewest, most), note="channels")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -338,6 +312,8 @@ class ModelEntry:
     tutorial: str | None  # the tutorial(s) whose network it is, or None for ours
     default_init: str  # a key of INIT_SCHEMES
     builder: Callable[..., nn.Module]  # takes keyword arguments only
+    # what each of the builder's arguments may be, in its order; the builder trusts them
+    args: dict[str, Arg] = field(default_factory=dict)
 
     def arguments(self) -> dict[str, Any]:
         """The builder's keyword arguments and their defaults (lists, not tuples: JSON-ready)."""
@@ -359,6 +335,7 @@ MODELS: dict[str, ModelEntry] = {
             "Deep MNIST",
             "truncated-normal",
             DeepCNN,
+            {"dropout": DROPOUT},
         ),
         ModelEntry(
             "strided-cnn",
@@ -366,6 +343,7 @@ MODELS: dict[str, ModelEntry] = {
             "strided CNN",
             "truncated-normal-xavier",
             StridedCNN,
+            {"dropout": DROPOUT},
         ),
         ModelEntry(
             "keras-cnn",
@@ -380,6 +358,7 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "pytorch",
             MnistlabCNN,
+            {"widths": _widths(3, 3), "dropout": DROPOUT, "convs": Arg(int, 1, 4)},
         ),
         ModelEntry(
             "fast-cnn",
@@ -387,6 +366,9 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "pytorch",
             FastCNN,
+            {"widths": _widths(2, 4), "dropout": DROPOUT,
+             "crop": Arg(int, 0, 4, note="pixels from each side"), "stem_padding": Arg(int, choices=(0, 1)),
+             "hidden": Arg(int, 0, MAX_HIDDEN, note="units; 0: none")},
         ),
         ModelEntry(
             "valid-cnn",
@@ -394,9 +376,13 @@ MODELS: dict[str, ModelEntry] = {
             None,
             "pytorch",
             ValidCNN,
+            {"kernel": Arg(int, choices=tuple(ValidCNN.WIDTHS))},
         ),
     ]
 }
+
+# build_model's own keywords: no model may take an argument so named
+RESERVED = ("name", "init")
 
 
 def model_names() -> list[str]:
@@ -413,17 +399,33 @@ def get_entry(name: str) -> ModelEntry:
                             f"known models: {known}") from None
 
 
-def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build model `name` with `kwargs`, then initialise it (default: the tutorial's scheme).
+def check_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Model `name`'s arguments `args` checked, as the model takes them (a float where an
+    integer was written, lists for tuples), or one MnistlabError naming the argument and what
+    it should be. Where arguments come in from outside (a recipe, a checkpoint's metadata), this
+    is their one check: `build_model` trusts them."""
+    entry = get_entry(name)
+    checked = {}
+    for key, value in args.items():
+        if key not in entry.args:
+            takes = f"it takes: {', '.join(entry.args)}" if entry.args else "it takes no arguments"
+            if key in RESERVED:
+                raise MnistlabError(f"model {name!r} takes no argument {key!r}: the model's {key} is "
+                                    f"given beside its arguments, not among them; {takes}")
+            hint = did_you_mean(key, entry.args) if isinstance(key, str) else ""
+            raise MnistlabError(f"model {name!r} takes no argument {key!r}{hint}; {takes}")
+        checked[key] = entry.args[key].check(key, value)
+    return checked
 
+
+def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build model `name` from `kwargs`, then initialise it (default: the tutorial's scheme).
+
+    The arguments are trusted, not checked again: they come from code, or from a recipe or a
+    checkpoint whose loader checked them (`check_model_args`).
     Initialisation draws from torch's global RNG: seed it first for reproducible weights.
     """
     entry = get_entry(name)
-    accepted = entry.arguments()
-    for key in kwargs:
-        if key not in accepted:
-            takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no arguments"
-            raise MnistlabError(f"model {name!r} takes no argument {key!r}; {takes}")
     model = entry.builder(**kwargs)
     init_weights(model, entry.default_init if init is None else init)
     return model

@@ -206,7 +206,8 @@ class Recipe:
         if epochs is None and steps is None:
             return self
         train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
-        return _checked(dataclasses.replace(self, train=train), "command line")
+        # the model is this recipe's, whose loading checked it
+        return _checked(dataclasses.replace(self, train=train), "command line", check_model=False)
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -218,8 +219,8 @@ def recipe_names() -> list[str]:
 
 def load_recipe(name_or_path: str | Path, *, check_model: bool = True) -> Recipe:
     """A shipped recipe by name, or a user's TOML file by path. `check_model=False` skips
-    building its model to check the [model] section (and `freeze_after`), which imports
-    PyTorch: for listing the shipped recipes, which the tests check."""
+    checking the [model] section (and `freeze_after`), which imports PyTorch: for listing the
+    shipped recipes, which the tests check."""
     text = str(name_or_path)
     path = Path(text)
     # a bare name is a shipped recipe even if a folder of that name sits in the working
@@ -285,7 +286,7 @@ def _checked(recipe: Recipe, where: str, *, check_model: bool = True) -> Recipe:
         except ValueError as e:
             raise RecipeError(f"{where}: [{name}] {e}") from None
     if check_model:
-        _check_model(recipe, where)
+        recipe = _check_model(recipe, where)
     unused = _unused_optimizer_keys(recipe.optimizer)
     if unused:
         raise RecipeError(
@@ -296,19 +297,33 @@ def _checked(recipe: Recipe, where: str, *, check_model: bool = True) -> Recipe:
     return recipe
 
 
-def _check_model(recipe: Recipe, where: str) -> None:
-    """Build the model on the meta device (allocating nothing): checks its name, arguments and
-    init, and the parts that `freeze_after` names. PyTorch is imported here, not at the top of
-    the module, so that listing the recipes does not wait seconds for it."""
+def _check_model(recipe: Recipe, where: str) -> Recipe:
+    """The recipe with its model's arguments checked (`check_model_args`: the one check they
+    get) and its init scheme, and `freeze_after`'s parts found in the model. PyTorch is imported
+    here, not at the top of the module, so that listing the recipes does not wait seconds for it."""
+    from mnistlab.models import check_init, check_model_args
+
+    try:
+        args = check_model_args(recipe.model.name, recipe.model.args)
+        if recipe.model.init is not None:
+            check_init(recipe.model.init)
+    except MnistlabError as e:
+        raise RecipeError(f"{where}: [model] {e}") from None
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, args=args))
+    if recipe.train.freeze_after:
+        _check_parts(recipe, where)
+    return recipe
+
+
+def _check_parts(recipe: Recipe, where: str) -> None:
+    """Every part that `freeze_after` names is a part of the model with weights: the model is
+    built on the meta device (its arguments checked, nothing allocated) to list its parts."""
     import torch
 
     from mnistlab.models import build_model
 
-    try:
-        with torch.device("meta"):
-            model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
-    except MnistlabError as e:
-        raise RecipeError(f"{where}: [model] {e}") from None
+    with torch.device("meta"):
+        model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
     parts = [name for name, part in model.named_children() if any(True for _ in part.parameters())]
     for name in recipe.train.freeze_after:
         if name not in parts:
