@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "no GPU: installing the CPU build of PyTorch ($(TORCH))"; \
 		$(PY) -m pip install -q "$(TORCH)" $(TORCH_PIP_ARGS); \
 	fi
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,tensorboard]"
 	touch $@
 
 demo: setup

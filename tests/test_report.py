@@ -1,15 +1,17 @@
 """Reports: a tiny run's report.html and figures, opened in Debian's Chromium; compare; the
-TensorBoard event files decoded back; bad input as one error line."""
+TensorBoard event files read back by TensorBoard's own reader; bad input as one error line."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from mnistlab.cli import main
-from mnistlab.errors import MnistlabError
 from mnistlab.recipes import load_recipe
 from mnistlab.recipes.recipe import parse_recipe
 from mnistlab.report import tensorboard as tb
@@ -163,42 +165,116 @@ def test_compare_overlays_two_runs(tmp_path, runs, browser):
     page.close()
 
 
-def test_tensorboard_files_decode_to_the_logged_scalars(runs):
-    records = [json.loads(line) for line in (runs[0] / METRICS_FILE).read_text().splitlines()]
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float, float]]]:
+    """What TensorBoard reads from one folder: {tag: [(step, value, wall time), ...]}, all kept."""
+    reader = EventAccumulator(str(folder), size_guidance={SCALARS: 0})
+    reader.Reload()
+    return {tag: [(e.step, e.value, e.wall_time) for e in reader.Scalars(tag)]
+            for tag in reader.Tags()["scalars"]}
+
+
+def check_event_files(run_dir: Path, kinds=("train", "validation", "test"), records=None):
+    """RUN/tensorboard/KIND holds one event file for each kind, and TensorBoard finds in it
+    the tags, steps, values and times of metrics.jsonl's records of that kind, each once."""
+    if records is None:
+        records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     for kind, fields in tb.TAGS.items():
-        files = list((runs[0] / tb.FOLDER / kind).glob(tb.FILE_PREFIX + "*"))
-        assert len(files) == 1
-        events = tb.read_events(files[0])
-        assert events[0]["file_version"] == "brain.Event:2"
+        files = list((run_dir / tb.FOLDER / kind).glob(tb.FILE_PREFIX + "*"))
         logged = [r for r in records if r["event"] == kind]
-        assert [e["step"] for e in events[1:]] == [r["step"] for r in logged] and logged
-        for event, record in zip(events[1:], logged):
-            assert event["wall_time"] == record["time"]
-            assert set(event["scalars"]) == {tag for key, tag in fields.items() if key in record}
-            for key, tag in fields.items():
-                assert event["scalars"][tag] == pytest.approx(record[key], rel=1e-6)
+        if kind not in kinds:
+            assert not files and not logged, kind
+            continue
+        assert len(files) == 1 and logged, (kind, files)
+        found = tensorboard_scalars(run_dir / tb.FOLDER / kind)
+        assert set(found) == {tag for key, tag in fields.items() if key in logged[0]}, kind
+        for key, tag in fields.items():
+            if tag in found:
+                assert [(s, t) for s, _, t in found[tag]] == [(r["step"], r["time"]) for r in logged]
+                assert [v for _, v, _ in found[tag]] == pytest.approx([r[key] for r in logged],
+                                                                      rel=1e-6)
 
 
-def test_tensorboard_encoding_and_a_resumed_run(tmp_path):
-    assert tb.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    event = tb.encode_event(1.5, 2**40, scalars={"loss": 0.25, "accuracy": 0.5})
-    assert tb.decode_event(event) == {"wall_time": 1.5, "step": 2**40,
-                                      "scalars": {"loss": 0.25, "accuracy": 0.5}}
-    assert list(tb.unframe(tb.frame(event) + tb.frame(b""))) == [event, b""]
-    with pytest.raises(MnistlabError, match="checksum"):
-        list(tb.unframe(tb.frame(event)[:-1] + b"\x00"))
-    # a resumed run: the earlier event files are replaced by what metrics.jsonl still holds
+def test_live_event_files_hold_what_metrics_jsonl_holds(runs):
+    for run_dir in runs:  # written during training, by the Trainer's on_log
+        check_event_files(run_dir)
+    steps = [s for s, _, _ in tensorboard_scalars(runs[0] / tb.FOLDER / "train")["learning_rate"]]
+    assert steps[:4] == [5, 10, 15, 20]  # log_every 5
+
+
+def test_report_rewrites_the_event_files_from_metrics_jsonl(tmp_path, runs, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[1], run_dir)  # with its live event files
+    for _ in range(2):  # each time the files are replaced, never added to
+        assert main(["report", str(run_dir), "--device", "cpu", "--tensorboard"]) == 0
+        assert f"TensorBoard event files: {run_dir / tb.FOLDER}" in capsys.readouterr().out
+        check_event_files(run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    assert main(["report", str(run_dir), "--out", str(elsewhere), "--device", "cpu",
+                 "--tensorboard"]) == 0
+    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    check_event_files(elsewhere, records=records)
+
+
+def test_a_resumed_run_replaces_its_event_files(tmp_path):
     rec = [{"event": "train", "step": s, "loss": 1 / s, "accuracy": 0.5, "lr": 0.1, "time": s}
            for s in (1, 2, 3)]
-    old = tb.TensorBoardLogger(tmp_path)
-    old.write(rec[:2] + [{**rec[2], "step": 9}])  # step 9 was logged after the checkpoint
-    old.close()
+    with tb.TensorBoardLogger(tmp_path) as old:
+        old.write(rec[:2] + [{**rec[2], "step": 9}])  # step 9 was logged after the checkpoint
     (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rec))
-    new = tb.TensorBoardLogger(tmp_path)
-    new(rec[2])  # the first record after the resume: already in metrics.jsonl
-    new.close()
-    (events_file,) = (tmp_path / tb.FOLDER / "train").iterdir()
-    assert [e["step"] for e in tb.read_events(events_file)] == [0, 1, 2, 3]
+    with tb.TensorBoardLogger(tmp_path) as new:
+        new(rec[2])  # the first record after the resume: already in metrics.jsonl
+    check_event_files(tmp_path, kinds=("train",))
+
+
+def test_a_run_that_fails_leaves_readable_event_files(tmp_path, small_mnist):
+    (tmp_path / "tiny.toml").write_text(TINY)
+
+    def fail(trainer, done):
+        if done == 12:
+            raise RuntimeError("a bug at step 12")
+
+    run_dir = tmp_path / "run"
+    logger = tb.TensorBoardLogger(run_dir)
+    with pytest.raises(RuntimeError, match="step 12"):
+        Trainer(load_recipe(tmp_path / "tiny.toml"), run_dir, device="cpu",
+                data_dir=str(small_mnist), on_step=fail, on_log=logger, **QUIET).run()
+    # the logger is still open: each record was on disk as soon as it was logged
+    check_event_files(run_dir, kinds=("train",))
+    assert [s for s, _, _ in tensorboard_scalars(run_dir / tb.FOLDER / "train")["loss"]] == [5, 10]
+    logger.close()
+
+
+# `tensorboard` cannot be imported in this process: the `tensorboard` extra is not installed
+WITHOUT_TENSORBOARD = ("import sys; sys.modules['tensorboard'] = None; "
+                       "from mnistlab.cli import main; sys.exit(main(sys.argv[1:]))")
+NO_PACKAGE = ("mnistlab: error: --tensorboard needs the tensorboard package: "
+              'pip install "mnistlab[tensorboard]"\n')
+
+
+def without_tensorboard(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORBOARD, *argv],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_without_the_package_tensorboard_is_one_error_line_before_any_work(tmp_path, runs,
+                                                                           small_mnist):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    train = ["train", "--recipe", str(tmp_path / "tiny.toml"), "--steps", "2", "--device", "cpu",
+             "--data-dir", str(small_mnist), "--quiet", "--no-report"]
+    for seeds in ([], ["--seeds", "2"]):
+        out = tmp_path / f"out{len(seeds)}"
+        done = without_tensorboard(*train, *seeds, "--out", str(out), "--tensorboard")
+        assert (done.returncode, done.stderr, done.stdout) == (1, NO_PACKAGE, "")
+        assert not out.exists()  # nothing trained, no run folder left behind
+    out = tmp_path / "report"
+    done = without_tensorboard("report", str(runs[0]), "--out", str(out), "--device", "cpu",
+                               "--tensorboard")
+    assert (done.returncode, done.stderr, done.stdout) == (1, NO_PACKAGE, "")
+    assert not out.exists()  # the error comes before the report is drawn
+    # the same process trains without --tensorboard
+    done = without_tensorboard(*train, "--out", str(tmp_path / "plain"))
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert not (tmp_path / "plain" / tb.FOLDER).exists()
 
 
 def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, capsys):
@@ -210,8 +286,9 @@ def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, ca
 
     run_dir = tmp_path / "run"
     result = Trainer(recipe, run_dir, device="cpu", data_dir=str(small_mnist), on_step=stop,
-                     **QUIET).run()
+                     on_log=tb.TensorBoardLogger(run_dir), **QUIET).run()
     assert result.interrupted
+    check_event_files(run_dir, kinds=("train", "validation"))  # a stopped run's are whole
     report = write_report(run_dir, device="cpu")
     assert report.analysis.split == "validation"
     page = report.page.read_text()
@@ -220,11 +297,9 @@ def test_an_unfinished_run_gets_a_report_on_validation(tmp_path, small_mnist, ca
     assert main(["train", "--resume", str(run_dir), "--device", "cpu", "--quiet",
                  "--tensorboard"]) == 0
     assert f"report: {run_dir / 'report.html'}" in capsys.readouterr().out
-    records = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-    for kind in ("train", "validation"):
-        (events,) = (run_dir / tb.FOLDER / kind).iterdir()
-        steps = [r["step"] for r in records if r["event"] == kind]
-        assert [e["step"] for e in tb.read_events(events)[1:]] == steps and steps[0] == 8
+    check_event_files(run_dir)
+    steps = [s for s, _, _ in tensorboard_scalars(run_dir / tb.FOLDER / "validation")["loss"]]
+    assert steps == [8, 16, 24, 32, 40]
 
 
 def test_the_train_command_writes_reports_and_event_files(tmp_path, small_mnist, capsys):
@@ -237,7 +312,7 @@ def test_the_train_command_writes_reports_and_event_files(tmp_path, small_mnist,
     for seed in (0, 1):
         assert (out / f"seed-{seed}" / "report.html").is_file()
         assert f"report: {out / f'seed-{seed}' / 'report.html'}" in printed
-        assert list((out / f"seed-{seed}" / "tensorboard" / "test").iterdir())
+        check_event_files(out / f"seed-{seed}")
     assert (out / "compare.html").is_file() and "the seeds compared" in printed
     assert main(["train", "--recipe", str(tmp_path / "tiny.toml"), "--steps", "2", "--device",
                  "cpu", "--data-dir", str(small_mnist), "--out", str(tmp_path / "plain"),

@@ -46,6 +46,8 @@ def write_report(target: str | os.PathLike, *, out: str | os.PathLike | None = N
     started = time.perf_counter()
     run = open_run(target, resolve_device(device))
     dest = output_dir(run, out)
+    # without the tensorboard package, the error comes now, before the figures are drawn
+    logger = TensorBoardLogger(dest) if tensorboard else None
     analysis = _analyse(run, data_dir)
     filters = first_layer(run.model)
     figures_started = time.perf_counter()
@@ -58,10 +60,9 @@ def write_report(target: str | os.PathLike, *, out: str | os.PathLike | None = N
         written.append(dest / FIGURES / name)
     atomic_write_text(dest / PAGE, page)
     events = None
-    if tensorboard and run.records:
-        logger = TensorBoardLogger(dest)
-        logger.write(run.records)
-        logger.close()
+    if logger is not None and run.records:
+        with logger:
+            logger.write(run.records)
         events = logger.folder
     return ReportResult(run, dest / PAGE, written, analysis, events, time.perf_counter() - started)
 

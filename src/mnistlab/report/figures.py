@@ -72,6 +72,9 @@ def _accuracy_floor(values: list[float]) -> float:
     return max(0.0, math.floor((low - 0.5 * step) / step) * step)
 
 
+PALETTE = [f"C{i}" for i in range(10)]  # several runs: a colour for each
+
+
 @_styled
 def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
                learning_rate: bool = True) -> bytes:
@@ -85,65 +88,86 @@ def curves_png(runs: Sequence[tuple[str, Curves]], *, x: str = "step",
     axes = fig.subplots(1, 3 if show_lr else 2)
     loss_ax, acc_ax = axes[0], axes[1]
     accuracies: list[float] = []
-    palette = [f"C{i}" for i in range(10)]
     for n, (_label, curves) in enumerate(runs):
-        colour = palette[n % len(palette)]
-        styles = {
-            "train": dict(color=TRAIN if single else colour, lw=1.2 if single else 0.9,
-                          ls="-" if single else "--", alpha=0.9 if single else 0.55),
-            "validation": dict(color=VALIDATION if single else colour, lw=1.8, marker="o", ms=3.5),
-        }
-        for kind in ("train", "validation"):
-            records = getattr(curves, kind)
-            if not records:
-                continue
-            name = kind if single else None  # several runs: one legend entry a run, below
-            xs = _x(records, x)
-            loss_ax.plot(xs, [r["loss"] for r in records], label=name, **styles[kind])
-            acc_ax.plot(xs, [100 * r["accuracy"] for r in records], label=name, **styles[kind])
-            accuracies += [r["accuracy"] for r in records]
-        if curves.test is not None:
-            at = curves.test.get("step", curves.last_step) if x == "step" else max(
-                _x(curves.train + curves.validation, x), default=0)
-            star = dict(color=TEST if single else colour, marker="*", ms=12, ls="none", zorder=5)
-            name = f"test {100 * curves.test['accuracy']:.2f}%" if single else None
-            loss_ax.plot([at], [curves.test["loss"]], **star, label="test" if single else None)
-            acc_ax.plot([at], [100 * curves.test["accuracy"]], **star, label=name)
-            accuracies.append(curves.test["accuracy"])
+        colour = PALETTE[n % len(PALETTE)]
+        accuracies += _plot_run(loss_ax, acc_ax, curves, x, None if single else colour)
     xlabel = "epoch" if x == "epoch" else "step"
-    loss_ax.set(title="Loss", xlabel=xlabel, ylabel="cross-entropy")
-    losses = [y for line in loss_ax.get_lines() for y in line.get_ydata()]
-    if losses and min(losses) > 0:
-        loss_ax.set(yscale="log", ylabel="cross-entropy (log scale)")
-        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        loss_ax.yaxis.set_major_formatter(plain)
-        loss_ax.yaxis.set_minor_formatter(plain if max(losses) / min(losses) < 20 else
-                                          ticker.NullFormatter())
+    _loss_axis(loss_ax, xlabel)
     acc_ax.set(title="Accuracy", xlabel=xlabel, ylabel="accuracy (%)")
     if accuracies:
         acc_ax.set_ylim(_accuracy_floor(accuracies), 100.4)
     if show_lr:
-        lr_ax = axes[2]
-        records = runs[0][1].train
-        lr_ax.plot(_x(records, x), [r.get("lr", float("nan")) for r in records], color="#7f7f7f")
-        lr_ax.set(title="Learning rate", xlabel=xlabel, ylabel="learning rate")
-        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        _plot_learning_rate(axes[2], runs[0][1].train, x, xlabel)
     if single:
         for ax in (loss_ax, acc_ax):
             if ax.get_lines():
                 ax.legend(loc="best")
-    else:  # a colour for each run, then what each line style means
-        handles = [Line2D([], [], color=palette[n % len(palette)], lw=2, label=_plain(label))
-                   for n, (label, _) in enumerate(runs)]
-        handles += [Line2D([], [], color="#555555", ls="--", lw=0.9, label="training"),
-                    Line2D([], [], color="#555555", lw=1.8, marker="o", ms=3.5, label="validation"),
-                    Line2D([], [], color="#555555", marker="*", ms=10, ls="none", label="test")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)))
+    else:
+        _runs_legend(fig, [label for label, _ in runs])
     if not any(ax.get_lines() for ax in axes):
         for ax in axes:
             ax.text(0.5, 0.5, "no training log", ha="center", va="center",
                     transform=ax.transAxes, color="#888888")
     return _png(fig)
+
+
+def _plot_run(loss_ax, acc_ax, curves: Curves, x: str, colour: str | None) -> list[float]:
+    """One run's training and validation lines and its test star on the loss and accuracy
+    axes; `colour` None for the only run (a colour for each kind, each in the legend), else
+    the run's colour. Returns the accuracies drawn."""
+    single = colour is None
+    styles = {
+        "train": dict(color=TRAIN if single else colour, lw=1.2 if single else 0.9,
+                      ls="-" if single else "--", alpha=0.9 if single else 0.55),
+        "validation": dict(color=VALIDATION if single else colour, lw=1.8, marker="o", ms=3.5),
+    }
+    accuracies: list[float] = []
+    for kind in ("train", "validation"):
+        records = getattr(curves, kind)
+        if not records:
+            continue
+        name = kind if single else None  # several runs: one legend entry a run, below
+        xs = _x(records, x)
+        loss_ax.plot(xs, [r["loss"] for r in records], label=name, **styles[kind])
+        acc_ax.plot(xs, [100 * r["accuracy"] for r in records], label=name, **styles[kind])
+        accuracies += [r["accuracy"] for r in records]
+    if curves.test is not None:
+        at = curves.test.get("step", curves.last_step) if x == "step" else max(
+            _x(curves.train + curves.validation, x), default=0)
+        star = dict(color=TEST if single else colour, marker="*", ms=12, ls="none", zorder=5)
+        name = f"test {100 * curves.test['accuracy']:.2f}%" if single else None
+        loss_ax.plot([at], [curves.test["loss"]], **star, label="test" if single else None)
+        acc_ax.plot([at], [100 * curves.test["accuracy"]], **star, label=name)
+        accuracies.append(curves.test["accuracy"])
+    return accuracies
+
+
+def _loss_axis(ax, xlabel: str) -> None:
+    """Titles, and a log scale with plain numbers where every loss drawn is above zero."""
+    ax.set(title="Loss", xlabel=xlabel, ylabel="cross-entropy")
+    losses = [y for line in ax.get_lines() for y in line.get_ydata()]
+    if losses and min(losses) > 0:
+        ax.set(yscale="log", ylabel="cross-entropy (log scale)")
+        plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if max(losses) / min(losses) < 20 else
+                                     ticker.NullFormatter())
+
+
+def _plot_learning_rate(ax, records: list[dict], x: str, xlabel: str) -> None:
+    ax.plot(_x(records, x), [r.get("lr", float("nan")) for r in records], color="#7f7f7f")
+    ax.set(title="Learning rate", xlabel=xlabel, ylabel="learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+
+
+def _runs_legend(fig: Figure, labels: list[str]) -> None:
+    """Several runs: a colour for each run, then what each line style means."""
+    handles = [Line2D([], [], color=PALETTE[n % len(PALETTE)], lw=2, label=_plain(label))
+               for n, label in enumerate(labels)]
+    handles += [Line2D([], [], color="#555555", ls="--", lw=0.9, label="training"),
+                Line2D([], [], color="#555555", lw=1.8, marker="o", ms=3.5, label="validation"),
+                Line2D([], [], color="#555555", marker="*", ms=10, ls="none", label="test")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(6, len(handles)))
 
 
 # ---- the model on a split -----------------------------------------------------------------
