@@ -7,5 +7,6 @@ TensorBoard event files.
 - `html`: the page's building blocks: escaped text, embedded images, inline style;
 - `build`: a run's report (`write_report`);
 - `compare`: several runs on one chart and in one table (`compare_runs`);
-- `tensorboard`: event files without TensorFlow (`TensorBoardLogger`, a Trainer's on_log).
+- `tensorboard`: TensorBoard event files through `torch.utils.tensorboard` (`TensorBoardLogger`,
+  a Trainer's on_log; needs the optional `tensorboard` package).
 """
