@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks of the speed and accuracy issues, on a lent GPU machine (its python3 has
-# PyTorch with CUDA; mnistlab runs from src/ without installing), in two calls of under 10
-# minutes each:
+# The GPU checks of the speed and accuracy issues, on a GPU machine (its python3 has PyTorch
+# with CUDA; mnistlab runs from src/ without installing), in two calls of under 10 minutes each:
 #   OUT=$OUT bash docs/experiments/gpu_check.sh speed
 #   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
-# `speed` (about 3 minutes on an H200) runs the GPU tests and the benches, `accuracy` (about
-# 4 minutes, estimated from `best`'s 15 s a run) docs/experiments/ensemble_members_gpu.py; no
-# argument runs both. (Its first version, on 2026-11-26, ran best_search_gpu.py, which chose
-# today's `best`.)
+# `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
+# `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); no argument runs
+# both.
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
@@ -31,10 +29,6 @@ speed() {
     timeout 120 $py -m mnistlab bench $recipe --seeds 10 --device cuda $eager --json /tmp/bench/$recipe-cuda.json
     # torch.compile inside the graph: fewer, fused kernels per step (only if its test passed)
     [ "$compile_ok" = 0 ] && timeout 180 $py -m mnistlab bench $recipe --seeds 10 --device cuda $eager --compile --json /tmp/bench/$recipe-cuda-compile.json
-  done
-  # for same-session comparisons: fast in its one-epoch form, with its stem frozen and without
-  for recipe in fast-one-epoch fast-no-freeze; do
-    timeout 120 $py -m mnistlab bench docs/experiments/$recipe.toml --seeds 10 --device cuda $eager --json /tmp/bench/$recipe-cuda.json
   done
   timeout 120 $py -m mnistlab bench fast-99.5 --seeds 3 --device cuda $eager --json /tmp/bench/fast-99.5-cuda.json
   tar czf "$OUT/bench.tgz" -C /tmp bench

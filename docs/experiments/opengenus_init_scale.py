@@ -1,8 +1,8 @@
-"""How large seed 000's N(0, 1) initialisation makes the deep CNN's first activations.
+"""How large OpenGenus' N(0, 1) initialisation makes the deep CNN's first activations.
 
     python docs/experiments/opengenus_init_scale.py
 
-Builds the deep CNN with seed 000's initialisation and with seed 001's, runs the first 256
+Builds the deep CNN with OpenGenus' initialisation and with Deep MNIST's, runs the first 256
 training images through each (eval mode, no dropout), and prints the spread of the first
 convolution's outputs, of the dense layer's pre-activations and of the logits, and the first
 cross-entropy loss.
