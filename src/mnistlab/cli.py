@@ -6,8 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnistlab.errors import MnistlabError, did_you_mean
+
+if TYPE_CHECKING:  # imported where they are used: the CLI starts without PyTorch
+    from mnistlab.training.engine import Trainer
+    from mnistlab.training.progress import Progress
 
 DEFAULT_RECIPE = "quick"
 
@@ -89,27 +94,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnistlab.recipes import load_recipe
-    from mnistlab.training.engine import Trainer, new_run_dir, train_summary
+    from mnistlab.training.engine import train_summary
     from mnistlab.training.progress import Progress
 
-    progress = Progress(1, quiet=args.quiet)
-    if args.resume:
-        if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
-            raise MnistlabError("--resume continues a run as it was recorded: give no "
-                                "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
-        trainers = [Trainer.resuming(Path(args.resume), device=args.device, progress=progress,
-                                     compile=args.compile)]
-    else:
-        recipe = load_recipe(args.recipe or DEFAULT_RECIPE).with_length(epochs=args.epochs, steps=args.steps)
-        out = Path(args.out) if args.out else new_run_dir(recipe.name)
-        first = args.seed or 0
-        # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
-        seeds = range(first, first + args.seeds) if args.seeds else [first]
-        trainers = [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
-                            device=args.device, data_dir=args.data_dir, progress=progress,
-                            compile=args.compile)
-                    for seed in seeds]
+    trainers = _trainers(args, Progress(1, quiet=args.quiet))
     if args.tensorboard:  # live event files, from each record as it is logged
         from mnistlab.report.tensorboard import TensorBoardLogger
 
@@ -127,9 +115,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         results.append(result)
     if len(results) > 1 and results[0].is_main:
         print(_seeds_summary(results))
-        if not args.no_report:
-            _compare([r.run_dir for r in results], out)
+        if not args.no_report:  # into OUT, the folder that holds the seed-K runs
+            _compare([r.run_dir for r in results], results[0].run_dir.parent)
     return 0
+
+
+def _trainers(args: argparse.Namespace, progress: Progress) -> list[Trainer]:
+    """The runs that `train` asked for: the one to resume, or one per seed of a recipe."""
+    from mnistlab.recipes import load_recipe
+    from mnistlab.training.engine import Trainer, new_run_dir
+
+    if args.resume:
+        if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
+            raise MnistlabError("--resume continues a run as it was recorded: give no "
+                                "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
+        return [Trainer.resuming(Path(args.resume), device=args.device, progress=progress,
+                                 compile=args.compile)]
+    recipe = load_recipe(args.recipe or DEFAULT_RECIPE).with_length(epochs=args.epochs, steps=args.steps)
+    out = Path(args.out) if args.out else new_run_dir(recipe.name)
+    first = args.seed or 0
+    # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
+    seeds = range(first, first + args.seeds) if args.seeds else [first]
+    return [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
+                    device=args.device, data_dir=args.data_dir, progress=progress,
+                    compile=args.compile)
+            for seed in seeds]
 
 
 def _report(run_dir: Path, device: str, quiet: bool = False) -> None:
@@ -315,153 +325,129 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mnistlab",
-        description="Train, reproduce and evaluate convolutional networks for handwritten digits.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+# The parser: each command's options, then the options that several commands take (each worded
+# once), then the list of commands.
 
-    p = sub.add_parser("datasets", help="list MNIST-format datasets, or verify their files")
+def _datasets_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
     p.add_argument("name", nargs="?", help="only this dataset (verify)")
     p.add_argument("--data-dir", help="verify the IDX files in this folder instead (with a name)")
-    p.set_defaults(func=cmd_datasets)
 
-    p = sub.add_parser("models", help="list the models with their parameter counts")
-    p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("summary", help="a Keras-style table of a model's layers")
+def _summary_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="a model (its default arguments), a recipe (the model it trains) "
-                                "or a checkpoint: a run folder, a model .safetensors file or 'default'")
-    p.set_defaults(func=cmd_summary)
+                                f"or a checkpoint: {CHECKPOINT}")
 
-    p = sub.add_parser("recipes", help="list the shipped training recipes")
-    p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("train", help="train a recipe; prints the test accuracy at the end")
+def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help=f"a shipped recipe name or a .toml file (default: {DEFAULT_RECIPE})")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive, help="train for N epochs instead")
-    length.add_argument("--steps", type=_positive, help="train for N steps instead")
+    length.add_argument("--epochs", type=_positive, metavar="N", help="train for N epochs instead")
+    length.add_argument("--steps", type=_positive, metavar="N", help="train for N steps instead")
     p.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
     p.add_argument("--seeds", type=_positive, metavar="N",
                    help="train N models, seeds SEED to SEED+N-1, into OUT/seed-K (ensemble members)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    _device_option(p)
     p.add_argument("--out", help="run folder (default runs/RECIPE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--data-dir", help="a folder holding the four IDX files of an MNIST-format dataset")
-    p.add_argument("--quiet", action="store_true", help="print only the result")
-    p.add_argument("--no-report", action="store_true",
-                   help="write no report.html and figures into the run folder at the end")
+    _data_dir_option(p)
+    _quiet_option(p)
+    _no_report_option(p)
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files, live, into RUN/tensorboard")
-    p.add_argument("--compile", action="store_true",
-                   help="run the forward pass and loss through torch.compile (fewer, fused "
-                        "kernels; pays on a GPU, not on a CPU); its time is reported apart")
-    p.set_defaults(func=cmd_train)
+    _compile_option(p)
 
-    p = sub.add_parser("reproduce", help="train the tutorial recipes in full and compare with their claims")
+
+def _reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every tutorial recipe")
-    p.add_argument("--seeds", type=_positive, default=1, help="random seeds per recipe (default 1)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--out", help="output folder (default ./reproduction-TIME); "
-                                 "an existing one is continued, finished runs are reused")
-    p.add_argument("--steps", type=_positive,
+    p.add_argument("--seeds", type=_positive, default=1, metavar="N",
+                   help="random seeds per recipe (default 1)")
+    _device_option(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (default ./reproduction-TIME); "
+                                                "an existing one is continued, finished runs are reused")
+    p.add_argument("--steps", type=_positive, metavar="N",
                    help="shorten every recipe to N steps (a smoke test: claims are not judged)")
-    p.add_argument("--quiet", action="store_true", help="print only the table")
-    p.add_argument("--no-report", action="store_true",
-                   help="write no report per run and no comparison page of the runs")
-    p.set_defaults(func=cmd_reproduce)
+    _quiet_option(p)
+    _no_report_option(p)
 
-    p = sub.add_parser("bench", help="time to accuracy and throughput, against a plain PyTorch loop")
+
+def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"default: {DEFAULT_RECIPE}")
-    p.add_argument("--seeds", type=_positive, default=3, help="training runs to time (default 3)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--seeds", type=_positive, default=3, metavar="N",
+                   help="training runs to time (default 3)")
+    _device_option(p)
+    _json_file_option(p)
     p.add_argument("--verbose", action="store_true", help="show each run's progress")
     p.add_argument("--eager", action="store_true",
                    help="on a GPU, launch each step's kernels from Python instead of replaying a "
                         "CUDA graph (to compare)")
-    p.add_argument("--compile", action="store_true",
-                   help="run the forward pass and loss through torch.compile (fewer, fused "
-                        "kernels; pays on a GPU, not on a CPU); its time is reported apart")
-    p.set_defaults(func=cmd_bench)
+    _compile_option(p)
 
-    p = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix")
-    p.add_argument("checkpoint", help="a run folder, a model .safetensors file or default")
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    _checkpoint_argument(p)
     _evaluation_options(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help="a run's report: curves, confusion matrix, mistakes, filters "
-                                      "(report.html and PNG files)")
-    p.add_argument("run", metavar="RUN_DIR", help="a run folder or 'default' (the shipped model)")
+
+def _ensemble_options(p: argparse.ArgumentParser) -> None:
+    _checkpoint_argument(p, many=True)
+    _evaluation_options(p)
+
+
+def _evaluation_options(p: argparse.ArgumentParser) -> None:
+    """What `evaluate` and `ensemble` share: which split, where, and how to print."""
+    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"],
+                   help="the images to evaluate on (default test)")
+    _device_option(p)
+    _data_dir_option(p)
+    _json_print_option(p)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN_DIR", help=RUN_DIR)
     p.add_argument("--out", metavar="DIR", help="write the report here instead of into the run "
                                                 "folder (needed for 'default' and read-only runs)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--data-dir", help="the dataset's folder, if the run's is not where it was")
+    _device_option(p)
+    _data_dir_option(p)
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files from the run's metrics.jsonl")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("compare", help="several runs' curves on one chart and their results in "
-                                       "one table (compare.html)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or 'default')")
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help=f"each {RUN_DIR}")
     p.add_argument("--out", metavar="DIR", help="output folder (default ./comparison-TIME)")
     p.add_argument("--x", choices=["step", "epoch"], default="step",
                    help="the curves' horizontal axis (default step)")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("ensemble", help="evaluate several checkpoints as one (averaged probabilities)")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                   help="run folders, model .safetensors files or default")
-    _evaluation_options(p)
-    p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("predict", help="read the digit, or the number, in image files")
+def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF or WebP files")
-    p.add_argument("--model", default="default", metavar="CHECKPOINT",
-                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
-                        "(the shipped model)")
-    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
-                   help="candidates listed per digit, 1-10 (default 3)")
+    _model_options(p)
     p.add_argument("--number", action="store_true",
                    help="read every image as a number written left to right (by default, only "
                         "images holding several separate digits are)")
-    p.add_argument("--backend", choices=["torch", "onnx"],
-                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
-                        "file, torch otherwise)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_predict)
+    _json_print_option(p)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX and verify it against PyTorch")
-    p.add_argument("checkpoint", metavar="CHECKPOINT",
-                   help="a run folder, a model .safetensors file or 'default'")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    _checkpoint_argument(p)
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the only format: onnx")
     p.add_argument("--out", metavar="FILE",
                    help="the .onnx file to write (default: beside the checkpoint; "
                         "mnistlab-default.onnx here for the shipped model)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="the drawing page and the HTTP API (POST /api/predict)")
-    p.add_argument("--model", default="default",
-                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
-                        "(the shipped model)")
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.add_argument("--backend", choices=["torch", "onnx"],
-                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
-                        "file, torch otherwise)")
     p.add_argument("--workers", type=_positive, default=1,
                    help="server processes, each with its own copy of the model (default 1)")
     p.add_argument("--threads", type=_positive, default=1,
                    help="the model's threads per worker, PyTorch or ONNX Runtime (default 1)")
-    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
-                   help="candidates listed per digit, 1-10 (default 3)")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("loadtest", help="a bounded load test of a running server's /api/predict")
+
+def _loadtest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", nargs="?", default="http://127.0.0.1:8000",
                    help="the server (this machine only; default http://127.0.0.1:8000)")
     p.add_argument("--seconds", type=float, default=30, help="time measured (default 30, at most 600)")
@@ -473,18 +459,112 @@ def build_parser() -> argparse.ArgumentParser:
                          help="send MNIST test image N (default 0)")
     p.add_argument("--payload", choices=["png", "json"], default="png",
                    help="the MNIST digit as a PNG file (default) or as JSON pixels")
+    _json_file_option(p)
+
+
+# What several commands take, each worded once.
+
+CHECKPOINT = "a run folder, a model .safetensors file or 'default' (the shipped model)"
+RUN_DIR = "a run folder or 'default' (the shipped model)"
+
+
+def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    if many:
+        p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help=f"each {CHECKPOINT}")
+    else:
+        p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """What `predict` and `serve` share: the model, what runs it, and how many guesses it lists."""
+    p.add_argument("--model", default="default", metavar="CHECKPOINT",
+                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
+                        "(the shipped model)")
+    p.add_argument("--backend", choices=["torch", "onnx"],
+                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
+                        "file, torch otherwise)")
+    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+                   help="candidates listed per digit, 1-10 (default 3)")
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N "
+                        "(default auto)")
+
+
+def _data_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="a folder holding the four IDX files of an MNIST-format "
+                                      "dataset, to use in place of the recipe's dataset or the "
+                                      "folder a run was trained on")
+
+
+def _json_print_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _json_file_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.set_defaults(func=cmd_loadtest)
+
+
+def _quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="print only the results, not the progress")
+
+
+def _no_report_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-report", action="store_true",
+                   help="write no report (report.html and figures) per run, and no page "
+                        "comparing the runs")
+
+
+def _compile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="run the forward pass and loss through torch.compile (fewer, fused "
+                        "kernels; pays on a GPU, not on a CPU); its time is reported apart")
+
+
+def _no_options(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+COMMANDS = [  # name, the function that does it, its options, and what it does (its help)
+    ("datasets", cmd_datasets, _datasets_options, "list MNIST-format datasets, or verify their files"),
+    ("models", cmd_models, _no_options, "list the models with their parameter counts"),
+    ("summary", cmd_summary, _summary_options, "a Keras-style table of a model's layers"),
+    ("recipes", cmd_recipes, _no_options, "list the shipped training recipes"),
+    ("train", cmd_train, _train_options, "train a recipe; prints the test accuracy at the end"),
+    ("reproduce", cmd_reproduce, _reproduce_options,
+     "train the tutorial recipes in full and compare with their claims"),
+    ("bench", cmd_bench, _bench_options,
+     "time to accuracy and throughput, against a plain PyTorch loop"),
+    ("evaluate", cmd_evaluate, _evaluate_options,
+     "accuracy, loss, per-class accuracy and confusion matrix"),
+    ("report", cmd_report, _report_options,
+     "a run's report: curves, confusion matrix, mistakes, filters (report.html and PNG files)"),
+    ("compare", cmd_compare, _compare_options,
+     "several runs' curves on one chart and their results in one table (compare.html)"),
+    ("ensemble", cmd_ensemble, _ensemble_options,
+     "evaluate several checkpoints as one (averaged probabilities)"),
+    ("predict", cmd_predict, _predict_options, "read the digit, or the number, in image files"),
+    ("export", cmd_export, _export_options, "export a checkpoint to ONNX and verify it against PyTorch"),
+    ("serve", cmd_serve, _serve_options, "the drawing page and the HTTP API (POST /api/predict)"),
+    ("loadtest", cmd_loadtest, _loadtest_options,
+     "a bounded load test of a running server's /api/predict"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnistlab",
+        description="Train, reproduce and evaluate convolutional networks for handwritten digits.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, func, add_options, what in COMMANDS:
+        p = sub.add_parser(name, help=what, description=what)
+        add_options(p)
+        p.set_defaults(func=func)
     return parser
-
-
-def _evaluation_options(p: argparse.ArgumentParser) -> None:
-    """What `evaluate` and `ensemble` share: which split, where, and how to print."""
-    p.add_argument("--split", default="test", choices=["test", "validation", "train", "train-full"],
-                   help="the images to evaluate on (default test)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--data-dir", help="a folder with the four IDX files instead of the shipped MNIST")
-    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _whole_number(text: str) -> int:
