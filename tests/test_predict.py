@@ -166,6 +166,34 @@ def test_predict_command(pictures, capsys):
     assert "Traceback" not in err and len(err.splitlines()) == 2
 
 
+def test_predict_command_says_each_kind_of_bad_image_in_one_line(tmp_path, capsys):
+    from mnistlab.cli import main
+
+    Image.new("RGB", (60, 60), "white").save(tmp_path / "blank.webp")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "notes.png").write_bytes(b"hello, I am text")
+    Image.new("L", (40, 40), 255).save(tmp_path / "scan.tiff")
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.truncate(10 * 1024 * 1024 + 1)  # sparse: nothing written
+    Image.new("1", (5000, 4000), 1).save(tmp_path / "bomb.png")
+    (tmp_path / "folder.png").mkdir()
+    said = {  # each file, and what the error's type and message say of it
+        "blank.webp": "no digit found (empty image)",  # EmptyImageError
+        "broken.png": "the PNG image is damaged (its header cannot be read)",  # Unreadable...
+        "notes.png": "not a PNG, JPEG, BMP, GIF or WebP image",  # UnsupportedImageError
+        "scan.tiff": "not a PNG, JPEG, BMP, GIF or WebP image",
+        "huge.png": "the file is too large: 10,485,761 bytes, the limit is 10,485,760",  # TooLarge
+        "bomb.png": "the image is too large: 5000x4000 pixels, the limit is 16,000,000 pixels",
+        "folder.png": "not a file",  # ImageFileError
+        "missing.png": "no such file",
+    }
+    assert main(["predict", *(str(tmp_path / name) for name in said)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"mnistlab: error: {tmp_path / name}: {words}"
+                                for name, words in said.items()]
+
+
 def test_predict_command_json(pictures, capsys):
     from mnistlab.cli import main
 

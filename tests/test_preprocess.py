@@ -10,6 +10,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnistlab.data.registry import load_arrays
+from mnistlab.inference.errors import (
+    BadPixelsError,
+    ImageFileError,
+    ImageTooLargeError,
+    UnreadableImageError,
+    UnsupportedImageError,
+)
 from mnistlab.inference.preprocess import (
     MAX_IMAGE_BYTES,
     EmptyImageError,
@@ -147,8 +154,10 @@ def test_no_ink_is_reported_empty(image):
 
 
 def test_not_an_image():
-    with pytest.raises(ImageError, match="Pillow image"):
+    with pytest.raises(UnsupportedImageError, match="Pillow image"):
         to_mnist(np.zeros((28, 28)))
+    with pytest.raises(UnsupportedImageError, match="Pillow image"):
+        read_digits("a picture")
 
 
 # ---- split_digits --------------------------------------------------------------------------
@@ -248,12 +257,12 @@ def test_from_pixels_takes_0_255_or_0_1():
     (None, "shape"),
 ])
 def test_from_pixels_refuses_bad_arrays(pixels, message):
-    with pytest.raises(ImageError, match=message):
+    with pytest.raises(BadPixelsError, match=message):
         from_pixels(pixels)
 
 
 def test_from_pixels_all_zero_is_empty():
-    with pytest.raises(EmptyImageError):
+    with pytest.raises(EmptyImageError, match=r"^no digit found \(empty image\)"):
         from_pixels(np.zeros((28, 28)))
 
 
@@ -297,24 +306,43 @@ def png_header_claiming(width, height):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty"),
-    (np.random.default_rng(2).bytes(5000), "not a PNG, JPEG, BMP, GIF or WebP image"),
-    (b"\x89PNG\r\n\x1a\n not really", "the PNG image is damaged"),  # a signature, no header
-    (b"GIF89a" + bytes(40), "the GIF image is damaged"),
-    (encode(drawn_zero(), "PNG")[:600], "truncated"),
-    (png_header_claiming(100_000, 100_000), "too large"),  # Pillow's own bomb check
-    (png_header_claiming(5_000, 5_000), "5000x5000"),  # ours, below Pillow's
-    (encode(drawn_zero(), "TIFF"), "not a PNG"),  # a format we do not open
-    (b"\0" * (MAX_IMAGE_BYTES + 1), "too large"),
-])
-def test_hostile_files_are_image_errors(data, message):
-    with pytest.raises(ImageError, match=message):
+def png_with_text(chunks=1, size=None):
+    """A PNG of a drawn 0 carrying compressed text chunks of `size` characters each: a small
+    file whose text decompresses past Pillow's limits (one chunk, or all of them together)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for i in range(chunks):
+        info.add_text(f"note{i}", "x" * (size or PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    return encode(drawn_zero(), "PNG", pnginfo=info)
+
+
+HOSTILE_FILES = [
+    # (data, the error's type, words of its message)
+    (b"", UnreadableImageError, "empty"),
+    (np.random.default_rng(2).bytes(5000), UnsupportedImageError, "not a PNG, JPEG, BMP, GIF or WebP image"),
+    (b"\x89PNG\r\n\x1a\n not really", UnreadableImageError, "the PNG image is damaged"),  # a signature, no header
+    (b"GIF89a" + bytes(40), UnreadableImageError, "the GIF image is damaged"),
+    (encode(drawn_zero(), "PNG")[:600], UnreadableImageError, "truncated"),
+    (png_header_claiming(100_000, 100_000), ImageTooLargeError, "too large"),  # Pillow's own bomb check
+    (png_header_claiming(5_000, 5_000), ImageTooLargeError, "5000x5000"),  # ours, below Pillow's
+    (encode(drawn_zero(), "TIFF"), UnsupportedImageError, "not a PNG"),  # a format we do not open
+    (b"\0" * (MAX_IMAGE_BYTES + 1), ImageTooLargeError, "too large"),
+    (png_with_text(), ImageTooLargeError, "MAX_TEXT_CHUNK"),  # a text chunk's own bomb
+    (png_with_text(70, 1 << 20), ImageTooLargeError, "MAX_TEXT_MEMORY"),  # 70 MB of text in 70 kB
+]
+
+
+@pytest.mark.parametrize("data, kind, message", HOSTILE_FILES,
+                         ids=[f"{i}-{h[1].__name__}" for i, h in enumerate(HOSTILE_FILES)])
+def test_hostile_files_are_image_errors_of_their_kind(data, kind, message):
+    with pytest.raises(ImageError, match=message) as caught:
         decode_image(data)
+    assert type(caught.value) is kind
 
 
 def test_decode_refuses_non_bytes():
-    with pytest.raises(ImageError, match="bytes"):
+    with pytest.raises(UnsupportedImageError, match="bytes"):
         decode_image("picture.png")
 
 
@@ -324,16 +352,16 @@ def test_load_image_names_the_file(tmp_path):
     assert load_image(good).mode == "L"
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"not really a picture")
-    with pytest.raises(ImageError, match=r"notes\.png: not a PNG"):
-        load_image(bad)
-    with pytest.raises(ImageError, match=r"missing\.png: no such file"):
+    with pytest.raises(UnsupportedImageError, match=r"notes\.png: not a PNG"):
+        load_image(bad)  # the type of decode_image's error, with the file's name
+    with pytest.raises(ImageFileError, match=r"missing\.png: no such file"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(ImageError, match="not a file"):
+    with pytest.raises(ImageFileError, match="not a file"):
         load_image(tmp_path)
     huge = tmp_path / "huge.png"
     with open(huge, "wb") as f:
         f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: no 10 MB written
-    with pytest.raises(ImageError, match=r"huge\.png: the file is too large"):
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png: the file is too large"):
         load_image(huge)
 
 

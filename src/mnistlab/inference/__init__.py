@@ -4,11 +4,18 @@ The image steps need only Pillow and numpy; `Predictor` and `export_onnx` (which
 are imported on first use, so that reading images stays cheap.
 """
 
+from mnistlab.inference.errors import (
+    BadPixelsError,
+    EmptyImageError,
+    ImageError,
+    ImageFileError,
+    ImageTooLargeError,
+    UnreadableImageError,
+    UnsupportedImageError,
+)
 from mnistlab.inference.preprocess import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
-    EmptyImageError,
-    ImageError,
     decode_image,
     from_pixels,
     load_image,
@@ -20,9 +27,14 @@ from mnistlab.inference.preprocess import (
 __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "BadPixelsError",
     "EmptyImageError",
     "ImageError",
+    "ImageFileError",
+    "ImageTooLargeError",
     "Predictor",
+    "UnreadableImageError",
+    "UnsupportedImageError",
     "decode_image",
     "export_onnx",
     "from_pixels",

@@ -17,7 +17,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnistlab.errors import MnistlabError
+from mnistlab.inference.errors import (  # ImageError and EmptyImageError: also imported from here
+    EmptyImageError,
+    ImageError,
+    ImageFileError,
+    ImageTooLargeError,
+    UnreadableImageError,
+    UnsupportedImageError,
+)
+
+__all__ = [
+    "FORMATS",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "EmptyImageError",
+    "ImageError",
+    "decode_image",
+    "load_image",
+    "to_grayscale",
+]
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # largest encoded file accepted
 MAX_IMAGE_PIXELS = 16_000_000  # largest decoded width * height accepted
@@ -31,23 +49,17 @@ FORMAT_NAMES = "PNG, JPEG, BMP, GIF or WebP"
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-class ImageError(MnistlabError):
-    """An image we cannot use: not an image, truncated, too large, or a bad pixel array."""
-
-
-class EmptyImageError(ImageError):
-    """An image with no ink in it: reported as empty, never guessed at."""
-
-
 def decode_image(data: bytes) -> Image.Image:
     """Decode an encoded image to grayscale (mode "L"), upright, transparency on white."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageError(f"expected the bytes of an image file, got {type(data).__name__}")
+        raise UnsupportedImageError(f"expected the bytes of an image file, "
+                                    f"got {type(data).__name__}")
     size = len(data)
     if size == 0:
-        raise ImageError("the file is empty (0 bytes)")
+        raise UnreadableImageError("the file is empty (0 bytes)")
     if size > MAX_IMAGE_BYTES:
-        raise ImageError(f"the file is too large: {size:,} bytes, the limit is {MAX_IMAGE_BYTES:,}")
+        raise ImageTooLargeError(f"the file is too large: {size:,} bytes, "
+                                 f"the limit is {MAX_IMAGE_BYTES:,}")
     try:
         # Image.open reads only the header; Pillow's own bomb check (at about 89 megapixels, far
         # above ours) raises DecompressionBombError here for absurd sizes
@@ -55,29 +67,49 @@ def decode_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         claimed = _claimed_format(data)
         if claimed:  # the file says what it is, but Pillow cannot read even its header
-            raise ImageError(f"the {claimed} image is damaged (its header cannot be read)") from None
-        raise ImageError(f"not a {FORMAT_NAMES} image") from None
+            raise UnreadableImageError(f"the {claimed} image is damaged "
+                                       "(its header cannot be read)") from None
+        raise UnsupportedImageError(f"not a {FORMAT_NAMES} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"the image is too large: its header claims more than "
-                         f"{MAX_IMAGE_PIXELS:,} pixels") from None
+        raise ImageTooLargeError(f"the image is too large: its header claims more than "
+                                 f"{MAX_IMAGE_PIXELS:,} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"not a readable image ({_reason(e)})") from None
+        _check_text_limits(e)
+        raise UnreadableImageError(f"not a readable image ({_reason(e)})") from None
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageError(f"the image is too large: {width}x{height} pixels, "
-                         f"the limit is {MAX_IMAGE_PIXELS:,} pixels")
+        raise ImageTooLargeError(f"the image is too large: {width}x{height} pixels, "
+                                 f"the limit is {MAX_IMAGE_PIXELS:,} pixels")
     if width == 0 or height == 0:
-        raise ImageError(f"the image has no pixels ({width}x{height})")
+        raise UnreadableImageError(f"the image has no pixels ({width}x{height})")
     try:
         image.load()  # the first frame only, for an animated GIF or WebP
         image = ImageOps.exif_transpose(image)
         return to_grayscale(image)
     except Image.DecompressionBombError:
-        raise ImageError("the image is too large to decode") from None
+        raise ImageTooLargeError("the image is too large to decode") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as e:
         # Pillow reports truncated and corrupt data with any of these, depending on the codec
+        _check_text_limits(e)
         kind = f"{image.format} image" if image.format else "image"
-        raise ImageError(f"the {kind} is damaged or truncated ({_reason(e)})") from None
+        raise UnreadableImageError(f"the {kind} is damaged or truncated "
+                                   f"({_reason(e)})") from None
+
+
+# Pillow's limits on a PNG's text chunks (a decompression bomb in zTXt or iTXt, or too many of
+# them) raise a plain ValueError, told apart from a corrupt file only by where it was raised
+PILLOW_TEXT_LIMITS = ("_safe_zlib_decompress", "check_text_memory")
+
+
+def _check_text_limits(e: BaseException) -> None:
+    """An ImageTooLargeError if Pillow raised `e` in one of its text-chunk limits."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if isinstance(e, ValueError) and tb is not None \
+            and tb.tb_frame.f_code.co_name in PILLOW_TEXT_LIMITS:
+        raise ImageTooLargeError(f"the image is too large: its text chunks pass Pillow's limit "
+                                 f"({_reason(e)})") from None
 
 
 def _claimed_format(data: bytes) -> str | None:
@@ -99,16 +131,16 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     path = Path(path)
     try:
         if not path.exists():
-            raise ImageError(f"{path}: no such file")
+            raise ImageFileError(f"{path}: no such file")
         if not path.is_file():
-            raise ImageError(f"{path}: not a file")
+            raise ImageFileError(f"{path}: not a file")
         size = path.stat().st_size
         if size > MAX_IMAGE_BYTES:
-            raise ImageError(f"{path}: the file is too large: {size:,} bytes, "
-                             f"the limit is {MAX_IMAGE_BYTES:,}")
+            raise ImageTooLargeError(f"{path}: the file is too large: {size:,} bytes, "
+                                     f"the limit is {MAX_IMAGE_BYTES:,}")
         data = path.read_bytes()
     except OSError as e:
-        raise ImageError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise ImageFileError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
         return decode_image(data)
     except ImageError as e:

@@ -32,11 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from mnistlab.inference.errors import (
+    BadPixelsError,
+    EmptyImageError,
+    ImageError,
+    UnsupportedImageError,
+)
 from mnistlab.inference.images import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
-    EmptyImageError,
-    ImageError,
     _reason,
     decode_image,
     load_image,
@@ -46,6 +50,7 @@ from mnistlab.inference.images import (
 __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "BadPixelsError",
     "EmptyImageError",
     "ImageError",
     "decode_image",
@@ -113,24 +118,25 @@ def from_pixels(pixels) -> np.ndarray:
     if isinstance(pixels, (list, tuple)):  # rows of several lengths: say so, not numpy's words
         lengths = {len(row) for row in pixels if isinstance(row, (list, tuple))}
         if len(lengths) > 1:
-            raise ImageError(f"pixels must be 28 rows of 28 numbers, got rows of {min(lengths)} "
-                             f"to {max(lengths)} numbers")
+            raise BadPixelsError(f"pixels must be 28 rows of 28 numbers, got rows of "
+                                 f"{min(lengths)} to {max(lengths)} numbers")
     try:
         a = np.asarray(pixels, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ImageError(f"pixels must be a 28x28 array of numbers ({_reason(e)})") from None
+        raise BadPixelsError(f"pixels must be a 28x28 array of numbers ({_reason(e)})") from None
     if a.shape != (SIZE, SIZE):
-        raise ImageError(f"pixels must be a 28x28 array of numbers, got shape {a.shape}")
+        raise BadPixelsError(f"pixels must be a 28x28 array of numbers, got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ImageError("pixels hold NaN or infinite values")
+        raise BadPixelsError("pixels hold NaN or infinite values")
     low, high = float(a.min()), float(a.max())
     if low < 0 or high > 255:
-        raise ImageError(f"pixels must lie in 0-255 (or 0-1), got values from {low:g} to {high:g}")
+        raise BadPixelsError(f"pixels must lie in 0-255 (or 0-1), got values from {low:g} "
+                             f"to {high:g}")
     if high <= 1.0:
         a = a * 255.0
     out = np.rint(a).astype(np.uint8)
     if not out.any():
-        raise EmptyImageError("no ink found: every pixel is 0")
+        raise EmptyImageError("no digit found (empty image): no ink found: every pixel is 0")
     return out
 
 
@@ -159,7 +165,7 @@ _LEVELS_F64 = _LEVELS.astype(np.float64)
 
 def _find_ink(image: Image.Image) -> _Ink:
     if not isinstance(image, Image.Image):
-        raise ImageError(f"expected a Pillow image, got {type(image).__name__}")
+        raise UnsupportedImageError(f"expected a Pillow image, got {type(image).__name__}")
     grey = to_grayscale(image)
     a = np.asarray(grey, dtype=np.uint8)
     h, w = a.shape
@@ -368,26 +374,7 @@ def _components(mask: np.ndarray) -> _Components:
     linked = np.flatnonzero(count)
     roots = np.arange(n)
     roots[linked] = first[linked]
-    roots = _to_roots(roots)
-    several = np.flatnonzero(count > 1)
-    if len(several):
-        more = count[several] - 1  # each one's touching runs above after its first
-        lower = np.repeat(several, more)
-        upper = np.repeat(first[several] + 1 - (np.cumsum(more) - more), more) \
-            + np.arange(int(more.sum()))
-        parent = roots.tolist()
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for i, j in zip(lower.tolist(), upper.tolist()):
-            ri, rj = root(i), root(j)
-            if ri != rj:
-                parent[ri] = rj
-        roots = _to_roots(np.array(parent, dtype=np.int64))
+    roots = _merge_trees(_to_roots(roots), first, count)
     is_root = roots == np.arange(n)
     labels = (np.cumsum(is_root) - 1)[roots]  # components numbered in the order of their roots
     count = int(is_root.sum())
@@ -401,6 +388,31 @@ def _components(mask: np.ndarray) -> _Components:
     np.maximum.at(x1c, labels, x1)
     area = np.bincount(labels, weights=x1 - x0, minlength=count).astype(np.int64)
     return _Components((h, w), ys, x0, x1, labels, area, y0, y1, x0c, x1c)
+
+
+def _merge_trees(roots: np.ndarray, first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The roots once each run touching several runs above (`count` of them from `first`)
+    has joined the trees of all of them: in the sweep's order, the lower tree under the upper."""
+    several = np.flatnonzero(count > 1)
+    if not len(several):
+        return roots
+    more = count[several] - 1  # each one's touching runs above after its first
+    lower = np.repeat(several, more)
+    upper = np.repeat(first[several] + 1 - (np.cumsum(more) - more), more) \
+        + np.arange(int(more.sum()))
+    parent = roots.tolist()
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(lower.tolist(), upper.tolist()):
+        ri, rj = root(i), root(j)
+        if ri != rj:
+            parent[ri] = rj
+    return _to_roots(np.array(parent, dtype=np.int64))
 
 
 def _to_roots(parent: np.ndarray) -> np.ndarray:
