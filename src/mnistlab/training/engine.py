@@ -45,7 +45,7 @@ class TrainingDiverged(MnistlabError):
     pass
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     run_dir: Path
     recipe: Recipe
@@ -90,6 +90,35 @@ def new_run_dir(recipe_name: str, parent: Path = Path("runs")) -> Path:
         n += 1
         path = parent / f"{recipe_name}-{stamp}-{n}"
     return path
+
+
+@dataclass(kw_only=True)
+class _Loop:
+    """What the training loop carries from one step to the next."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    plan: BatchPlan
+    ema: WeightAverage | None
+    freezer: Freezer
+    train_step: TrainStep
+    window: _Window
+    progress: Progress
+    validation: Split | None
+    start_step: int  # where this session began: 0, or where the resumed run had stopped
+    steps_done: int
+    earlier_train_seconds: float  # a resumed run's, before this session
+    session_start: float = 0.0  # when this session's steps began (time.perf_counter)
+    images_done: int = 0  # by this process, in this session
+    paused: float = 0.0  # time spent validating and saving, which is not training time
+    lr: float = 0.0  # the last update's learning rate
+    last_loss: float | None = None  # the last window's training loss and accuracy
+    last_acc: float | None = None
+    last_validation: Metrics | None = None
+
+    def final(self) -> torch.nn.Module:
+        """What is validated, tested and saved: the weight average where the recipe keeps one."""
+        return self.ema.current() if self.ema is not None else self.model
 
 
 class Trainer:
@@ -148,12 +177,20 @@ class Trainer:
                 self._metrics.close()
 
     def _run(self, train: Split, validation: Split | None) -> RunResult:
-        recipe, train_cfg = self.recipe, self.recipe.train
+        loop = self._set_up(train, validation)
+        self._train(loop)
+        return self._finish(loop)
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def _set_up(self, train: Split, validation: Split | None) -> _Loop:
+        """The model, its optimiser and everything else the loop carries, restored from the
+        saved training state when resuming."""
+        recipe, train_cfg, world = self.recipe, self.recipe.train, self.world
         torch.manual_seed(self.seed)  # the model's initial weights, then dropout
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
         # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
         model = model.to(self.device, memory_format=torch.channels_last)
-        world = self.world
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
         net = _wrapped(model, world)
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
@@ -162,180 +199,238 @@ class Trainer:
         freezer = Freezer(model, train_cfg.freeze_after, plan.total_steps)
         optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph,
                                    groups=freezer.weight_groups())
-        start_step, train_seconds = 0, 0.0
-        if self._resume_from is not None:
-            tensors, meta = self._resume_from
-            state.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
-            if ema is not None:
-                ema.restore(tensors, str(self.run_dir))
-            start_step, train_seconds = meta["step"], meta["train_seconds"]
+        start_step, train_seconds = self._restore(model, optimizer, ema)
         self._open_metrics(keep_until=start_step)
         progress = self.progress or Progress(plan.total_steps)
         progress.total = plan.total_steps
         bf16 = use_bf16(train_cfg.precision, self.device)
-        how = [str(self.device)] + [name for name, used in
-                                    [("bf16", bf16), ("CUDA graph", cuda_graph),
-                                     ("torch.compile", self.compile)] if used]
-        if start_step == plan.total_steps:  # resuming a finished run: only its test is left
-            progress.line(f"{self.run_dir} has trained all {plan.total_steps:,} steps: testing it again")
-        else:
-            progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
-                          f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
-                          + (f" at step {start_step}/{plan.total_steps}" if start_step else ""))
-        if ema is not None and plan.total_steps < ema.steps_to_forget():
-            progress.line(f"note: the weight average (ema = {train_cfg.ema}) starts from the initial "
-                          f"weights and needs about {ema.steps_to_forget():,} steps to forget them; "
-                          f"this run has {plan.total_steps:,}, so the model it tests and saves will "
-                          "be poor (set ema = 0 for short runs)")
+        self._announce(progress, plan, start_step, bf16=bf16, cuda_graph=cuda_graph, ema=ema)
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
         loss_scale = world.size if train_cfg.loss_reduction == "sum" else 1
-        update_every = recipe.quirks.update_every
         window = _Window(self.device)
         train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
                                batch_size=len(distributed.shard(torch.arange(train_cfg.batch_size), world)),
                                bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph,
                                compile=self.compile, ema=ema)
-        # what is validated, tested and saved: the weight average where the recipe keeps one
-        final = ema.current if ema is not None else lambda: model
-        last_loss = last_acc = None
-        last_validation: Metrics | None = None
-        images_done = 0
-        session_start = time.perf_counter()
-        paused = 0.0  # time spent validating and saving, which is not training time
-        steps_done = start_step
+        return _Loop(model=model, optimizer=optimizer, plan=plan, ema=ema, freezer=freezer,
+                     train_step=train_step, window=window, progress=progress,
+                     validation=validation, start_step=start_step, steps_done=start_step,
+                     earlier_train_seconds=train_seconds)
 
-        model.train()
+    def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 ema: WeightAverage | None) -> tuple[int, float]:
+        """Where a resumed run stopped: its step and training seconds (0 and 0.0 for a new one)."""
+        if self._resume_from is None:
+            return 0, 0.0
+        tensors, meta = self._resume_from
+        state.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
+        if ema is not None:
+            ema.restore(tensors, str(self.run_dir))
+        return meta["step"], meta["train_seconds"]
+
+    def _announce(self, progress: Progress, plan: BatchPlan, start_step: int, *, bf16: bool,
+                  cuda_graph: bool, ema: WeightAverage | None) -> None:
+        recipe, total = self.recipe, plan.total_steps
+        how = [str(self.device)] + [name for name, used in
+                                    [("bf16", bf16), ("CUDA graph", cuda_graph),
+                                     ("torch.compile", self.compile)] if used]
+        if start_step == total:  # resuming a finished run: only its test is left
+            progress.line(f"{self.run_dir} has trained all {total:,} steps: testing it again")
+        else:
+            progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
+                          f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
+                          + (f" at step {start_step}/{total}" if start_step else ""))
+        if ema is not None and total < ema.steps_to_forget():
+            progress.line(f"note: the weight average (ema = {recipe.train.ema}) starts from the initial "
+                          f"weights and needs about {ema.steps_to_forget():,} steps to forget them; "
+                          f"this run has {total:,}, so the model it tests and saves will "
+                          "be poor (set ema = 0 for short runs)")
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _train(self, loop: _Loop) -> None:
+        """The steps from where the run stands to its end, or to the step where it is asked to
+        stop. Each step is cheap on purpose: a small model's step takes milliseconds on a CPU."""
+        plan = loop.plan
+        log_every, update_every = self.recipe.train.log_every, self.recipe.quirks.update_every
+        loop.session_start = time.perf_counter()
+        loop.model.train()
         with _stop_on_sigint(self):
-            for step in range(start_step, plan.total_steps):
-                frozen = freezer.freeze_due(step)
-                if frozen:  # DDP must learn which weights still get gradients
-                    train_step.weights_frozen(_wrapped(model, world))
-                    for name, at in frozen:
-                        progress.line(f"{name} stops training at step {at}/{plan.total_steps} "
-                                      "(freeze_after): its weights stay as they are")
+            for step in range(loop.start_step, plan.total_steps):
+                if frozen := loop.freezer.freeze_due(step):
+                    self._freeze(loop, frozen)
                 if step % update_every == 0:  # Deep MNIST as printed skips the others entirely
-                    idx = distributed.shard(plan.indices(step), world)
-                    lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps)
-                    train_step(idx, lr)
-                    window.images += len(idx)
-                    images_done += len(idx)
-                done = steps_done = step + 1
+                    self._train_one(loop, step)
+                done = loop.steps_done = step + 1
                 epoch_end = plan.epoch_ends(step)
-                log_point = done % train_cfg.log_every == 0 or epoch_end
-                if window.images and log_point:
-                    last_loss, last_acc = window.read(world)
-                    if not math.isfinite(last_loss):
-                        raise TrainingDiverged(
-                            f"the training loss became {last_loss} by step {done}: the run diverged "
-                            f"(try a lower learning rate); the last good checkpoint is in {self.run_dir}")
-                    self._log({"event": "train", "step": done, "epoch": done / plan.steps_per_epoch,
-                               "loss": last_loss, "accuracy": last_acc, "lr": lr})
-                elapsed = time.perf_counter() - session_start - paused
-                rate = images_done * world.size / elapsed if elapsed > 0 else 0.0
-                progress.update(done, images_per_s=rate, loss=last_loss, accuracy=last_acc,
-                                seconds_left=elapsed / max(1, done - start_step) * (plan.total_steps - done))
+                log_point = done % log_every == 0 or epoch_end
+                if log_point and loop.window.images:
+                    self._log_window(loop)
+                elapsed = time.perf_counter() - loop.session_start - loop.paused
+                self._show_progress(loop, elapsed)
                 if self.on_step is not None:
                     self.on_step(self, done)
-                # processes must agree to stop at the same step, which costs a message: ask only
-                # at log points
-                stop = (self._stop.is_set() if world.size == 1 else
-                        log_point and distributed.any_process(self._stop.is_set(), world, self.device))
+                stop = self._stop_agreed(log_point)
                 if epoch_end or stop:
-                    wait_for(self.device)  # the GPU's queued steps are training time
-                    pause_start = time.perf_counter()
-                    if epoch_end:
-                        last_validation = self._end_epoch(final(), validation, plan, done,
-                                                          last_loss, last_acc, progress)
-                    self._save(model, optimizer, done, plan.total_steps,
-                               train_seconds + elapsed, last_validation, ema=ema)
-                    paused += time.perf_counter() - pause_start
+                    self._checkpoint(loop, elapsed, validate=epoch_end)
                 if stop:
                     break
 
-        wait_for(self.device)
-        # compiling and capturing the graph are set apart: they are paid once, not per step
-        elapsed = (time.perf_counter() - session_start - paused - train_step.capture_seconds
-                   - train_step.compile_seconds)
-        train_seconds += elapsed
-        result = RunResult(self.run_dir, recipe, str(self.device), steps_done, plan.total_steps,
-                           train_seconds, images_done * world.size / elapsed if elapsed > 0 else 0.0,
-                           None, last_validation, session_start - self._started, world.size,
-                           world.is_main, train_step.capture_seconds, cuda_graph,
-                           train_step.compile_seconds, self.compile)
-        if world.size > 1:
-            distributed.share_buffers(model, world)
-            difference = distributed.replica_difference(model, world)
-            self._log({"event": "replicas", "step": steps_done, "processes": world.size,
-                       "max_difference": difference})
-            if difference != 0:
-                raise MnistlabError(f"the {world.size} replicas disagree after training "
-                                    f"(largest weight difference {difference:g})")
-        if steps_done < plan.total_steps:
-            progress.line(f"stopped at step {steps_done}/{plan.total_steps}; checkpoint saved. "
-                          f"Continue with: mnistlab train --resume {self.run_dir}")
-            return result
+    def _freeze(self, loop: _Loop, frozen: list[tuple[str, int]]) -> None:
+        # DDP must learn which weights still get gradients
+        loop.train_step.weights_frozen(_wrapped(loop.model, self.world))
+        for name, at in frozen:
+            loop.progress.line(f"{name} stops training at step {at}/{loop.plan.total_steps} "
+                               "(freeze_after): its weights stay as they are")
 
-        test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
-        result.test = compute_metrics(final(), test.images, test.labels,
-                                      dropout_at_test=recipe.quirks.dropout_at_test)
-        self._log({"event": "test", "step": steps_done, "loss": result.test.loss,
-                   "accuracy": result.test.accuracy, "train_seconds": train_seconds})
-        self._save(model, None, steps_done, plan.total_steps, train_seconds, last_validation,
-                   test=result.test, ema=ema)
+    def _train_one(self, loop: _Loop, step: int) -> None:
+        recipe = self.recipe
+        indices = distributed.shard(loop.plan.indices(step), self.world)
+        loop.lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, loop.plan.total_steps)
+        loop.train_step(indices, loop.lr)
+        loop.window.images += len(indices)
+        loop.images_done += len(indices)
+
+    def _log_window(self, loop: _Loop) -> None:
+        """Read the window's loss and accuracy off the device (the loop's only read between
+        epochs) and log them."""
+        loop.last_loss, loop.last_acc = loop.window.read(self.world)
+        done = loop.steps_done
+        if not math.isfinite(loop.last_loss):
+            raise TrainingDiverged(
+                f"the training loss became {loop.last_loss} by step {done}: the run diverged "
+                f"(try a lower learning rate); the last good checkpoint is in {self.run_dir}")
+        self._log({"event": "train", "step": done, "epoch": done / loop.plan.steps_per_epoch,
+                   "loss": loop.last_loss, "accuracy": loop.last_acc, "lr": loop.lr})
+
+    def _show_progress(self, loop: _Loop, elapsed: float) -> None:
+        done, total = loop.steps_done, loop.plan.total_steps
+        rate = loop.images_done * self.world.size / elapsed if elapsed > 0 else 0.0
+        loop.progress.update(done, images_per_s=rate, loss=loop.last_loss, accuracy=loop.last_acc,
+                             seconds_left=elapsed / max(1, done - loop.start_step) * (total - done))
+
+    def _stop_agreed(self, log_point: bool) -> bool:
+        if self.world.size == 1:
+            return self._stop.is_set()
+        # processes must agree to stop at the same step, which costs a message: ask only at log
+        # points
+        return log_point and distributed.any_process(self._stop.is_set(), self.world, self.device)
+
+    def _checkpoint(self, loop: _Loop, elapsed: float, *, validate: bool) -> None:
+        """Validate (at an epoch's end) and save; the time this takes is not training time."""
+        wait_for(self.device)  # the GPU's queued steps are training time
+        pause_start = time.perf_counter()
+        if validate:
+            loop.last_validation = self._end_epoch(loop)
+        self._save(loop, loop.earlier_train_seconds + elapsed)
+        loop.paused += time.perf_counter() - pause_start
+
+    # ---- the end ---------------------------------------------------------------------------
+
+    def _finish(self, loop: _Loop) -> RunResult:
+        """After the last step: the replicas compared, then, unless the run was stopped early,
+        the test and the final save."""
+        wait_for(self.device)
+        train_step, world = loop.train_step, self.world
+        # compiling and capturing the graph are set apart: they are paid once, not per step
+        elapsed = (time.perf_counter() - loop.session_start - loop.paused
+                   - train_step.capture_seconds - train_step.compile_seconds)
+        train_seconds = loop.earlier_train_seconds + elapsed
+        result = RunResult(
+            run_dir=self.run_dir, recipe=self.recipe, device=str(self.device),
+            steps_done=loop.steps_done, total_steps=loop.plan.total_steps,
+            train_seconds=train_seconds,
+            images_per_s=loop.images_done * world.size / elapsed if elapsed > 0 else 0.0,
+            test=None, validation=loop.last_validation,
+            setup_seconds=loop.session_start - self._started, processes=world.size,
+            is_main=world.is_main, capture_seconds=train_step.capture_seconds,
+            cuda_graph=train_step.cuda_graph, compile_seconds=train_step.compile_seconds,
+            compiled=self.compile)
+        if world.size > 1:
+            self._check_replicas(loop)
+        if loop.steps_done < loop.plan.total_steps:
+            loop.progress.line(f"stopped at step {loop.steps_done}/{loop.plan.total_steps}; "
+                               f"checkpoint saved. Continue with: mnistlab train --resume {self.run_dir}")
+            return result
+        result.test = self._test(loop, train_seconds)
         return result
+
+    def _check_replicas(self, loop: _Loop) -> None:
+        world = self.world
+        distributed.share_buffers(loop.model, world)
+        difference = distributed.replica_difference(loop.model, world)
+        self._log({"event": "replicas", "step": loop.steps_done, "processes": world.size,
+                   "max_difference": difference})
+        if difference != 0:
+            raise MnistlabError(f"the {world.size} replicas disagree after training "
+                                f"(largest weight difference {difference:g})")
+
+    def _test(self, loop: _Loop, train_seconds: float) -> Metrics:
+        """Test the final model, log and save it as complete."""
+        recipe = self.recipe
+        test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
+        metrics = compute_metrics(loop.final(), test.images, test.labels,
+                                  dropout_at_test=recipe.quirks.dropout_at_test)
+        self._log({"event": "test", "step": loop.steps_done, "loss": metrics.loss,
+                   "accuracy": metrics.accuracy, "train_seconds": train_seconds})
+        self._save(loop, train_seconds, test=metrics)
+        return metrics
 
     # ---- pieces ----------------------------------------------------------------------------
 
-    def _end_epoch(self, model, validation: Split | None, plan: BatchPlan, done: int,
-                   loss: float | None, acc: float | None, progress: Progress) -> Metrics | None:
+    def _end_epoch(self, loop: _Loop) -> Metrics | None:
+        """Validate where there is a validation split, log it, and print the epoch's line."""
+        plan, done, validation = loop.plan, loop.steps_done, loop.validation
         epoch = math.ceil(done / plan.steps_per_epoch)
         text = (f"epoch {_epochs(done, plan)}/{_epochs(plan.total_steps, plan)}  "
                 f"step {done}/{plan.total_steps}")
-        if loss is not None:
-            text += f"  loss {loss:.4f}  acc {100 * acc:.2f}%"
+        if loop.last_loss is not None:
+            text += f"  loss {loop.last_loss:.4f}  acc {100 * loop.last_acc:.2f}%"
         metrics = None
         if validation is not None:
-            metrics = compute_metrics(model, validation.images, validation.labels)
+            metrics = compute_metrics(loop.final(), validation.images, validation.labels)
             self._log({"event": "validation", "step": done, "epoch": epoch,
                        "loss": metrics.loss, "accuracy": metrics.accuracy})
             text += f"  val_loss {metrics.loss:.4f}  val_acc {100 * metrics.accuracy:.2f}%"
-        progress.line(text)
+        loop.progress.line(text)
         return metrics
 
-    def _save(self, model, optimizer, step: int, *args: Any, **kwargs: Any) -> None:
+    def _save(self, loop: _Loop, train_seconds: float, test: Metrics | None = None) -> None:
         """`_write_checkpoint`, with a failed write explained: which checkpoint survived and how
         to continue."""
         try:
-            self._write_checkpoint(model, optimizer, step, *args, **kwargs)
+            self._write_checkpoint(loop, train_seconds, test)
         except MnistlabError as e:
             if not isinstance(e.__cause__, OSError):
                 raise
-            raise rundir.save_failed(e, self.run_dir, step, self._saved_step) from e
-        if optimizer is not None:
-            self._saved_step = step
+            raise rundir.save_failed(e, self.run_dir, loop.steps_done, self._saved_step) from e
+        if test is None:
+            self._saved_step = loop.steps_done
 
-    def _write_checkpoint(self, model, optimizer, step: int, total: int, train_seconds: float,
-                          validation: Metrics | None, test: Metrics | None = None,
-                          ema: WeightAverage | None = None) -> None:
+    def _write_checkpoint(self, loop: _Loop, train_seconds: float, test: Metrics | None) -> None:
         """The training state (live weights, optimiser, average) for --resume, and the model
-        that was evaluated: the weight average where there is one."""
+        that was evaluated: the weight average where there is one. The final save, after the
+        test, writes the model alone."""
         if not self.world.is_main:
             return
+        ema = loop.ema
         common = {
-            "recipe": self.recipe.to_dict(), "seed": self.seed, "step": step, "total_steps": total,
-            "device": str(self.device), "data_dir": self.data_dir, "train_seconds": train_seconds,
+            "recipe": self.recipe.to_dict(), "seed": self.seed, "step": loop.steps_done,
+            "total_steps": loop.plan.total_steps, "device": str(self.device),
+            "data_dir": self.data_dir, "train_seconds": train_seconds,
             "versions": checkpoint.versions(), "processes": self.world.size,
         }
-        if optimizer is not None:  # the final save after the test needs no resume state
-            state.save_training_state(self.run_dir, model, optimizer, common,
-                                           extra=ema.tensors() if ema is not None else None)
+        if test is None:  # the final save after the test needs no resume state
+            state.save_training_state(self.run_dir, loop.model, loop.optimizer, common,
+                                      extra=ema.tensors() if ema is not None else None)
         metrics = {"train_seconds": train_seconds}
-        if validation is not None:
-            metrics["validation"] = {"accuracy": validation.accuracy, "loss": validation.loss}
+        if loop.last_validation is not None:
+            metrics["validation"] = {"accuracy": loop.last_validation.accuracy,
+                                     "loss": loop.last_validation.loss}
         if test is not None:
             metrics["test"] = {"accuracy": test.accuracy, "loss": test.loss}
         dataset = self.recipe.data.dataset
-        checkpoint.save_model(self.run_dir, ema.current() if ema is not None else model, {
+        checkpoint.save_model(self.run_dir, loop.final(), {
             **common,
             "model": {"name": self.recipe.model.name, "args": self.recipe.model.args},
             # what the model expects: 28x28 grayscale, white ink on black, pixel / 255
