@@ -2,7 +2,7 @@
 
 The targets and strategies are in tests/fuzzing.py; here each runs a couple of hundred
 derandomised cases (the same ones on every run), a few seconds a target;
-`pytest tests/test_fuzz.py -k test_fuzz --fuzz-cases 3000 -s` runs thousands and prints a tally.
+`pytest tests/test_fuzz.py --fuzz-cases 3000 -s` runs thousands a target and prints a tally.
 Below them, the bugs fuzzing found, one test each.
 """
 
