@@ -1,6 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either.
+"""Reading what a user hands us, bounded; writing atomically.
 
-The bytes go to a temporary file in the same folder, are flushed to disk, and the temporary
+`read_limited` reads a regular file of at most a given size, counting what it really reads:
+`stat` says 0 for /dev/zero and for files in /proc, and a FIFO or a device never ends, so
+special files are refused by their type and no read goes past the limit.
+
+Atomic writes: a reader sees the old file or the new one, never half of either. The bytes go to
+a temporary file in the same folder, are flushed to disk, and the temporary
 file is renamed over the target; the folder is then synced so the rename itself survives a
 power cut. A process killed mid-write leaves at most a hidden `.NAME.XXXXXXXX.tmp` beside the
 target, which `remove_stale_temporaries` clears.
@@ -11,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +25,45 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mnistlab.errors import MnistlabError
+
+
+def read_limited(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """The bytes of the regular file `path`, refusing a special file (FIFO, device, socket,
+    folder) by its type and a file longer than `limit` bytes by what is read, not by `stat`.
+    `what` names the file in the errors ("recipe", "checkpoint", ...)."""
+    with open_regular(path, what) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise MnistlabError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise MnistlabError(f"{path}: the {what} is larger than the {limit:,} bytes allowed")
+    return data
+
+
+def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
+    """`path` opened for reading in binary, if it is a regular file; a FIFO, device, socket or
+    folder is refused by its type, before anything is read from it."""
+    path = Path(path)
+    try:
+        # non-blocking: opening a FIFO with no writer would otherwise wait before fstat refuses it
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise MnistlabError(f"{path}: no such {what} file") from None
+    except OSError as e:
+        raise MnistlabError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise MnistlabError(f"{path}: not a regular file ({_file_kind(mode)}); "
+                            f"the {what} must be a file")
+    return os.fdopen(fd, "rb")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 @contextmanager
