@@ -1,4 +1,4 @@
-"""The kinds of image a reader refuses, one type each.
+"""The kinds of image a reader refuses, one type each; and the ways an inference can stop.
 
 Every one is an `ImageError`, a `MnistlabError`: the CLI prints it as one line, and the HTTP
 API answers each type with its own status and code (`mnistlab.serve.errors.ERRORS`), from the
@@ -40,12 +40,24 @@ class ImageFileError(ImageError):
     """An image file that cannot be read from disk: missing, a folder, not allowed."""
 
 
+class InferenceInterrupted(MnistlabError):
+    """An inference stopped by `Predictor.interrupt()` before it ended (a server's time bound,
+    a shutdown): not the image's fault, nor its client's."""
+
+
+class InferenceError(MnistlabError):
+    """A model that failed on a batch of images it had accepted at load (an ONNX graph that
+    errors only on some inputs): the model's fault, never the client's."""
+
+
 __all__ = [
     "BadPixelsError",
     "EmptyImageError",
     "ImageError",
     "ImageFileError",
     "ImageTooLargeError",
+    "InferenceError",
+    "InferenceInterrupted",
     "UnreadableImageError",
     "UnsupportedImageError",
 ]

@@ -16,6 +16,7 @@ import copy
 import inspect
 import io
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,7 @@ def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
             )
         except Exception as e:  # the exporter raises many types; any of them means "cannot"
             name = (meta.get("model") or {}).get("name", "this model")
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MnistlabError(f"cannot export {name} to ONNX: {reason}") from e
+            raise MnistlabError(f"cannot export {name} to ONNX: {first_line(e)}") from e
     meta = {**meta, "parameters": sum(p.numel() for p in model.parameters())}
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
@@ -147,13 +147,62 @@ def open_session(source: bytes | str | Path, where: str, threads: int | None = N
         session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
                                        options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's errors are its own C++ exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MnistlabError(f"{where}: not a usable ONNX model ({first})") from None
+        raise MnistlabError(f"{where}: not a usable ONNX model ({first_line(e)})") from None
     inputs = session.get_inputs()
     if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28]:
         shapes = ", ".join(str(i.shape) for i in inputs)
         raise MnistlabError(f"{where}: expected one input of shape (N, 1, 28, 28), got {shapes}")
     return session
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (ONNX Runtime's messages run on), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def run_options() -> Any:
+    """Fresh RunOptions for one run: its `terminate` flag stops that run alone."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    # fatal only: a run that fails (or is terminated) is reported by us, in one line
+    options.log_severity_level = 4
+    return options
+
+
+def run_stoppably(session: Any, feeds: dict[str, Any], options: Any) -> list[Any]:
+    """`session.run(None, feeds, options)`, stoppable by Ctrl-C as well as by the options'
+    `terminate` flag.
+
+    Python runs signal handlers only in the main thread and only between bytecodes, and
+    ONNX Runtime's run is one long C++ call: on the main thread, the run goes to a worker
+    thread while this one waits in short joins, where a KeyboardInterrupt can land; the run is
+    then terminated and the interrupt goes on up. Other threads never see a signal and run
+    the session themselves.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return session.run(None, feeds, options)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["outputs"] = session.run(None, feeds, options)
+        except Exception as e:  # handed to the waiting thread, which raises it
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="mnistlab-onnx-run", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except BaseException:  # KeyboardInterrupt, or SystemExit from a signal handler
+        options.terminate = True
+        worker.join(2.0)  # ONNX Runtime checks the flag between operators, Loop iterations too
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["outputs"]
 
 
 def session_meta(session: Any) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 Two backends compute the same function: PyTorch over the checkpoint's model, or ONNX Runtime
 over an exported graph (an .onnx file, or a checkpoint exported in memory on load). Both are
 safe to call from several threads at once: the torch model is only ever read (eval mode, under
-inference_mode), and an ONNX Runtime session's `run` is thread-safe.
+inference_mode), and an ONNX Runtime session's `run` is thread-safe. `Predictor.interrupt`
+stops the inferences in progress, from any thread.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from mnistlab.data.splits import as_input
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import onnxio
+from mnistlab.inference.errors import InferenceError, InferenceInterrupted
 from mnistlab.models import count_parameters
 
 BACKENDS = ("torch", "onnx")
@@ -31,11 +34,30 @@ MNIST_SCALE = 1.0 / 255.0
 class Predictor:
     """Probabilities for (N, 28, 28) uint8 images, light ink on 0, as `to_mnist` makes them."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: dict[str, Any],
-                 batch_size: int = BATCH_SIZE) -> None:
-        self._run = run  # one batch of uint8 images to float32 probabilities
+    def __init__(self, run: Callable[[np.ndarray, Callable[[], bool]], np.ndarray],
+                 info: dict[str, Any], batch_size: int = BATCH_SIZE,
+                 stop_runs: Callable[[], None] | None = None) -> None:
+        # one batch of uint8 images to float32 probabilities; the second argument says whether
+        # the call was interrupted since it began
+        self._run = run
         self.info = info
         self.batch_size = batch_size
+        self._stop_runs = stop_runs  # stops the backend's runs in flight, where it can
+        self._interruptions = 0  # a call began before an interrupt when this changed since
+
+    def interrupt(self) -> None:
+        """Stop every inference in progress as soon as the backend allows: each such call of
+        `probabilities` raises InferenceInterrupted; later calls run as usual. Safe from any
+        thread.
+
+        ONNX Runtime: the runs in flight are terminated (it checks between operators, inside a
+        Loop too), and a call of several batches stops before its next one. PyTorch offers no
+        way to stop a forward pass and needs none here: our models' sizes are bounded before
+        they are built and a batch takes milliseconds, so a call stops before its next batch.
+        """
+        self._interruptions += 1
+        if self._stop_runs is not None:
+            self._stop_runs()
 
     @classmethod
     def load(cls, target: str = "default", *, backend: str = "torch",
@@ -63,7 +85,8 @@ class Predictor:
                      count_parameters(model))
         if backend == "onnx":
             session = onnxio.open_session(onnxio.model_to_onnx(model, meta), target, threads)
-            return cls(_onnx_runner(session, meta), info)
+            runner = _OnnxRunner(session, meta)
+            return cls(runner, info, stop_runs=runner.stop_all)
         return cls(_torch_runner(model, meta, dev), info)
 
     @classmethod
@@ -72,8 +95,9 @@ class Predictor:
             raise MnistlabError(f"{path}: no such ONNX file")
         session = onnxio.open_session(path, str(path), threads)
         meta = onnxio.session_meta(session)
-        return cls(_onnx_runner(session, meta),
-                   _info(meta, path, "onnx", "cpu", meta.get("parameters")))
+        runner = _OnnxRunner(session, meta)
+        return cls(runner, _info(meta, path, "onnx", "cpu", meta.get("parameters")),
+                   stop_runs=runner.stop_all)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) uint8 to (N, 10) float32 probabilities, in batches."""
@@ -85,8 +109,16 @@ class Predictor:
         if len(images) == 0:
             return np.zeros((0, classes), dtype=np.float32)
         images = np.ascontiguousarray(images)
-        out = [self._run(images[i:i + self.batch_size])
-               for i in range(0, len(images), self.batch_size)]
+        began = self._interruptions
+
+        def interrupted() -> bool:
+            return self._interruptions != began
+
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            if interrupted():
+                raise InferenceInterrupted("the inference was interrupted")
+            out.append(self._run(images[i:i + self.batch_size], interrupted))
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
@@ -124,11 +156,12 @@ def _normalisation(meta: dict[str, Any]) -> tuple[float, float, float, bool]:
 
 
 def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
-                  device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+                  device: torch.device) -> Callable[[np.ndarray, Callable[[], bool]], np.ndarray]:
     scale, mean, std, plain = _normalisation(meta)
 
     @torch.inference_mode()
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, interrupted: Callable[[], bool]) -> np.ndarray:
+        # a forward pass cannot be stopped, and is short: `probabilities` checks between batches
         images = torch.tensor(batch, device=device)  # a copy: the caller's array may be read-only
         if plain:  # exactly what training fed the model, bit for bit
             x = as_input(images, channels_last=True)
@@ -140,22 +173,53 @@ def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
     return run
 
 
-def _onnx_runner(session: Any, meta: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    scale, mean, std, plain = _normalisation(meta)
-    input_name = session.get_inputs()[0].name
-    # our graphs end in a softmax; a graph from elsewhere may return logits
-    softmax = session.get_outputs()[0].name != onnxio.OUTPUT_NAME
+class _OnnxRunner:
+    """One batch through an ONNX Runtime session, as probabilities. Each run has RunOptions of
+    its own, kept while it runs so that `stop_all` can set their `terminate` flag."""
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def __init__(self, session: Any, meta: dict[str, Any]) -> None:
+        self.session = session
+        self.scale, self.mean, self.std, self.plain = _normalisation(meta)
+        self.input_name = session.get_inputs()[0].name
+        # our graphs end in a softmax; a graph from elsewhere may return logits
+        self.softmax = session.get_outputs()[0].name != onnxio.OUTPUT_NAME
+        self._lock = threading.Lock()
+        self._running: dict[int, Any] = {}  # id -> the RunOptions of each run in flight
+
+    def __call__(self, batch: np.ndarray, interrupted: Callable[[], bool]) -> np.ndarray:
+        options = onnxio.run_options()
+        with self._lock:
+            self._running[id(options)] = options
+        try:
+            # registered first, then asked: an interrupt either finds this run registered or
+            # is seen here, never neither
+            if interrupted():
+                raise InferenceInterrupted("the inference was interrupted")
+            return self._run(batch, options)
+        finally:
+            with self._lock:
+                del self._running[id(options)]
+
+    def stop_all(self) -> None:
+        with self._lock:
+            for options in self._running.values():
+                options.terminate = True
+
+    def _run(self, batch: np.ndarray, options: Any) -> np.ndarray:
         x = batch[:, None].astype(np.float32)
-        if plain:
+        if self.plain:
             x /= np.float32(255.0)  # as torch's as_input does, to the last bit
         else:
-            x = (x * np.float32(scale) - np.float32(mean)) / np.float32(std)
-        out = np.asarray(session.run(None, {input_name: x})[0], dtype=np.float32)
-        if softmax:
+            x = (x * np.float32(self.scale) - np.float32(self.mean)) / np.float32(self.std)
+        try:
+            outputs = onnxio.run_stoppably(self.session, {self.input_name: x}, options)
+        except Exception as e:  # onnxruntime's errors are its own C++ exception types
+            if options.terminate:
+                raise InferenceInterrupted("the inference was interrupted") from None
+            raise InferenceError(f"the ONNX model failed on {len(batch)} image(s) "
+                                 f"({onnxio.first_line(e)})") from None
+        out = np.asarray(outputs[0], dtype=np.float32)
+        if self.softmax:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         return out
-
-    return run
