@@ -4,17 +4,30 @@ The ONNX models are built here with the onnx package's helper API: a plain linea
 the 784 pixels, then the same with one thing wrong.
 """
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
+from PIL import Image
 
+from mnistlab import checkpoint
+from mnistlab.checkpoint import CheckpointError, load_model, read_file, save_model
 from mnistlab.data.registry import load_arrays
-from mnistlab.inference import Predictor
+from mnistlab.errors import MnistlabError
+from mnistlab.inference import Predictor, onnxio
 from mnistlab.inference.errors import InferenceInterrupted
+from mnistlab.inference.export import export_onnx
+from mnistlab.models import build_model
+from mnistlab.serve import app as serve_app
 
 ONNX_OPSET = 17
 
@@ -129,3 +142,280 @@ def test_interrupt_leaves_later_torch_calls_alone(images):
     predictor = Predictor.load("default")
     predictor.interrupt()  # nothing in progress: nothing to stop
     assert predictor.probabilities(images).argmax(1).tolist() == [7, 2, 1, 0]
+
+
+# ---- the commands that load a model, run as a user runs them --------------------------------
+
+# runs `mnistlab.cli.main` on each argv in one process (importing PyTorch once, not per
+# command), catching each one's stderr at the file descriptor, where ONNX Runtime writes too
+DRIVER = """
+import json, os, sys, tempfile
+from mnistlab.cli import main
+
+def run(argv):
+    with tempfile.TemporaryFile() as err, open(os.devnull, "w") as out:
+        sys.stdout.flush(); sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            code = main(argv)
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        err.seek(0)
+        return code, err.read().decode()
+
+results = [run(argv) for argv in json.loads(sys.argv[1])]
+with open(sys.argv[2], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def run_commands(tmp_path, argvs, timeout=300):
+    """[(exit status, stderr)] of `mnistlab ARGV...` for each argv, all in one process."""
+    report = tmp_path / "driver.json"
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argvs), str(report)],
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return json.loads(report.read_text())
+
+
+def assert_refused_in_one_line(result, *fragments):
+    code, stderr = result
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("mnistlab: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], stderr
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "seven.png"
+    Image.fromarray(255 - load_arrays("mnist").test_images[0]).save(path)
+    return path
+
+
+def command(name, target, tmp_path, digit_png):
+    """`mnistlab NAME` loading the model `target`, each command as its options want it."""
+    return {
+        "predict": ["predict", "--model", target, str(digit_png)],
+        "evaluate": ["evaluate", target, "--device", "cpu"],
+        "summary": ["summary", target],
+        "ensemble": ["ensemble", target, "--device", "cpu"],
+        "serve": ["serve", "--model", target, "--port", "18317"],
+        "export": ["export", target, "--out", str(tmp_path / "out.onnx")],
+        "report": ["report", target, "--out", str(tmp_path / "report"), "--device", "cpu"],
+    }[name]
+
+
+COMMANDS = ["predict", "evaluate", "summary", "ensemble", "serve", "export", "report"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_special_and_oversized_files_are_refused_by_every_loader(tmp_path, digit_png, name):
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)  # no writer: opening it to read would wait for ever
+    huge = tmp_path / "huge"  # a run folder whose model claims more than a checkpoint may be
+    huge.mkdir()
+    with open(huge / checkpoint.MODEL_FILE, "wb") as f:
+        f.truncate(checkpoint.MAX_FILE_BYTES + 1)  # sparse: no disk used
+    targets = ["/dev/zero", str(fifo), str(huge)]  # /dev/zero: stat says 0 bytes, it never ends
+    results = run_commands(tmp_path, [command(name, t, tmp_path, digit_png) for t in targets])
+    for target, result in zip(targets, results):
+        if name == "report" and target != str(huge):
+            assert_refused_in_one_line(result, "not a run folder")  # its own check, first
+        elif target == str(huge):
+            assert_refused_in_one_line(result, "too large for a checkpoint")
+        else:
+            assert_refused_in_one_line(result, target, "not a regular file")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_special_and_oversized_onnx_files_are_refused(tmp_path, digit_png):
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.onnx"
+    with open(huge, "wb") as f:
+        f.truncate(onnxio.MAX_ONNX_BYTES + 1)
+    argvs = [["predict", "--backend", "onnx", "--model", target, str(digit_png)]
+             for target in ("/dev/zero", str(fifo), str(huge))]
+    dev_zero, fifo_result, huge_result = run_commands(tmp_path, argvs)
+    assert_refused_in_one_line(dev_zero, "/dev/zero: not a regular file (a character device)")
+    assert_refused_in_one_line(fifo_result, "not a regular file (a FIFO)")
+    assert_refused_in_one_line(huge_result, "too large for an ONNX model")
+
+
+# ---- models that answer NaN -----------------------------------------------------------------
+
+
+def nan_checkpoints(folder):
+    """Two real checkpoints whose weights pass every check but whose answers are NaN: a batch
+    norm with a negative running variance, and an input scale of 1e308."""
+    torch.manual_seed(0)
+    model = build_model("fast-cnn", init="pytorch")
+    meta = {"model": {"name": "fast-cnn", "args": {}}}
+    negative = folder / "negative-variance"
+    model.state_dict()["stem.bn.running_var"].fill_(-1.0)
+    save_model(negative, model, meta)
+    model.state_dict()["stem.bn.running_var"].fill_(1.0)
+    overflow = folder / "input-overflow"
+    save_model(overflow, model, {**meta, "input": {"scale": 1e308, "mean": 0.0, "std": 1.0}})
+    return [negative, overflow]
+
+
+def test_a_model_answering_nan_is_refused_on_load_by_every_command(tmp_path, digit_png):
+    runs = [(name, target) for name in ("predict", "evaluate", "export", "ensemble")
+            for target in nan_checkpoints(tmp_path)]
+    results = run_commands(tmp_path, [command(name, str(target), tmp_path, digit_png)
+                                      for name, target in runs])
+    for (_, target), result in zip(runs, results):
+        assert_refused_in_one_line(result, str(target), "NaN or infinite")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_model_answering_nan_is_refused_by_the_server_and_the_loaders(tmp_path, monkeypatch):
+    for target in nan_checkpoints(tmp_path):
+        monkeypatch.setenv(serve_app.ENV_MODEL, str(target))
+        with pytest.raises(MnistlabError, match="NaN or infinite"):
+            serve_app.app_from_environment()  # what each server worker builds its app with
+        for backend in ("torch", "onnx"):
+            with pytest.raises(MnistlabError, match="NaN or infinite"):
+                Predictor.load(str(target), backend=backend)
+        with pytest.raises(CheckpointError, match="NaN or infinite"):
+            load_model(target)
+
+
+def test_a_model_answering_another_number_of_classes_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("softmax", init="pytorch")
+    names = [f"class {i}" for i in range(12)]
+    save_model(tmp_path, model, {"model": {"name": "softmax", "args": {}}, "class_names": names})
+    with pytest.raises(CheckpointError, match=r"with shape \(1, 10\); expected \(1, 12\)"):
+        load_model(tmp_path)
+
+
+# ---- hostile ONNX graphs --------------------------------------------------------------------
+
+
+def nan_model() -> bytes:
+    nodes, initializers, _ = linear(
+        extra_nodes=[helper.make_node("Mul", ["scores", "nan"], ["logits"])],
+        extra_initializers=[helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])])
+    return onnx_bytes(nodes, [image_input()],
+                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                      initializers)
+
+
+def one_dimensional_output() -> bytes:
+    nodes, initializers, _ = linear(extra_nodes=[
+        helper.make_node("ReduceSum", ["scores", "axis"], ["logits"], keepdims=0)],
+        extra_initializers=[helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    return onnx_bytes(nodes, [image_input()],
+                      [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N"])],
+                      initializers)
+
+
+HOSTILE_ONNX = {  # file name: (the graph, what the one line says)
+    "fixed-batch.onnx": (lambda: linear_model(batch=1), "a fixed batch of 1"),
+    "uint8.onnx": (lambda: linear_model(dtype=TensorProto.UINT8),
+                   "expected one input of float32 images [N, 1, 28, 28], N free; "
+                   "the model takes image: tensor(uint8) [?, 1, 28, 28]"),
+    "double.onnx": (lambda: linear_model(dtype=TensorProto.DOUBLE), "tensor(double)"),
+    "thousand-classes.onnx": (lambda: linear_model(classes=1000),
+                              "expected one float32 output [N, 10], a value per class; "
+                              "the model returns scores: tensor(float) [?, 1000]"),
+    "one-dimensional.onnx": (one_dimensional_output, "the model returns logits: tensor(float) [?]"),
+    "nan.onnx": (nan_model, "NaN or infinite"),
+    "long-loop.onnx": (lambda: loop_model("always"), "more than 5 s on 1 MNIST test image"),
+}
+
+
+def test_hostile_onnx_models_are_refused_in_one_line(tmp_path, digit_png):
+    paths = [write(tmp_path, name, build()) for name, (build, _) in HOSTILE_ONNX.items()]
+    results = run_commands(tmp_path, [["predict", "--model", str(p), str(digit_png)]
+                                      for p in paths])
+    for path, (_, message), result in zip(paths, HOSTILE_ONNX.values(), results):
+        assert_refused_in_one_line(result, str(path), message)
+    # the plain graph they all start from is fine: what is refused is what each one adds
+    plain = Predictor.load(str(write(tmp_path, "plain.onnx", linear_model())), backend="onnx")
+    assert plain.probabilities(load_arrays("mnist").test_images[:5]).shape == (5, 10)
+
+
+# ---- Ctrl-C during a long inference ---------------------------------------------------------
+
+
+def test_ctrl_c_stops_predict_during_a_long_onnx_inference(tmp_path, digit_png):
+    model = write(tmp_path, "loop.onnx", loop_model("at batch 2"))
+    mnist = load_arrays("mnist").test_images
+    two_digits = np.pad(np.concatenate([255 - mnist[1], 255 - mnist[2]], axis=1), 10,
+                        constant_values=255)
+    number = tmp_path / "two-digits.png"
+    Image.fromarray(two_digits).save(number)
+    # the seven is read at once; the two digits are one batch of 2: a Loop of days
+    process = subprocess.Popen([sys.executable, "-m", "mnistlab", "predict", "--model",
+                                str(model), str(digit_png), str(number)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        first = process.stdout.readline()  # the seven's line: the two digits' run has begun
+        assert "seven.png: " in first, process.stderr.read() if not first else first
+        time.sleep(0.5)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)  # the test's own bound; the claim is below
+        stopped_after = time.monotonic() - sent
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert code == 130 and stopped_after < 2.0, (code, stopped_after, stderr)
+    assert stderr.strip() == "mnistlab: interrupted"
+
+
+# ---- what mnistlab writes, it reads back ----------------------------------------------------
+
+
+def small_model():
+    torch.manual_seed(0)
+    return build_model("softmax", init="pytorch"), {"model": {"name": "softmax", "args": {}}}
+
+
+def test_a_checkpoint_the_reader_would_refuse_is_never_written(tmp_path):
+    model, meta = small_model()
+    path = save_model(tmp_path, model, meta)
+    before = path.read_bytes(), (tmp_path / checkpoint.MODEL_META_FILE).read_bytes()
+    deep = {}
+    for _ in range(100_000):  # deeper than JSON is written or read
+        deep = {"x": deep}
+    too_long = {**meta, "recipe": {"description": "x" * (checkpoint.MAX_META_CHARS + 1)}}
+    for bad, message in ((too_long, "more than the 1,048,576 allowed"),
+                         ({**meta, "recipe": deep}, "cannot be written as JSON")):
+        with pytest.raises(CheckpointError, match=message) as refused:
+            save_model(tmp_path, model, bad)
+        assert "nothing was written" in str(refused.value) and "\n" not in str(refused.value)
+        after = path.read_bytes(), (tmp_path / checkpoint.MODEL_META_FILE).read_bytes()
+        assert after == before  # the previous checkpoint is untouched
+    assert load_model(tmp_path)[1]["model"]["name"] == "softmax"
+
+
+def test_a_checkpoint_larger_than_the_reader_takes_is_never_written(tmp_path, monkeypatch):
+    model, meta = small_model()
+    path = save_model(tmp_path, model, meta)
+    size = path.stat().st_size
+    monkeypatch.setattr(checkpoint, "MAX_FILE_BYTES", size - 1)  # the one bound, for both sides
+    with pytest.raises(CheckpointError, match="too large for a checkpoint"):
+        read_file(path)
+    with pytest.raises(CheckpointError, match=f"{size:,} bytes, more than the {size - 1:,}"):
+        save_model(tmp_path / "other", model, meta)
+    assert not (tmp_path / "other" / checkpoint.MODEL_FILE).exists()
+
+
+def test_an_onnx_file_the_reader_would_refuse_is_never_exported(tmp_path, monkeypatch):
+    model, meta = small_model()
+    save_model(tmp_path / "run", model, meta)
+    report = export_onnx(tmp_path / "run", tmp_path / "small.onnx", verify_images=10)
+    monkeypatch.setattr(onnxio, "MAX_ONNX_BYTES", report.size_bytes - 1)
+    with pytest.raises(MnistlabError, match="too large for an ONNX model"):
+        Predictor.load(str(tmp_path / "small.onnx"), backend="onnx")
+    with pytest.raises(MnistlabError, match="cannot export to ONNX: the file would be"):
+        export_onnx(tmp_path / "run", tmp_path / "again.onnx", verify_images=10)
+    assert not (tmp_path / "again.onnx").exists()

@@ -1,8 +1,10 @@
 """Export a checkpoint to ONNX, then prove the file computes what PyTorch does.
 
-The proof runs both on real MNIST test images: the file is read back from disk by ONNX Runtime
-(so what is checked is what was written), and the report gives the largest difference in any
-probability and how often the two predicted labels agree.
+The proof runs both on real MNIST test images: the file is read back from disk through the
+reader `predict` and `serve` use (so what is checked is what was written, and that it loads),
+and the report gives the largest difference in any probability and how often the two predicted
+labels agree. The graph is checked as on every load before it is written, and a NaN anywhere
+fails the export.
 """
 
 from __future__ import annotations
@@ -61,16 +63,21 @@ def export_onnx(target: str | Path, out_path: str | Path | None = None, *,
         raise MnistlabError(f"{out}: is a folder; name the .onnx file to write")
     model, meta = load_model(target, "cpu")
     data = onnxio.model_to_onnx(model, meta)
+    Predictor.from_onnx(data, str(out))  # the checks on load, before anything is written
     atomic_write_bytes(out, data)
 
     reference = Predictor.load(str(target), backend="torch", device="cpu")
-    exported = Predictor.load(str(out), backend="onnx")
+    exported = Predictor.load(str(out), backend="onnx")  # read back through our own reader
     test = load_split("test", "mnist", None, torch.device("cpu"))
     count = min(max(1, verify_images), len(test))
     images = test.images[:count].numpy()
     labels = test.labels[:count].numpy()
     p_torch = reference.probabilities(images)
     p_onnx = exported.probabilities(images)
+    for side, probabilities in (("PyTorch", p_torch), ("ONNX Runtime", p_onnx)):
+        if not np.isfinite(probabilities).all():  # NaN compares as neither more nor less
+            raise MnistlabError(f"{out}: not verified: {side} gives NaN or infinite "
+                                f"probabilities for some of {count:,} MNIST test images")
     return ExportReport(
         path=out,
         checkpoint=resolve_checkpoint(target),

@@ -5,6 +5,10 @@ probabilities (N, 10): the softmax is inside, so any ONNX consumer gets what `Pr
 The checkpoint's metadata travels in the model's `metadata_props` under the key "mnistlab", so
 an exported file alone says what it is.
 
+An ONNX file is untrusted input like a checkpoint: read bounded (`read_onnx`), its one input and
+one output checked against what mnistlab feeds and reads (`check_signature`), and every run
+stoppable (`run_stoppably`, with RunOptions of its own).
+
 PyTorch's TorchScript-based exporter (`dynamo=False`) is used: it needs only the onnx package
 (the torch.export-based one needs onnxscript as well) and exists in every PyTorch this project
 supports (2.4 onwards), though newer releases mark it deprecated.
@@ -25,13 +29,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.checkpoint import MAX_FILE_BYTES, MAX_META_CHARS, parse_meta
 from mnistlab.errors import MnistlabError
+from mnistlab.fileio import read_limited
 from mnistlab.models.layers import Conv2dTFSame, tf_same_padding
 
 OPSET = 17  # ONNX Runtime has run opset 17 since 1.13; every PyTorch from 2.4 exports it
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 META_KEY = "mnistlab"
+# an exported graph is about its checkpoint's size, so the checkpoint's bound serves for both
+MAX_ONNX_BYTES = MAX_FILE_BYTES
 # PyTorch 2.5 added the `dynamo` switch (and 2.9 made True its default); before, the legacy
 # exporter was the only one and the keyword does not exist
 _LEGACY = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -117,11 +125,32 @@ def model_to_onnx(model: nn.Module, meta: dict[str, Any]) -> bytes:
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta, sort_keys=True)
-    return proto.SerializeToString()
+    data = proto.SerializeToString()
+    # refused here what `read_onnx` and `session_meta` would refuse to read back
+    if len(data) > MAX_ONNX_BYTES or len(entry.value) > MAX_META_CHARS:
+        raise MnistlabError(f"cannot export to ONNX: the file would be {len(data):,} bytes with "
+                            f"{len(entry.value):,} characters of metadata, more than the "
+                            f"{MAX_ONNX_BYTES:,} and {MAX_META_CHARS:,} mnistlab reads")
+    return data
 
 
-def open_session(source: bytes | str | Path, where: str, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on the CPU over an ONNX file or its bytes.
+def read_onnx(path: Path) -> bytes:
+    """An ONNX file's bytes: a regular file of at most MAX_ONNX_BYTES, bounded by what is read
+    (ONNX Runtime takes the bytes: it never opens the path itself)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MnistlabError(f"{path}: no such ONNX file") from None
+    except OSError as e:
+        raise MnistlabError(f"{path}: cannot read the ONNX model: {e.strerror or e}") from None
+    if size > MAX_ONNX_BYTES:  # refused before reading a gigabyte; read_limited bounds the rest
+        raise MnistlabError(f"{path}: {size:,} bytes is too large for an ONNX model "
+                            f"(at most {MAX_ONNX_BYTES:,})")
+    return read_limited(path, MAX_ONNX_BYTES, "ONNX model")
+
+
+def open_session(source: bytes, where: str, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU over the bytes of an ONNX file.
 
     `threads`: the threads one call may use, as for serving, where each request's batch is
     small and the other cores parse and answer requests: that many intra-op threads, one
@@ -134,7 +163,9 @@ def open_session(source: bytes | str | Path, where: str, threads: int | None = N
     except ImportError:
         raise MnistlabError("the onnx backend needs ONNX Runtime: pip install onnxruntime") from None
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: its warnings are about graph optimisations
+    # fatal only: its warnings are about graph optimisations, and every error comes back to us
+    # as an exception, reported in one line
+    options.log_severity_level = 4
     if threads is not None:
         if threads < 1:
             raise MnistlabError(f"threads must be at least 1, got {threads}")
@@ -144,15 +175,46 @@ def open_session(source: bytes | str | Path, where: str, threads: int | None = N
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
-                                       options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's errors are its own C++ exception types
         raise MnistlabError(f"{where}: not a usable ONNX model ({first_line(e)})") from None
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or list(inputs[0].shape[1:]) != [1, 28, 28]:
-        shapes = ", ".join(str(i.shape) for i in inputs)
-        raise MnistlabError(f"{where}: expected one input of shape (N, 1, 28, 28), got {shapes}")
-    return session
+
+
+def check_signature(session: Any, where: str, classes: int) -> None:
+    """Refuse a graph that does not take what mnistlab feeds, one input of float32 images
+    [N, 1, 28, 28] with a free batch size N, or does not return what it reads, one float32
+    output [N, classes]. A dimension the graph leaves free passes here; the check on load
+    runs it."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    expected_input = "one input of float32 images [N, 1, 28, 28], N free"
+    if len(inputs) != 1:
+        raise MnistlabError(f"{where}: expected {expected_input}; the model takes "
+                            f"{len(inputs)} inputs ({_describe(inputs)})")
+    image = inputs[0]
+    shape = list(image.shape)
+    if (image.type != "tensor(float)" or len(shape) != 4
+            or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (1, 28, 28)))):
+        raise MnistlabError(f"{where}: expected {expected_input}; the model takes "
+                            f"{_describe(inputs)}")
+    if isinstance(shape[0], int):
+        raise MnistlabError(f"{where}: expected {expected_input}; the model takes a fixed batch "
+                            f"of {shape[0]} ({_describe(inputs)}), and a picture of several "
+                            "digits is one batch")
+    expected_output = f"one float32 output [N, {classes}], a value per class"
+    shape = list(outputs[0].shape) if len(outputs) == 1 else []
+    # an empty shape: a rank ONNX Runtime does not know, left to the run on load
+    if (len(outputs) != 1 or outputs[0].type != "tensor(float)" or len(shape) not in (0, 2)
+            or len(shape) == 2 and isinstance(shape[1], int) and shape[1] != classes):
+        raise MnistlabError(f"{where}: expected {expected_output}; the model returns "
+                            f"{_describe(outputs)}")
+
+
+def _describe(args: list[Any]) -> str:
+    """ONNX Runtime's inputs or outputs as `name: type [dims]`, a free dimension as `?`."""
+    def dims(shape: list[Any]) -> str:
+        return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+
+    return ", ".join(f"{a.name}: {a.type} {dims(a.shape)}" for a in args) or "nothing"
 
 
 def first_line(e: BaseException) -> str:
@@ -177,39 +239,49 @@ def run_stoppably(session: Any, feeds: dict[str, Any], options: Any) -> list[Any
 
     Python runs signal handlers only in the main thread and only between bytecodes, and
     ONNX Runtime's run is one long C++ call: on the main thread, the run goes to a worker
-    thread while this one waits in short joins, where a KeyboardInterrupt can land; the run is
+    thread while this one waits in short waits, where a KeyboardInterrupt can land; the run is
     then terminated and the interrupt goes on up. Other threads never see a signal and run
     the session themselves.
     """
     if threading.current_thread() is not threading.main_thread():
         return session.run(None, feeds, options)
     outcome: dict[str, Any] = {}
+    # an Event, not Thread.join: in Python 3.11 a join interrupted by Ctrl-C marks the thread
+    # as ended while it still runs, and the process would exit (and abort) around the run
+    done = threading.Event()
 
     def work() -> None:
         try:
             outcome["outputs"] = session.run(None, feeds, options)
         except Exception as e:  # handed to the waiting thread, which raises it
             outcome["error"] = e
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="mnistlab-onnx-run", daemon=True)
-    worker.start()
+    threading.Thread(target=work, name="mnistlab-onnx-run", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.05)
+        while not done.wait(0.05):
+            pass
     except BaseException:  # KeyboardInterrupt, or SystemExit from a signal handler
         options.terminate = True
-        worker.join(2.0)  # ONNX Runtime checks the flag between operators, Loop iterations too
+        done.wait(2.0)  # ONNX Runtime checks the flag between operators, Loop iterations too
         raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["outputs"]
 
 
-def session_meta(session: Any) -> dict[str, Any]:
-    """The mnistlab metadata an exported file carries, or {} for an ONNX file from elsewhere."""
+def session_meta(session: Any, where: str) -> dict[str, Any]:
+    """The mnistlab metadata an exported file carries, or {} for an ONNX file from elsewhere;
+    refused as a checkpoint's is when too large or nested too deep."""
     text = session.get_modelmeta().custom_metadata_map.get(META_KEY)
-    try:
-        meta = json.loads(text) if text else {}
-    except ValueError:
+    if not text:
         return {}
-    return meta if isinstance(meta, dict) else {}
+    try:
+        return parse_meta(text)
+    except RecursionError as e:
+        raise MnistlabError(f"{where}: no valid mnistlab metadata ({e})") from None
+    except ValueError as e:
+        if len(text) > MAX_META_CHARS:
+            raise MnistlabError(f"{where}: no valid mnistlab metadata ({e})") from None
+        return {}  # not ours: metadata another tool wrote under the same key

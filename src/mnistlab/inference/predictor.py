@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistlab.checkpoint import load_model, resolve_checkpoint
+from mnistlab.checkpoint import (
+    CHECK_BATCHES,
+    MODEL_FIELDS,
+    check_answers,
+    check_fields,
+    check_images,
+    class_names,
+    input_normalisation,
+    load_model,
+    resolve_checkpoint,
+)
 from mnistlab.data.splits import as_input
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
@@ -27,8 +37,9 @@ from mnistlab.models import count_parameters
 
 BACKENDS = ("torch", "onnx")
 BATCH_SIZE = 256  # what evaluation found fastest on the CPU (docs/BENCHMARKS.md)
-DEFAULT_CLASS_NAMES = [str(i) for i in range(10)]
-MNIST_SCALE = 1.0 / 255.0
+# the check on load of an ONNX graph (a few images, milliseconds for ours) stops after this:
+# a graph can hold a Loop of days, and a model this slow could not serve anyway
+CHECK_SECONDS = 5.0
 
 
 class Predictor:
@@ -79,28 +90,40 @@ class Predictor:
             raise MnistlabError(f"{target}: an ONNX file needs the onnx backend (--backend onnx)")
 
         dev = resolve_device(device)
-        model, meta = load_model(target, dev)
+        model, meta = load_model(target, dev)  # checked on load: finite answers, one per class
         model.eval()  # predictions are deterministic: dropout off even where a tutorial left it on
         info = _info(meta, resolve_checkpoint(target), backend, str(dev),
                      count_parameters(model))
         if backend == "onnx":
-            session = onnxio.open_session(onnxio.model_to_onnx(model, meta), target, threads)
-            runner = _OnnxRunner(session, meta)
-            return cls(runner, info, stop_runs=runner.stop_all)
-        return cls(_torch_runner(model, meta, dev), info)
+            return cls.from_onnx(onnxio.model_to_onnx(model, meta), target, threads=threads,
+                                 info=info)
+        return cls(_torch_runner(model, meta, dev, target), info)
 
     @classmethod
     def _from_onnx_file(cls, path: Path, threads: int | None = None) -> Predictor:
-        if not path.is_file():
-            raise MnistlabError(f"{path}: no such ONNX file")
-        session = onnxio.open_session(path, str(path), threads)
-        meta = onnxio.session_meta(session)
-        runner = _OnnxRunner(session, meta)
-        return cls(runner, _info(meta, path, "onnx", "cpu", meta.get("parameters")),
-                   stop_runs=runner.stop_all)
+        return cls.from_onnx(onnxio.read_onnx(path), str(path), threads=threads)
+
+    @classmethod
+    def from_onnx(cls, data: bytes, where: str, *, threads: int | None = None,
+                  info: dict[str, Any] | None = None) -> Predictor:
+        """A predictor over the bytes of an ONNX file (`where` names it in errors), refused
+        unless its input and output are what mnistlab feeds and reads and it answers a few
+        MNIST test images within CHECK_SECONDS, as `checkpoint.load_model` checks a model."""
+        session = onnxio.open_session(data, where, threads)
+        meta = onnxio.session_meta(session, where)
+        check_fields(meta, Path(where), MODEL_FIELDS)  # as a checkpoint's: a file from anywhere
+        if info is None:
+            info = _info(meta, Path(where), "onnx", "cpu", meta.get("parameters"))
+        classes = len(info["class_names"])
+        onnxio.check_signature(session, where, classes)
+        runner = _OnnxRunner(session, input_normalisation(meta, where))
+        for count in CHECK_BATCHES:
+            answer = runner.run_within(check_images()[:count], CHECK_SECONDS, where)
+            check_answers(answer, count, classes, where, probabilities=True)
+        return cls(runner, info, stop_runs=runner.stop_all)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(N, 28, 28) uint8 to (N, 10) float32 probabilities, in batches."""
+        """(N, 28, 28) uint8 to (N, classes) float32 probabilities, in batches."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
             raise MnistlabError(f"expected uint8 images of shape (N, 28, 28), got "
@@ -128,9 +151,6 @@ def _info(meta: dict[str, Any], path: Path, backend: str, device: str,
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     test = metrics.get("test") if isinstance(metrics.get("test"), dict) else {}
     accuracy = test.get("accuracy")
-    names = meta.get("class_names")
-    if not (isinstance(names, list) and len(names) == 10):
-        names = DEFAULT_CLASS_NAMES
     return {
         "model": model.get("name"),
         "args": model.get("args", {}),
@@ -139,25 +159,13 @@ def _info(meta: dict[str, Any], path: Path, backend: str, device: str,
         "backend": backend,
         "device": device,
         "test_accuracy": accuracy if isinstance(accuracy, (int, float)) else None,
-        "class_names": [str(n) for n in names],
+        "class_names": class_names(meta),
     }
 
 
-def _normalisation(meta: dict[str, Any]) -> tuple[float, float, float, bool]:
-    """(scale, mean, std, plain): the model sees (pixel * scale - mean) / std, as it did in
-    training; plain when that is pixel / 255, MNIST's own scaling."""
-    spec = meta.get("input") if isinstance(meta.get("input"), dict) else {}
-    values = [spec.get("scale", MNIST_SCALE), spec.get("mean", 0.0), spec.get("std", 1.0)]
-    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values) or values[2] == 0:
-        raise MnistlabError(f"the checkpoint's input normalisation is invalid: {spec}")
-    scale, mean, std = float(values[0]), float(values[1]), float(values[2])
-    plain = abs(scale - MNIST_SCALE) < 1e-12 and mean == 0.0 and std == 1.0
-    return scale, mean, std, plain
-
-
-def _torch_runner(model: torch.nn.Module, meta: dict[str, Any],
-                  device: torch.device) -> Callable[[np.ndarray, Callable[[], bool]], np.ndarray]:
-    scale, mean, std, plain = _normalisation(meta)
+def _torch_runner(model: torch.nn.Module, meta: dict[str, Any], device: torch.device,
+                  where: str) -> Callable[[np.ndarray, Callable[[], bool]], np.ndarray]:
+    scale, mean, std, plain = input_normalisation(meta, where)
 
     @torch.inference_mode()
     def run(batch: np.ndarray, interrupted: Callable[[], bool]) -> np.ndarray:
@@ -177,9 +185,9 @@ class _OnnxRunner:
     """One batch through an ONNX Runtime session, as probabilities. Each run has RunOptions of
     its own, kept while it runs so that `stop_all` can set their `terminate` flag."""
 
-    def __init__(self, session: Any, meta: dict[str, Any]) -> None:
+    def __init__(self, session: Any, normalisation: tuple[float, float, float, bool]) -> None:
         self.session = session
-        self.scale, self.mean, self.std, self.plain = _normalisation(meta)
+        self.scale, self.mean, self.std, self.plain = normalisation
         self.input_name = session.get_inputs()[0].name
         # our graphs end in a softmax; a graph from elsewhere may return logits
         self.softmax = session.get_outputs()[0].name != onnxio.OUTPUT_NAME
@@ -200,6 +208,31 @@ class _OnnxRunner:
             with self._lock:
                 del self._running[id(options)]
 
+    def run_within(self, batch: np.ndarray, seconds: float, where: str) -> np.ndarray:
+        """One batch, terminated and refused if it takes more than `seconds`."""
+        options = onnxio.run_options()
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            options.terminate = True
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._run(batch, options)
+        except InferenceInterrupted:
+            if not expired.is_set():
+                raise
+            raise MnistlabError(f"{where}: the model takes more than {seconds:g} s on "
+                                f"{len(batch)} MNIST test image{'s' if len(batch) > 1 else ''} "
+                                "(a loop that does not end?); refused") from None
+        except InferenceError as e:
+            raise MnistlabError(f"{where}: {e}") from None
+        finally:
+            timer.cancel()
+
     def stop_all(self) -> None:
         with self._lock:
             for options in self._running.values():
@@ -219,6 +252,9 @@ class _OnnxRunner:
             raise InferenceError(f"the ONNX model failed on {len(batch)} image(s) "
                                  f"({onnxio.first_line(e)})") from None
         out = np.asarray(outputs[0], dtype=np.float32)
+        if out.ndim != 2 or len(out) != len(batch):  # a graph may leave its output's shape free
+            raise InferenceError(f"the ONNX model answers {len(batch)} image(s) with shape "
+                                 f"{out.shape}, not one row of values per image")
         if self.softmax:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
