@@ -122,6 +122,9 @@ def from_pixels(pixels) -> np.ndarray:
                                  f"{min(lengths)} to {max(lengths)} numbers")
     try:
         a = np.asarray(pixels, dtype=np.float64)
+    except OverflowError:  # an integer beyond any float (JSON allows 400 digits): not a pixel
+        raise BadPixelsError("pixels must lie in 0-255 (or 0-1), got an integer too large "
+                             "for any number type") from None
     except (TypeError, ValueError) as e:
         raise BadPixelsError(f"pixels must be a 28x28 array of numbers ({_reason(e)})") from None
     if a.shape != (SIZE, SIZE):
@@ -130,8 +133,8 @@ def from_pixels(pixels) -> np.ndarray:
         raise BadPixelsError("pixels hold NaN or infinite values")
     low, high = float(a.min()), float(a.max())
     if low < 0 or high > 255:
-        raise BadPixelsError(f"pixels must lie in 0-255 (or 0-1), got values from {low:g} "
-                             f"to {high:g}")
+        raise BadPixelsError(f"pixels must lie in 0-255 (or 0-1), got values from {low:.12g} "
+                             f"to {high:.12g}")
     if high <= 1.0:
         a = a * 255.0
     out = np.rint(a).astype(np.uint8)
