@@ -20,7 +20,8 @@ from `request.app.state`; `create_app` only sets those and registers them.
 
 The model runs in one thread of its own (`batcher.Batcher`): requests that arrive while it is busy are
 answered together by its next call, so the event loop never waits for the model and concurrent
-clients share model calls. Small pictures are prepared on the event loop (a thread hop costs more
+clients share model calls. No request waits for the model longer than `model_timeout` seconds
+(then: 503 `model_timeout`, and the stuck call is interrupted). Small pictures are prepared on the event loop (a thread hop costs more
 than reading them); larger ones in the thread pool.
 """
 
@@ -48,7 +49,7 @@ from mnistlab.inference.errors import BadPixelsError, ImageError, UnreadableImag
 from mnistlab.inference.images import FORMATS
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import MAX_IMAGE_BYTES, decode_image, from_pixels, read_digits
-from mnistlab.serve.batcher import Batcher
+from mnistlab.serve.batcher import MODEL_TIMEOUT, Batcher
 from mnistlab.serve.errors import (
     BadJsonError,
     BodyTooLargeError,
@@ -247,6 +248,7 @@ PREDICT_ERRORS = documented_errors({
     415: "a content type that is not an image, multipart or JSON",
     422: "not a readable image, bad pixels, an empty image (no digit found: never a guess), "
          "a multipart body without a field `file`, or a `top_k` outside 1-10",
+    503: f"the model did not answer within {MODEL_TIMEOUT:g} s (the request is freed)",
 })
 
 
@@ -285,8 +287,10 @@ async def lifespan(app: FastAPI):
     app.state.batcher.close()
 
 
-def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
-    """The web page and the HTTP API over one loaded predictor."""
+def create_app(predictor: Predictor, *, top_k: int = 3,
+               model_timeout: float = MODEL_TIMEOUT) -> FastAPI:
+    """The web page and the HTTP API over one loaded predictor; a request waits for the model
+    at most `model_timeout` seconds, then is answered 503 `model_timeout`."""
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be from 1 to 10, got {top_k}")
     app = FastAPI(
@@ -296,7 +300,8 @@ def create_app(predictor: Predictor, *, top_k: int = 3) -> FastAPI:
         lifespan=lifespan,
     )
     state = app.state
-    state.predictor, state.batcher, state.top_k = predictor, Batcher(predictor), top_k
+    state.predictor, state.top_k = predictor, top_k
+    state.batcher = Batcher(predictor, timeout=model_timeout)
     state.page = (STATIC_DIR / "index.html").read_bytes()
     state.health = HealthResponse(status="ok", model_loaded=predictor is not None,
                                   model=predictor.info.get("model"))

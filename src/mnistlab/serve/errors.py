@@ -6,13 +6,16 @@ Every refusal is `{"detail": a sentence for a person, "error": a code for a prog
 the message is only the detail, and rewording it changes nothing a program reads.
 
 Image errors are raised by `mnistlab.inference` (the types of `mnistlab.inference.errors`); the
-request errors below by the server's own reading of a request. A route's 404 and 405 keep
-Starlette's status, with its phrase as the code; anything else is a bug, logged and answered
-as a clean 500 `internal` by `CatchAll`.
+request errors below by the server's own reading of a request; a model that does not answer
+in time is a 503 `model_timeout`. A route's 404 and 405 keep Starlette's status, with its phrase
+as the code; a request cut short by a shutdown is a 503 `shutting_down`; anything else is a bug,
+logged and answered as a clean 500 `internal` by `CatchAll`. What the server's HTTP protocol
+refuses before any route sees it (`server.BoundedHttpProtocol`) has the same shape.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
 from typing import Any
@@ -60,6 +63,12 @@ class InvalidRequestError(RequestError):
     outside 1-10."""
 
 
+class ModelTimeoutError(Exception):
+    """The model did not answer within the server's time bound (`batcher.MODEL_TIMEOUT`): the
+    request is freed and the stuck model call interrupted. The server's trouble, not the
+    client's mistake: a 503, which a client may retry."""
+
+
 # the one place where an error's type becomes what the client is told; more specific types
 # first only for reading: the lookup walks each error's MRO, not this order
 ERRORS: dict[type[Exception], tuple[int, str]] = {
@@ -75,9 +84,13 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnreadableImageError: (422, "bad_image"),
     UnsupportedImageError: (422, "bad_image"),
     ImageError: (422, "bad_image"),  # any other image error (e.g. ImageFileError, a new kind)
+    ModelTimeoutError: (503, "model_timeout"),
 }
 
-OTHER_CODES = ("not_found", "method_not_allowed", "internal")  # 404, 405 and 500
+OTHER_CODES = ("not_found", "method_not_allowed", "internal", "shutting_down")  # 404, 405, 500, 503
+# answered by the server's HTTP protocol (server.BoundedHttpProtocol) before any route: 431, 408
+# and 503, each closing the connection
+CONNECTION_CODES = ("headers_too_large", "request_timeout", "too_many_connections")
 
 
 def status_of(error: BaseException) -> tuple[int, str] | None:
@@ -94,12 +107,17 @@ class ErrorResponse(BaseModel):
 
     detail: str = Field(description="what went wrong, for a person")
     error: str = Field(description="what went wrong, for a program: " + ", ".join(dict.fromkeys(
-        [code for _, code in ERRORS.values()] + list(OTHER_CODES))))
+        [code for _, code in ERRORS.values()] + list(OTHER_CODES) + list(CONNECTION_CODES))))
+
+
+def error_shape(code: str, detail: str) -> bytes:
+    """The JSON body of every error answer."""
+    return ErrorResponse(detail=detail, error=code).model_dump_json().encode()
 
 
 def error_response(status: int, code: str, detail: str, headers: Any = None) -> Response:
-    body = ErrorResponse(detail=detail, error=code).model_dump_json()
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
+    return Response(error_shape(code, detail), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 def documented_errors(meaning: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -133,12 +151,15 @@ def add_error_handlers(app: FastAPI) -> None:
     shape; Starlette picks a handler along the error's MRO, as `status_of` does."""
     app.add_exception_handler(RequestError, answer_error)
     app.add_exception_handler(ImageError, answer_error)
+    app.add_exception_handler(ModelTimeoutError, answer_error)
     app.add_exception_handler(StarletteHTTPException, answer_http_error)
 
 
 class CatchAll:
     """ASGI middleware: an exception that escapes a route is logged and answered as a clean
-    JSON 500 (no traceback to the client), and the server goes on."""
+    JSON 500 (no traceback to the client), and the server goes on. A request still running
+    when a shutdown's grace period ends is cancelled by uvicorn: it is answered 503
+    `shutting_down`, where uvicorn would log a traceback and answer a plain-text 500."""
 
     def __init__(self, app: Any):
         self.app = app
@@ -156,6 +177,10 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:  # only uvicorn's shutdown cancels a request: the task ends here
+            if not started:
+                await error_response(503, "shutting_down", "the server is stopping: try again "
+                                     "shortly")(scope, receive, send)
         except Exception:
             log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
             if started:  # too late for an answer: the connection is closed instead
