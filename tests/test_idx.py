@@ -143,7 +143,7 @@ def test_gzip_bomb_is_not_inflated(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(IdxError, match="no such file") as info:
+    with pytest.raises(IdxError, match="no such IDX data file") as info:
         read_idx(tmp_path / "nope-idx1-ubyte")
     assert str(tmp_path / "nope-idx1-ubyte") in str(info.value)
 

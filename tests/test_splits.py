@@ -35,13 +35,13 @@ def test_validation_size(n, val):
 
 
 def test_small_dataset_split(tmp_path):
-    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((120, 8, 8), np.uint8))
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((120, 28, 28), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", (np.arange(120) % 10).astype(np.uint8))
-    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((30, 8, 8), np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((30, 28, 28), np.uint8))
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(30, np.uint8))
     assert len(load_split("validation", data_dir=tmp_path)) == 10
     assert len(load_split("train", data_dir=tmp_path)) == 110
-    assert load_split("train", data_dir=tmp_path).images.shape[1:] == (8, 8)
+    assert load_split("train", data_dir=tmp_path).images.shape[1:] == (28, 28)
 
 
 def test_unknown_split_lists_valid_names():

@@ -50,7 +50,13 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _fetch(url: str, dest: Path, expected_md5: str | None, timeout: float, show: bool) -> None:
+def _too_large(url: str, size: int, max_bytes: int) -> DownloadError:
+    return DownloadError(f"{url}: the server sends {size:,} bytes or more, more than the "
+                         f"{max_bytes:,} allowed for this file; nothing was saved")
+
+
+def _fetch(url: str, dest: Path, expected_md5: str | None, timeout: float, show: bool,
+           max_bytes: int | None) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": f"mnistlab/{__version__}"})
     try:
         resp = urllib.request.urlopen(request, timeout=timeout)
@@ -62,6 +68,8 @@ def _fetch(url: str, dest: Path, expected_md5: str | None, timeout: float, show:
         raise _Transient(str(getattr(e, "reason", None) or e)) from e
     with resp:
         total = int(resp.headers.get("Content-Length") or 0) or None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise _too_large(url, total, max_bytes)
         bar = _Progress(dest.name, total, show)
         md5, done = hashlib.md5(usedforsecurity=False), 0
         with atomic_writer(dest) as f:
@@ -70,6 +78,8 @@ def _fetch(url: str, dest: Path, expected_md5: str | None, timeout: float, show:
                     f.write(chunk)
                     md5.update(chunk)
                     done += len(chunk)
+                    if max_bytes is not None and done > max_bytes:  # whatever it announced
+                        raise _too_large(url, done, max_bytes)
                     bar.update(done)
             except (OSError, http.client.HTTPException) as e:
                 raise _Transient(f"connection lost after {done} bytes ({e})") from e
@@ -92,8 +102,10 @@ def download_file(
     timeout: float = 30,
     progress: bool | None = None,
     backoff: float = 1.0,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download `url` to `dest` atomically, checking its md5 when given; raise DownloadError.
+    A body longer than `max_bytes` is refused as it arrives, and nothing is saved.
 
     Transient failures are tried again up to `retries` times, waiting backoff, 2*backoff, ...
     seconds. `progress` None shows a bar only when stderr is a terminal.
@@ -104,7 +116,7 @@ def download_file(
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            _fetch(url, dest, expected_md5, timeout, show)
+            _fetch(url, dest, expected_md5, timeout, show, max_bytes)
             return dest
         except _Transient as e:
             reason = str(e)

@@ -5,8 +5,10 @@ dimension, then the data in row-major order, big-endian. Files are often gzip-co
 compression is detected from the content (1f 8b), never from the file name.
 
 Every problem with a file raises `IdxError` with one line naming the file and what is wrong.
-A compressed file is never decompressed past what its header declares (plus one byte to detect
-trailing data), so a small malicious .gz cannot fill the memory.
+Only a regular file is read (a FIFO or a device is refused by its type). What is read is
+bounded by counting it, never by `stat`: at most `limit` bytes of data (plus one to detect
+trailing data) are inflated from a compressed file, a few megabytes at a time so that the
+memory follows what was inflated, and at most `MAX_COMPRESSED_BYTES` of it are read.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -23,11 +24,21 @@ from typing import BinaryIO
 import numpy as np
 
 from mnistlab.errors import MnistlabError
-from mnistlab.fileio import atomic_write_bytes
+from mnistlab.fileio import atomic_write_bytes, open_regular
 
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_DATA_BYTES = 2 * 1024**3  # the largest payload we agree to read (2 GiB)
-_CHUNK = 1 << 22
+# The most images one IDX file may hold, and the most bytes of data (decompressed) read from one.
+# The largest real MNIST-format file is EMNIST's byclass training images: 697,932 images of
+# 28x28, 547,178,688 bytes (MNIST's, Fashion-MNIST's and KMNIST's training images: 60,000, that
+# is 47,040,000 bytes). 700,000 images of 28x28 admit it with a little room and no more: a file
+# past that is no dataset of this kind, and a run's data stays near 1.1 GB even when its
+# training and test images are both at the cap (docs/RELIABILITY.md measures `evaluate` there).
+MAX_IMAGES = 700_000
+MAX_DATA_BYTES = MAX_IMAGES * 28 * 28  # 548,800,000
+# gzip never makes data larger than its framing adds (deflate's stored blocks: 5 bytes in every
+# 65,535, and a few dozen for the header and trailer), so 1% more than the data is room enough
+MAX_COMPRESSED_BYTES = MAX_DATA_BYTES + MAX_DATA_BYTES // 100
+_CHUNK = 1 << 22  # compressed bytes read, and decompressed bytes made, at a time
 
 # On-disk (big-endian) dtype of each IDX type code.
 _CODES: dict[int, np.dtype] = {
@@ -54,13 +65,26 @@ def _supported() -> str:
 
 
 class _GzipReader:
-    """Decompresses a gzip file on demand, never producing more bytes than asked for."""
+    """Decompresses a gzip file on demand, never producing more bytes than asked for, and never
+    reading more than `MAX_COMPRESSED_BYTES` of the file."""
 
     def __init__(self, f: BinaryIO, name: str):
         self._f = f
         self._name = name
         self._d = zlib.decompressobj(wbits=31)
         self._tail = b""  # compressed input not yet consumed by the decompressor
+        self._compressed = 0  # bytes read from the file so far
+
+    def _more(self) -> bytes:
+        chunk = self._f.read(_CHUNK)
+        self._compressed += len(chunk)
+        if self._compressed > MAX_COMPRESSED_BYTES:
+            raise IdxError(
+                f"{self._name}: the compressed file is larger than the "
+                f"{MAX_COMPRESSED_BYTES:,} bytes read from one IDX file (no MNIST-format "
+                "dataset comes near it): not a dataset file"
+            )
+        return chunk
 
     def read(self, n: int) -> bytearray:
         out = bytearray()
@@ -68,18 +92,19 @@ class _GzipReader:
             while len(out) < n:
                 if self._d.eof:
                     # Concatenated gzip members are legal (gzip(1) reads them as one stream).
-                    self._tail = self._d.unused_data or self._f.read(_CHUNK)
+                    self._tail = self._d.unused_data or self._more()
                     if not self._tail:
                         break
                     self._d = zlib.decompressobj(wbits=31)
                 elif not self._tail:
-                    self._tail = self._f.read(_CHUNK)
+                    self._tail = self._more()
                     if not self._tail:
                         raise IdxError(
                             f"{self._name}: corrupt gzip stream: it ends before its end marker "
                             "(truncated download?)"
                         )
-                out += self._d.decompress(self._tail, n - len(out))
+                # at most _CHUNK at a time: one call asked for all of `n` would hold it twice
+                out += self._d.decompress(self._tail, min(n - len(out), _CHUNK))
                 self._tail = b"" if self._d.eof else self._d.unconsumed_tail
         except zlib.error as e:
             raise IdxError(f"{self._name}: corrupt gzip stream ({e})") from e
@@ -95,26 +120,25 @@ def _read_exact(src: BinaryIO | _GzipReader, n: int) -> bytearray:
     return buf
 
 
-def _read(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+def _read(path: str | os.PathLike, limit: int) -> tuple[np.ndarray, str]:
     """Read and validate an IDX file; return the array and the md5 of its decompressed bytes."""
     name = str(path)
     try:
-        with open(path, "rb") as f:
+        f = open_regular(path, "IDX data")
+    except MnistlabError as e:  # missing, not allowed, or a FIFO, a device, a folder
+        raise IdxError(str(e)) from None
+    try:
+        with f:
             compressed = f.read(2) == GZIP_MAGIC
             f.seek(0)
             src = _GzipReader(f, name) if compressed else f
-            return _parse(src, name, compressed, f)
-    except FileNotFoundError as e:
-        raise IdxError(f"{name}: no such file") from e
-    except PermissionError as e:
-        raise IdxError(f"{name}: permission denied") from e
+            return _parse(src, name, compressed, f, limit)
     except OSError as e:
         raise IdxError(f"{name}: cannot read: {e.strerror or e}") from e
 
 
-def _parse(
-    src: BinaryIO | _GzipReader, name: str, compressed: bool, f: BinaryIO
-) -> tuple[np.ndarray, str]:
+def _header(src: BinaryIO | _GzipReader, name: str) -> tuple[bytearray, bytearray, np.dtype]:
+    """The IDX header's first four bytes, its dimension sizes, and the data's dtype."""
     head = _read_exact(src, 4)
     if len(head) < 4:
         raise IdxError(f"{name}: truncated: {len(head)} bytes, shorter than the 4-byte IDX header")
@@ -131,28 +155,33 @@ def _parse(
     dims_raw = _read_exact(src, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
         raise IdxError(f"{name}: truncated: the header ends inside its {ndim} dimension sizes")
-    dims = struct.unpack(f">{ndim}I", dims_raw)
-    dtype = _CODES[code]
+    return head, dims_raw, _CODES[code]
+
+
+def _parse(
+    src: BinaryIO | _GzipReader, name: str, compressed: bool, f: BinaryIO, limit: int
+) -> tuple[np.ndarray, str]:
+    head, dims_raw, dtype = _header(src, name)
+    dims = struct.unpack(f">{head[3]}I", dims_raw)
     shape = "x".join(map(str, dims))
     expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
-    if expected > MAX_DATA_BYTES:
-        raise IdxError(
-            f"{name}: header declares {shape} {_dtype_name(dtype)} ({expected} bytes of data), "
-            f"more than the {MAX_DATA_BYTES} bytes mnistlab agrees to read: corrupt header?"
-        )
     declared = f"header declares {shape} {_dtype_name(dtype)} ({expected} bytes of data)"
-    st = os.fstat(f.fileno())
-    if not compressed and stat.S_ISREG(st.st_mode) and st.st_size - f.tell() < expected:
-        # refused before reading: a few bytes declaring 2 GiB must not cost 2 GiB of memory
-        raise IdxError(f"{name}: truncated: {declared} but the file holds {st.st_size - f.tell()}")
-    data = _read_exact(src, expected + 1)
+    if expected > limit:
+        raise IdxError(
+            f"{name}: {declared}, more than the {limit:,} bytes mnistlab reads from this file "
+            f"(the largest MNIST-format dataset, EMNIST byclass, holds 697,932 images of 28x28): "
+            "a corrupt header, or not an MNIST-format dataset"
+        )
+    size = os.fstat(f.fileno()).st_size
+    if not compressed and size - f.tell() < expected:
+        # refused before reading: a few bytes declaring 500 MB must not cost 500 MB of memory
+        raise IdxError(f"{name}: truncated: {declared} but the file holds {size - f.tell()}")
+    data = _read_exact(src, expected + 1)  # never more: what is read is bounded by the header
     if len(data) < expected:
         raise IdxError(f"{name}: truncated: {declared} but the file holds {len(data)}")
     if len(data) > expected:
-        if compressed:
-            extra = "more after them"
-        else:
-            extra = f"{os.fstat(f.fileno()).st_size - len(head) - len(dims_raw) - expected} more"
+        after = size - len(head) - len(dims_raw) - expected
+        extra = "more after them" if compressed else f"{after} more"
         raise IdxError(f"{name}: trailing bytes: {declared} but the file holds {extra}")
     md5 = hashlib.md5(head, usedforsecurity=False)
     md5.update(dims_raw)
@@ -166,14 +195,17 @@ def _parse(
     return array, md5.hexdigest()
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or gzip) into a native-endian array; raise IdxError if invalid."""
-    return _read(path)[0]
+def read_idx(path: str | os.PathLike, limit: int = MAX_DATA_BYTES) -> np.ndarray:
+    """Read an IDX file (raw or gzip) into a native-endian array; raise IdxError if invalid or
+    if its data (decompressed) is longer than `limit` bytes."""
+    return _read(path, limit)[0]
 
 
-def read_idx_and_md5(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+def read_idx_and_md5(
+    path: str | os.PathLike, limit: int = MAX_DATA_BYTES
+) -> tuple[np.ndarray, str]:
     """Like `read_idx`, also returning the md5 of the decompressed file content."""
-    return _read(path)
+    return _read(path, limit)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -20,11 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.data.download import DownloadError, download_file
-from mnistlab.data.idx import GZIP_MAGIC, IdxError, read_idx_and_md5
+from mnistlab.data.idx import (
+    GZIP_MAGIC,
+    MAX_COMPRESSED_BYTES,
+    MAX_DATA_BYTES,
+    MAX_IMAGES,
+    IdxError,
+    read_idx_and_md5,
+)
 from mnistlab.errors import MnistlabError
+from mnistlab.fileio import open_regular
 
 ROLES = ("train-images", "train-labels", "test-images", "test-labels")
 SHIPPED_ROOT = Path(__file__).parent  # a shipped dataset's files are in SHIPPED_ROOT/NAME/
+IMAGE_SIZE = (28, 28)  # every model here takes MNIST's 28x28 images
+# The most bytes of data read from each kind of file: images at idx's cap (700,000 of 28x28), and
+# labels of as many images in int32, the widest integer type IDX has. Four files at these caps
+# hold at most 1.1 GB, before the labels and images are checked against each other.
+LIMITS = {"images": MAX_DATA_BYTES, "labels": MAX_IMAGES * 4}
 
 
 @dataclass(frozen=True)
@@ -174,10 +187,10 @@ def _candidates(role: str, published: str | None = None) -> list[str]:
 
 
 def _find(folder: Path, role: str, published: str | None = None) -> Path | None:
-    for name in _candidates(role, published):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """The first of the names a file for `role` may have that is a regular file; else the first
+    that is something else (a folder, a FIFO), which reading then refuses saying what it is."""
+    present = [folder / name for name in _candidates(role, published) if (folder / name).exists()]
+    return next((p for p in present if p.is_file()), present[0] if present else None)
 
 
 def _locations(spec: DatasetSpec) -> list[tuple[str, Path]]:
@@ -208,15 +221,18 @@ def dataset_status(name: str) -> list[FileStatus]:
 
 
 def _file_md5(path: Path) -> str:
+    """The md5 of a file read whole before (so no longer than MAX_COMPRESSED_BYTES then)."""
     h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
+    read = 0
+    with open_regular(path, "IDX data") as f:
+        while read <= MAX_COMPRESSED_BYTES and (chunk := f.read(1 << 22)):
             h.update(chunk)
+            read += len(chunk)
     return h.hexdigest()
 
 
 def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
+    with open_regular(path, "IDX data") as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -228,17 +244,17 @@ def _what_to_do(state: str) -> str:
     }.get(state, "replace it with a good copy")
 
 
-def _read(path: Path, state: str) -> tuple[np.ndarray, str]:
-    """read_idx_and_md5, its error saying what to do about the file."""
+def _read(path: Path, state: str, role: str) -> tuple[np.ndarray, str]:
+    """read_idx_and_md5 within the limit of the file's kind, its error saying what to do."""
     try:
-        return read_idx_and_md5(path)
+        return read_idx_and_md5(path, LIMITS[role.split("-")[1]])
     except IdxError as e:
         raise IdxError(f"{e}; {_what_to_do(state)}") from e
 
 
 def _read_checked(path: Path, file: DatasetFile, state: str) -> tuple[np.ndarray, str]:
     """Read `path` and check it against `file`'s checksum; return the array and what was checked."""
-    array, md5 = _read(path, state)
+    array, md5 = _read(path, state, file.role)
     if file.md5:
         actual, expected, what = md5, file.md5, "md5 of the decompressed content"
     elif file.gz_md5 and _is_gzip(path):
@@ -324,7 +340,8 @@ def _ensure_files(spec: DatasetSpec, download: bool) -> dict[str, tuple[str, Pat
         errors = []
         for mirror in spec.mirrors:
             try:
-                download_file(mirror + file.filename, folder / file.filename, file.gz_md5)
+                download_file(mirror + file.filename, folder / file.filename, file.gz_md5,
+                              max_bytes=MAX_COMPRESSED_BYTES)
                 found[file.role] = ("cached", folder / file.filename)
                 break
             except DownloadError as e:
@@ -340,7 +357,7 @@ def _ensure_files(spec: DatasetSpec, download: bool) -> dict[str, tuple[str, Pat
 
 
 def _validate(arrays: dict[str, np.ndarray], paths: dict[str, Path], num_classes: int) -> None:
-    """Structural checks that make four IDX files one dataset."""
+    """Structural checks that make four IDX files one dataset the models can take."""
     for kind in ("train", "test"):
         images, labels = arrays[f"{kind}-images"], arrays[f"{kind}-labels"]
         ip, lp = paths[f"{kind}-images"], paths[f"{kind}-labels"]
@@ -349,6 +366,14 @@ def _validate(arrays: dict[str, np.ndarray], paths: dict[str, Path], num_classes
                 f"{ip}: expected uint8 images of shape (N, H, W), got {images.dtype} "
                 f"{'x'.join(map(str, images.shape))}"
             )
+        if images.shape[1:] != IMAGE_SIZE:
+            raise MnistlabError(
+                f"{ip}: image size {images.shape[1]}x{images.shape[2]}, the models take "
+                "28x28 images (MNIST's size): resize the images to 28x28"
+            )
+        if len(images) == 0:
+            raise MnistlabError(f"{ip}: holds 0 images; a dataset needs at least one "
+                                "training and one test image")
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise MnistlabError(
                 f"{lp}: expected 1-dimensional integer labels, got "
@@ -358,15 +383,10 @@ def _validate(arrays: dict[str, np.ndarray], paths: dict[str, Path], num_classes
             raise MnistlabError(
                 f"{lp}: {len(labels)} labels for the {len(images)} images in {ip.name}"
             )
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        if labels.min() < 0 or labels.max() >= num_classes:
             raise MnistlabError(
                 f"{lp}: labels range {labels.min()}..{labels.max()}, expected 0..{num_classes - 1}"
             )
-    if arrays["train-images"].shape[1:] != arrays["test-images"].shape[1:]:
-        raise MnistlabError(
-            f"{paths['test-images']}: image size {arrays['test-images'].shape[1:]} differs from "
-            f"the training images' {arrays['train-images'].shape[1:]}"
-        )
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -386,14 +406,16 @@ def _load(
         if spec is not None and state != "given":
             arrays[role] = _read_checked(path, spec.file(role), state)[0]
         else:
-            arrays[role] = _read(path, state)[0]
+            arrays[role] = _read(path, state, role)[0]
         paths[role] = path
+    # an unregistered folder: classes are whatever integers its labels use, of the 10 a model
+    # tells apart (every model here has 10 outputs)
+    _validate(arrays, paths, spec.num_classes if spec is not None else 10)
     if spec is not None:
-        num_classes, class_names = spec.num_classes, spec.class_names
-    else:  # an unregistered folder: classes are whatever integers its labels use
-        num_classes = int(max(arrays["train-labels"].max(), arrays["test-labels"].max())) + 1
-        class_names = tuple(str(i) for i in range(num_classes))
-    _validate(arrays, paths, num_classes)
+        class_names = spec.class_names
+    else:
+        largest = int(max(arrays["train-labels"].max(), arrays["test-labels"].max()))
+        class_names = tuple(str(i) for i in range(largest + 1))
     return DatasetArrays(
         name=name,
         train_images=_frozen(arrays["train-images"]),
@@ -431,7 +453,7 @@ def load_arrays(
     else:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
-            raise MnistlabError(f"{folder}: no such folder (--data-dir)")
+            raise MnistlabError(f"{folder}: no such folder of IDX files")
         found, missing = {}, []
         for role in ROLES:
             path = _find(folder, role)

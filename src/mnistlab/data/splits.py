@@ -66,4 +66,10 @@ def load_split(
             images, labels = images[:cut], labels[:cut]
         elif split == "validation":
             images, labels = images[cut:], labels[cut:]
+    if len(labels) == 0:  # the files hold images (registry checks): only a validation split
+        raise MnistlabError(  # of fewer than 12 training images can be empty
+            f"the validation split of {arrays.source} is empty: it is the last twelfth of its "
+            f"{len(arrays.train_labels)} training images; give at least 12 training images, or "
+            'train without a validation split ([train] split = "train-full")'
+        )
     return Split(split, _tensor(images), _tensor(labels)).to(device)
