@@ -184,8 +184,8 @@ def test_predict_command_says_each_kind_of_bad_image_in_one_line(tmp_path, capsy
         "scan.tiff": "not a PNG, JPEG, BMP, GIF or WebP image",
         "huge.png": "the file is too large: 10,485,761 bytes, the limit is 10,485,760",  # TooLarge
         "bomb.png": "the image is too large: 5000x4000 pixels, the limit is 16,000,000 pixels",
-        "folder.png": "not a file",  # ImageFileError
-        "missing.png": "no such file",
+        "folder.png": "not a regular file (a folder); the image must be a file",  # ImageFileError
+        "missing.png": "no such image file",
     }
     assert main(["predict", *(str(tmp_path / name) for name in said)]) == 1
     out, err = capsys.readouterr()

@@ -354,9 +354,9 @@ def test_load_image_names_the_file(tmp_path):
     bad.write_bytes(b"not really a picture")
     with pytest.raises(UnsupportedImageError, match=r"notes\.png: not a PNG"):
         load_image(bad)  # the type of decode_image's error, with the file's name
-    with pytest.raises(ImageFileError, match=r"missing\.png: no such file"):
+    with pytest.raises(ImageFileError, match=r"missing\.png: no such image file"):
         load_image(tmp_path / "missing.png")
-    with pytest.raises(ImageFileError, match="not a file"):
+    with pytest.raises(ImageFileError, match=r"not a regular file \(a folder\)"):
         load_image(tmp_path)
     huge = tmp_path / "huge.png"
     with open(huge, "wb") as f:

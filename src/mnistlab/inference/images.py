@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnistlab.errors import MnistlabError
+from mnistlab.fileio import read_limited
 from mnistlab.inference.errors import (  # ImageError and EmptyImageError: also imported from here
     EmptyImageError,
     ImageError,
@@ -127,20 +129,20 @@ def _claimed_format(data: bytes) -> str | None:
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read an image file (size-checked before reading) and decode it; errors name the file."""
+    """Read an image file and decode it; errors name the file. A FIFO or a device is refused by
+    its type, and no more than MAX_IMAGE_BYTES are read, whatever `stat` says."""
     path = Path(path)
     try:
-        if not path.exists():
-            raise ImageFileError(f"{path}: no such file")
-        if not path.is_file():
-            raise ImageFileError(f"{path}: not a file")
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageTooLargeError(f"{path}: the file is too large: {size:,} bytes, "
-                                     f"the limit is {MAX_IMAGE_BYTES:,}")
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageFileError(f"{path}: cannot read: {e.strerror or e}") from None
+        size = path.stat().st_size if path.is_file() else 0
+    except OSError:
+        size = 0  # read_limited says what is wrong with it
+    if size > MAX_IMAGE_BYTES:  # an ordinary file: refused before reading, its size said
+        raise ImageTooLargeError(f"{path}: the file is too large: {size:,} bytes, "
+                                 f"the limit is {MAX_IMAGE_BYTES:,}")
+    try:
+        data = read_limited(path, MAX_IMAGE_BYTES, "image")
+    except MnistlabError as e:  # missing, not allowed, not a regular file, or longer than read
+        raise ImageFileError(str(e)) from None
     try:
         return decode_image(data)
     except ImageError as e:
