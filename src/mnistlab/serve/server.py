@@ -1,8 +1,16 @@
-"""`mnistlab serve`: load the model, claim the port, run uvicorn."""
+"""`mnistlab serve`: load the model, claim the port, run uvicorn, within bounds.
+
+What a client can make the server do is bounded here, below the application: the size and the
+time of a request's head (its request line and headers), and the number of open connections
+(`BoundedHttpProtocol`); and how long a shutdown waits for requests in progress. Request
+bodies are bounded by the application (`app.read_body`), and each inference in time by the
+batcher (`batcher.MODEL_TIMEOUT`).
+"""
 
 from __future__ import annotations
 
 import errno
+import http
 import os
 import socket
 import threading
@@ -11,7 +19,161 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from mnistlab.errors import MnistlabError
+from mnistlab.serve.errors import error_response, error_shape
+
+# A request's line and headers, in bytes. Browsers send 1-2 KiB, but cookies are shared by
+# every port of a host, so a developer's localhost can carry many KiB of other apps' cookies:
+# 64 KiB is room for that and bounds a connection's head (1,024 connections: 64 MiB in all).
+# nginx allows 4 x 8 KiB by default, Node.js 16 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+# Header fields in one request: each costs a list entry and two objects besides its bytes, so
+# 64 KiB of tiny headers would cost ten times more than their size. Apache allows 100.
+MAX_HEADERS = 100
+# Seconds from a connection's start (or a request's first byte, on a kept-alive connection)
+# until its head is complete. A client sends its head in one packet, in milliseconds; 10 s is
+# room for a slow link, and a slow-header attack holds a connection no longer than this.
+HEAD_TIMEOUT = 10.0
+# Open connections per server process; one past it is answered 503 and closed at once. The load
+# test opens up to 1,024 (`loadtest.MAX_CONCURRENCY`); at most 64 KiB of head each, as above.
+MAX_CONNECTIONS = 1024
+# Seconds an idle kept-alive connection stays open (uvicorn's default, stated): the page sends
+# a request at most every 120 ms while one draws, and an idle connection holds a place above.
+KEEP_ALIVE = 5
+# Seconds a shutdown (Ctrl-C, SIGTERM) waits for requests in progress before cancelling them:
+# a request takes milliseconds, and one waiting on a stuck model would otherwise hold the
+# shutdown for up to batcher.MODEL_TIMEOUT; the model's thread then gets batcher.CLOSE_WAIT.
+GRACEFUL_SHUTDOWN = 1
+
+
+def _raw_answer(status: int, code: str, detail: str) -> bytes:
+    """A whole HTTP response in our JSON error shape, closing the connection: for what the
+    protocol refuses before any request reaches the application."""
+    body = error_shape(code, detail)
+    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (the one uvicorn picks when httptools is installed, as it
+    is here), with the bounds it lacks: with httptools, uvicorn bounds neither a request head's
+    size nor its time (llhttp itself has no limit: a 50 MB header line was read whole), and its
+    `limit_concurrency` answers 503 to requests but never closes a connection.
+
+    - a head of more than `max_head_bytes` or `max_headers` fields: 431 and the connection
+      closed, as soon as the head passes the limit (or, for a head that arrives whole in one
+      read, once it is parsed);
+    - a head not complete `head_timeout` seconds after the connection opened, or after the
+      first byte of a later request on it: 408 and closed (closed silently if nothing came);
+    - a connection past `max_connections` open in this process: 503 and closed at once.
+
+    The limits are class attributes, so that a test can subclass with shorter ones.
+    """
+
+    max_head_bytes = MAX_HEAD_BYTES
+    max_headers = MAX_HEADERS
+    head_timeout = HEAD_TIMEOUT
+    max_connections = MAX_CONNECTIONS
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._head_bytes = 0  # bytes received of the head in progress (an upper bound)
+        self._head_timer: Any = None  # set while a head is expected or in progress
+        self._too_many_headers = False
+        if len(self.connections) > self.max_connections:  # this one included
+            self._refuse(503, "too_many_connections", f"the server has {self.max_connections:,} "
+                         "connections open: try again shortly")
+            return
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        head_was_open = self._head_timer is not None
+        super().data_received(data)  # the parser's callbacks below run in here
+        if self._head_timer is None or self.transport.is_closing():
+            return  # no head in progress: none begun, or it was completed by this data
+        # a head began in this data: its bytes are at most all of it (a pipelining client's
+        # previous body may share the data, counted too: the bound errs on the strict side)
+        self._head_bytes = (self._head_bytes if head_was_open else 0) + len(data)
+        if self._head_bytes > self.max_head_bytes or self._too_many_headers:
+            self._refuse(431, "headers_too_large", self._head_limits())
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._start_head_clock()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self.max_headers:
+            self._too_many_headers = True  # not kept; answered 431 as soon as this is seen
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_clock()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if self._too_many_headers or size > self.max_head_bytes:
+            # uvicorn runs `self.app` for the request it is about to start: this one answers
+            # 431 and closes, through uvicorn's own request cycle (the body is never read);
+            # the URL is not parsed (httptools refuses one over 65,535 bytes with a plain 400)
+            self.app, self.url = self._answer_head_too_large, b"/"
+        super().on_headers_complete()
+
+    async def _answer_head_too_large(self, scope: Any, receive: Any, send: Any) -> None:
+        """An ASGI app: 431 for a whole head over the limits, and the connection closed."""
+        response = error_response(431, "headers_too_large", self._head_limits(),
+                                  headers={"connection": "close"})
+        await response(scope, receive, send)
+
+    def _head_limits(self) -> str:
+        return (f"the request line and headers must be at most {self.max_head_bytes:,} bytes "
+                f"in at most {self.max_headers} fields")
+
+    def _start_head_clock(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.flow.read_paused:  # pipelined requests wait unread: the delay is ours
+            self._start_head_clock()
+        elif self._head_bytes:
+            self._refuse(408, "request_timeout", "the request line and headers did not arrive "
+                         f"within {self.head_timeout:g} s")
+        else:  # an idle connection (a browser opens spares): closed as keep-alive closes them
+            self.transport.close()
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        """Answer `status` outside any request, and close the connection."""
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # never inside another answer
+            self.transport.write(_raw_answer(status, code, detail))
+        self.transport.close()
+
+
+def uvicorn_options(log_level: str = "warning",
+                    protocol: type[BoundedHttpProtocol] = BoundedHttpProtocol) -> dict[str, Any]:
+    """uvicorn's Config options for every server of ours (`serve`, its workers, and
+    `running_server`). uvicorn's `limit_concurrency` is left unset: its check counts every open
+    connection, so a flood of slow heads would turn requests on established connections into
+    503s; the protocol bounds connections instead, and requests come one at a time on each.
+    `backlog` stays uvicorn's (2,048, capped by the kernel): connections waiting to be accepted
+    cost the server nothing, and once accepted they count towards MAX_CONNECTIONS."""
+    return dict(http=protocol, ws="none",  # no WebSocket route: an upgrade is a plain request
+                timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+                log_level=log_level, access_log=False)
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -65,7 +227,7 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
     name = predictor.info.get("model") or model
     print(f"mnistlab: serving model {name} ({backend}) at {url}  (API docs: {url}docs; "
           f"{workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops)", flush=True)
-    common = dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    common = uvicorn_options(log_level)
     if workers == 1:
         config = uvicorn.Config(app_module.create_app(predictor, top_k=top_k), **common)
         uvicorn.Server(config).run(sockets=[sock])
@@ -82,18 +244,18 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
 
 
 @contextmanager
-def running_server(app: Any, host: str = "127.0.0.1", port: int = 0,
-                   timeout: float = 30) -> Iterator[str]:
+def running_server(app: Any, host: str = "127.0.0.1", port: int = 0, timeout: float = 30,
+                   protocol: type[BoundedHttpProtocol] = BoundedHttpProtocol) -> Iterator[str]:
     """Run `app` with uvicorn in a background thread (port 0: a free one); yield its URL.
 
-    For tests, the load test and experiments: the server stops when the block ends.
+    For tests, the load test and experiments: the server stops when the block ends. It has
+    `serve`'s bounds; a test may give a `protocol` subclass with other limits.
     """
     import uvicorn
 
     sock = listen_socket(host, port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(app, **uvicorn_options(protocol=protocol))
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="mnistlab-server", daemon=True)
