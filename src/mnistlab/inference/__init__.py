@@ -10,6 +10,8 @@ from mnistlab.inference.errors import (
     ImageError,
     ImageFileError,
     ImageTooLargeError,
+    InferenceError,
+    InferenceInterrupted,
     UnreadableImageError,
     UnsupportedImageError,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "ImageError",
     "ImageFileError",
     "ImageTooLargeError",
+    "InferenceError",
+    "InferenceInterrupted",
     "Predictor",
     "UnreadableImageError",
     "UnsupportedImageError",
