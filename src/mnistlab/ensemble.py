@@ -19,6 +19,7 @@ from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import data_line
 from mnistlab.metrics import Metrics, compute_metrics
 
 
@@ -38,11 +39,12 @@ class EnsembleResult:
     dataset: str
     members: list[tuple[Path, Metrics]]
     metrics: Metrics
+    data_dir: str | None = None  # the folder of IDX files given with --data-dir, if any
 
     def to_dict(self) -> dict[str, Any]:
         accuracies = [m.accuracy for _, m in self.members]
         return {
-            "split": self.split, "dataset": self.dataset,
+            "split": self.split, "dataset": self.dataset, "data_dir": self.data_dir,
             "members": [{"checkpoint": str(p), "accuracy": m.accuracy, "loss": m.loss}
                         for p, m in self.members],
             "member_accuracy_mean": statistics.fmean(accuracies),
@@ -70,13 +72,15 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
     members = [(resolve_checkpoint(t), compute_metrics(m, data.images, data.labels))
                for t, m in zip(targets, models)]
     metrics = compute_metrics(Committee(models), data.images, data.labels)
-    return EnsembleResult(split, dataset, members, metrics)
+    return EnsembleResult(split, dataset, members, metrics, data_dir)
 
 
 def format_ensemble(result: EnsembleResult) -> str:
     count = len(result.members)
     lines = [f"{count} model{'s' if count != 1 else ''} on {result.dataset} {result.split} "
              f"({result.metrics.count:,} images)"]
+    if result.data_dir:
+        lines.append(data_line(result.data_dir, "--data-dir"))
     for path, m in result.members:
         lines.append(f"  {100 * m.accuracy:6.2f}%  {path}")
     accuracies = [m.accuracy for _, m in result.members]

@@ -9,6 +9,7 @@ from typing import Any
 from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
+from mnistlab.errors import MnistlabError
 from mnistlab.metrics import Metrics, compute_metrics
 
 
@@ -19,10 +20,30 @@ class Evaluation:
     dataset: str
     metrics: Metrics
     meta: dict[str, Any]
+    data_dir: str | None = None  # the folder of IDX files measured on; None: the dataset's own
+    data_origin: str = ""  # why that folder: "--data-dir", or the checkpoint's record of it
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "split": self.split, "dataset": self.dataset,
-                "model": self.meta.get("model"), **self.metrics.to_dict()}
+                "data_dir": self.data_dir, "model": self.meta.get("model"),
+                **self.metrics.to_dict()}
+
+
+TRAINED_ON = "the folder this model was trained on"
+
+
+def data_folder(data_dir: str | None, meta: dict[str, Any]) -> tuple[str | None, str]:
+    """The folder of IDX files to measure a model on, and why: `--data-dir` when given, else
+    the folder its checkpoint says it was trained on, else none (the recipe's dataset)."""
+    if data_dir:
+        return data_dir, "--data-dir"
+    recorded = meta.get("data_dir")
+    return (recorded, TRAINED_ON) if recorded else (None, "")
+
+
+def data_line(folder: str, origin: str) -> str:
+    """`on the IDX files in DIR (why)`: said wherever a model is measured on such a folder."""
+    return f"on the IDX files in {folder} ({origin})"
 
 
 def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str = "auto",
@@ -33,12 +54,20 @@ def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str 
     model, meta = load_model(target, dev)
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
     dataset = (recipe.get("data") or {}).get("dataset", "mnist")
-    data = load_split(split, dataset, data_dir or meta.get("data_dir"), dev)
+    folder, origin = data_folder(data_dir, meta)
+    try:
+        data = load_split(split, dataset, folder, dev)
+    except MnistlabError as e:
+        if origin != TRAINED_ON:
+            raise
+        # the user never named this folder: say where it came from, and how to name another
+        raise MnistlabError(f"{e} (the data folder {target} was trained on, as its checkpoint "
+                            "records: give another with --data-dir)") from None
     if dropout_at_test is None:
         dropout_at_test = bool(meta.get("dropout_at_test", False))
     metrics = compute_metrics(model, data.images, data.labels, dropout_at_test=dropout_at_test)
     meta = {**meta, "dropout_at_test": dropout_at_test}
-    return Evaluation(resolve_checkpoint(target), split, dataset, metrics, meta)
+    return Evaluation(resolve_checkpoint(target), split, dataset, metrics, meta, folder, origin)
 
 
 def format_evaluation(ev: Evaluation) -> str:
@@ -47,6 +76,7 @@ def format_evaluation(ev: Evaluation) -> str:
     lines = [
         f"{ev.checkpoint}: {ev.meta.get('model', {}).get('name', '?')} on {ev.dataset} {ev.split} "
         f"({m.count:,} images)",
+        *([data_line(ev.data_dir, ev.data_origin)] if ev.data_dir else []),
         f"accuracy {100 * m.accuracy:.2f}%  ({m.count - round(m.accuracy * m.count):,} errors)  "
         f"loss {m.loss:.4f}",
     ]

@@ -17,6 +17,7 @@ import mnistlab
 from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
+from mnistlab.evaluate import data_folder, data_line
 from mnistlab.fileio import atomic_write_bytes, atomic_write_text
 from mnistlab.models import format_summary
 from mnistlab.report import figures as draw
@@ -88,17 +89,20 @@ def _analyse(run: Run, data_dir: str | None) -> Analysis | None:
             run.notes.append("The figures of the model below are on the test split, for the "
                              "weights of an unfinished run.")
     dataset = run.section("data").get("dataset") or "mnist"
+    folder, origin = data_folder(data_dir, run.meta)
     try:
-        return analyse(run.model, split=split, dataset=dataset,
-                       data_dir=data_dir or run.meta.get("data_dir"),
-                       device=next(run.model.parameters()).device,
-                       dropout_at_test=bool(run.meta.get("dropout_at_test", False)))
+        analysis = analyse(run.model, split=split, dataset=dataset, data_dir=folder,
+                           device=next(run.model.parameters()).device,
+                           dropout_at_test=bool(run.meta.get("dropout_at_test", False)))
     except MnistlabError as e:
         if data_dir:  # the user named the data: that it cannot be read is the error
             raise
         run.notes.append(f"The {split} split could not be loaded ({e}), so the model was not "
                          "evaluated; give the dataset's folder with --data-dir.")
         return None
+    if folder:  # not the dataset the recipe names: say which files the figures come from
+        run.notes.append(f"The model is measured {data_line(folder, origin)}.")
+    return analysis
 
 
 def _figures(run: Run, analysis: Analysis | None, filters: Filters | None) -> dict[str, bytes]:

@@ -1,15 +1,16 @@
 """A run folder as the reports read it: the model and its metadata, and metrics.jsonl.
 
 Reading is strict where a wrong answer would otherwise follow: a folder that is not a run, a
-missing or corrupt checkpoint, or a metrics line that is not a metrics record is one clear
-error. The one exception is a last line cut short (no newline) by a crash while it was written,
-which is skipped and noted.
+missing or corrupt checkpoint, or a metrics line that is not a metrics record (not UTF-8, not a
+JSON object, a field of the wrong kind or out of its range) is one clear error. The one
+exception is a last line cut short (no newline) by a crash while it was written, which is
+skipped and noted. metrics.jsonl is read only if it is a regular file, and no more than
+MAX_METRICS_BYTES of it.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 import mnistlab
 from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME, MODEL_FILE, load_model
 from mnistlab.errors import MnistlabError
+from mnistlab.fileio import read_limited
 from mnistlab.training.engine import METRICS_FILE
 
 PACKAGE_DIR = Path(mnistlab.__file__).resolve().parent
@@ -29,6 +31,21 @@ REQUIRED = {
     "validation": ("step", "loss", "accuracy"),
     "test": ("loss", "accuracy"),
 }
+# the range of each numeric field the reports read, in a record of any event that holds it;
+# None: any number (a run that diverged logs a loss of inf or nan)
+RANGES: dict[str, tuple[int, int] | None] = {
+    "step": (0, 2**53),  # whole steps, exact as a float (a recipe takes at most 10 million)
+    "epoch": (0, 2**53),
+    "time": (0, 253_402_300_799),  # seconds since 1970, before the year 10000 (localtime's end)
+    "accuracy": (0, 1),
+    "loss": None,
+    "lr": None,
+}
+# The most of metrics.jsonl a report reads: a record is at most about 180 bytes, so 64 MiB hold
+# some 370,000 of them, where the longest shipped recipe logs 200 (20,000 steps, one record
+# every 100): room for a run logging every step for a long time, and a parse that stays within
+# a few hundred MB of memory.
+MAX_METRICS_BYTES = 64 * 1024**2
 
 
 class ReportError(MnistlabError):
@@ -112,7 +129,7 @@ def open_run(target: str | os.PathLike, device: str = "cpu") -> Run:
     name = DEFAULT_NAME if folder == DEFAULT_DIR else folder.resolve().name
     run = Run(folder, name, model, meta, None)
     path = folder / METRICS_FILE
-    if path.is_file():
+    if path.exists():  # a folder or a FIFO in its place is refused by read_metrics
         run.records, cut = read_metrics(path)
         if cut:
             run.notes.append(f"The last line of {METRICS_FILE} was cut short (the run was "
@@ -133,38 +150,55 @@ def open_run(target: str | os.PathLike, device: str = "cpu") -> Run:
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """The records of a metrics.jsonl, and whether a last line cut short was skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
-    lines = text.split("\n")
+        data = read_limited(path, MAX_METRICS_BYTES, "metrics log")
+    except MnistlabError as e:  # not a regular file, unreadable, or too long
+        raise ReportError(f"{e} (move it aside to report the run without its training "
+                          "curves)") from None
+    lines = data.split(b"\n")
     records, cut = [], False
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError:
+            # UTF-8 whatever the bytes look like: json.loads would guess UTF-16 or UTF-32
+            record = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # a UnicodeDecodeError is a ValueError
             if number == len(lines):  # no newline after it: written when the process died
                 cut = True
                 continue
-            raise ReportError(f"{path} line {number}: not valid JSON") from None
+            raise ReportError(f"{path} line {number}: {_not_json(e)}") from None
         records.append(_checked(record, f"{path} line {number}"))
     return records, cut
+
+
+def _not_json(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at column {e.start + 1})"
+    if isinstance(e, RecursionError):
+        return "not valid JSON (nested too deeply)"
+    return "not valid JSON"
 
 
 def _checked(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("event"), str):
         raise ReportError(f"{where}: not a metrics record (an object with an 'event')")
-    for key in REQUIRED.get(record["event"], ()):
-        value = record.get(key)
+    event = record["event"]
+    for key in REQUIRED.get(event, ()):
+        if key not in record:
+            raise ReportError(f"{where}: the {event} record has no number '{key}'")
+    for key, bounds in RANGES.items():
+        if key not in record:
+            continue
+        value = record[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ReportError(f"{where}: the {record['event']} record has no number '{key}'")
-        if key == "step" and (value < 0 or not float(value).is_integer()):
-            raise ReportError(f"{where}: step {value!r} is not a whole number of at least 0")
-        if key == "accuracy" and not 0 <= value <= 1:
-            raise ReportError(f"{where}: accuracy {value!r} is not between 0 and 1")
-    if "step" in record and isinstance(record["step"], float) and math.isfinite(record["step"]):
-        record["step"] = int(record["step"])
+            raise ReportError(f"{where}: the {event} record has no number '{key}'")
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:  # nan is in no range
+            raise ReportError(f"{where}: {key} {value!r:.40} is not between {bounds[0]} and "
+                              f"{bounds[1]:,}")
+        if key == "step":
+            if not float(value).is_integer():
+                raise ReportError(f"{where}: step {value!r} is not a whole number of at least 0")
+            record[key] = int(value)
     return record
 
 
