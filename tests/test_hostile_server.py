@@ -120,27 +120,28 @@ def rss_mib(pid: int) -> float:
 
 def measure_flood(port: int, seconds: float, pid: int) -> dict:
     """Flood the server on `port` from another process for `seconds` while /api/health is
-    asked every 0.1 s from this one and the server's memory read."""
+    asked every 0.1 s from this one and the server's memory read. A probe starts every 0.1 s
+    whether the last has been answered or not, so that a server which stalls is measured by
+    every probe it keeps waiting, not by one."""
     flood = subprocess.Popen([sys.executable, __file__, "flood", str(port), str(seconds)],
                              stdout=subprocess.PIPE, text=True)
     try:
         assert flood.stdout.readline().strip() == "flooding"
-        rss_before = rss_mib(pid)
-        latencies, failures, rss_peak = [], 0, rss_before
-        while flood.poll() is None:
-            latency = health_latency(port)
-            if latency is None:
-                failures += 1
-            else:
-                latencies.append(latency * 1000)
-            rss_peak = max(rss_peak, rss_mib(pid))
-            time.sleep(0.1)
+        rss_before = rss_peak = rss_mib(pid)
+        with ThreadPoolExecutor(128) as pool:
+            probes = []
+            while flood.poll() is None:
+                probes.append(pool.submit(health_latency, port))
+                rss_peak = max(rss_peak, rss_mib(pid))
+                time.sleep(0.1)
+            answers = [probe.result() for probe in probes]
         tallies = json.loads(flood.stdout.read())
     finally:
         flood.kill()
         flood.wait()
-    return dict(latencies_ms=latencies, failures=failures, rss_before=rss_before,
-                rss_peak=rss_peak, tallies=tallies)
+    return dict(latencies_ms=[a * 1000 for a in answers if a is not None],
+                failures=answers.count(None), rss_before=rss_before, rss_peak=rss_peak,
+                tallies=tallies)
 
 
 def report(port: int, seconds: float, pid: int) -> None:
@@ -149,8 +150,9 @@ def report(port: int, seconds: float, pid: int) -> None:
     times = m["latencies_ms"]
     print(f"during a {seconds:g} s flood ({FLOOD_SLOW} connections dribbling headers, "
           f"{FLOOD_HUGE} sending {HUGE_LINE >> 20} MB header lines): {len(times)} health probes "
-          f"answered, {m['failures']} not; median {statistics.median(times):.1f} ms, "
-          f"max {max(times):.1f} ms; RSS {m['rss_before']:.0f} MiB, peak {m['rss_peak']:.0f} MiB")
+          f"answered, {m['failures']} not in 10 s; median {statistics.median(times):.1f} ms, "
+          f"90th percentile {statistics.quantiles(times, n=10)[-1]:.1f} ms, max {max(times):.1f} "
+          f"ms; RSS {m['rss_before']:.0f} MiB, peak {m['rss_peak']:.0f} MiB")
     print("attackers' connections:", m["tallies"])
     time.sleep(1)
     print(f"after: /api/health {health_latency(port) * 1000:.1f} ms, RSS {rss_mib(pid):.0f} MiB")
@@ -478,7 +480,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_stops_serve_at_once_while_an_inference_is_stuck(looping_model, mnist_images):
+@pytest.mark.parametrize("sig, bound", [(signal.SIGTERM, 2.0), (signal.SIGINT, 3.0)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_serve_at_once_while_an_inference_is_stuck(looping_model, mnist_images,
+                                                                 sig, bound):
+    """SIGTERM ends the process as soon as the server has stopped; Ctrl-C (SIGINT) then also
+    goes through the CLI's "interrupted" and Python's exit, hence its wider bound."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "--model",
                                str(looping_model), "--backend", "onnx", "--port", str(port)],
@@ -493,14 +500,14 @@ def test_sigterm_stops_serve_at_once_while_an_inference_is_stuck(looping_model, 
                                 "image/png")
             time.sleep(1.0)  # the model is in its loop by now (its time bound is 10 s)
             start = time.monotonic()
-            server.send_signal(signal.SIGTERM)
+            server.send_signal(sig)
             server.wait(10)
             took = time.monotonic() - start
             status, answer, _ = stuck.result(30)
     finally:
         server.kill()
         output = server.communicate()[0]
-    assert took < 2, f"{took:.2f} s to stop\n{output}"
+    assert took < bound, f"{took:.2f} s to stop\n{output}"
     assert (status, answer["error"]) == (503, "shutting_down")
     assert "Traceback" not in output, output
 

@@ -368,10 +368,12 @@ ENV_TOP_K, ENV_THREADS = "MNISTLAB_SERVE_TOP_K", "MNISTLAB_SERVE_THREADS"
 def app_from_environment() -> FastAPI:
     """`create_app` over the model named by MNISTLAB_SERVE_MODEL (default `default`), with
     MNISTLAB_SERVE_BACKEND, _TOP_K and _THREADS: what each worker process runs."""
-    from mnistlab.serve.server import set_threads
+    from mnistlab.serve.server import freeze_loaded_objects, set_threads
 
     threads = int(os.environ.get(ENV_THREADS, "1"))
     set_threads(threads)
     predictor = Predictor.load(os.environ.get(ENV_MODEL, "default"),
                                backend=os.environ.get(ENV_BACKEND, "torch"), threads=threads)
-    return create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")))
+    app = create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")))
+    freeze_loaded_objects()
+    return app
