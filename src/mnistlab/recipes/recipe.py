@@ -4,12 +4,19 @@ A recipe is a TOML file: the model and its initialisation, the optimiser with ev
 hyperparameter, the learning-rate schedule, batch size, length, loss, training split and, for a
 tutorial recipe, the tutorial it reproduces and what that tutorial claims. Loading validates every key, type and value, and a mistake
 is reported with the file, the key and what was expected.
+
+Everything a recipe holds is bounded, so that whatever it asks for can run and be read back: the
+file's size, its nesting, the run's length and batch, its texts (a copy of the recipe goes into
+every checkpoint's header, which the checkpoint reader caps), its name (which names the run's
+folder) and the optimiser settings PyTorch would refuse at the first step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +26,32 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.errors import MnistlabError, did_you_mean
+from mnistlab.fileio import read_limited
+
+# A recipe is a few hundred bytes (the longest shipped one, 1.2 kB): 64 KiB leaves room for any
+# comments while /dev/zero, a FIFO or a huge file is refused by what is read.
+MAX_RECIPE_BYTES = 64 << 10
+# A copy of the recipe, as JSON, goes into the header of every checkpoint a run writes, which the
+# checkpoint reader caps at 1 MiB (checkpoint.MAX_META_CHARS): a recipe's copy of at most 64 Ki
+# characters leaves the rest of the header (a few kilobytes in practice) ample room.
+MAX_RECIPE_JSON_CHARS = 64 << 10
+# A run's length and batch, far beyond any real MNIST run, so that an absurd value is an error at
+# load, not a run that never ends: the longest shipped recipes take 20,000 steps (deep-mnist) or
+# 30 epochs (best), and 10 million steps of even the cheapest recipe take days on a CPU.
+MAX_STEPS = 10_000_000  # also the most steps a run may take, epochs times steps per epoch
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536  # MNIST's training split has 60,000 images: a batch is at most all of them
+# Random seeds: torch.manual_seed takes 64 bits, and the batch plan seeds each epoch's generator
+# with seed * 1,000,003 + epoch, which 32-bit seeds keep well inside them.
+MAX_SEED = 2**32 - 1
+# A recipe's name names its run folder (runs/NAME-TIME): one plain path component, never a path.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+NAME_RULE = ("letters, digits, '.', '-' and '_', not starting with '.', at most 64 characters "
+             "(it names the run's folder)")
+# the texts a recipe carries, in characters: the shipped ones are at most 180 and 150
+MAX_DESCRIPTION = 2_000
+MAX_CLAIM_TEXT = 2_000
+MAX_TITLE = 200  # a claim's tutorial and document
 
 
 class RecipeError(MnistlabError):
@@ -37,6 +70,9 @@ class Claim:
     def check(self) -> None:
         if self.accuracy is not None and not 0 < self.accuracy <= 1:
             raise ValueError("accuracy: expected a fraction in (0, 1], such as 0.992")
+        _check_length("tutorial", self.tutorial, MAX_TITLE)
+        _check_length("document", self.document, MAX_TITLE)
+        _check_length("text", self.text, MAX_CLAIM_TEXT)
 
 
 @dataclass(frozen=True)
@@ -76,6 +112,9 @@ class OptimizerSection:
             raise ValueError("rho and momentum: expected numbers in [0, 1)")
         if self.eps <= 0 or self.weight_decay < 0:
             raise ValueError("eps: expected > 0; weight_decay: expected >= 0")
+        # PyTorch's SGD refuses Nesterov momentum without momentum, when the optimiser is built
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov = true needs momentum above 0 (such as momentum = 0.9)")
 
 
 SCHEDULES = {
@@ -120,10 +159,10 @@ class TrainSection:
     def check(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("epochs/steps: expected exactly one of them")
-        for key in ("batch_size", "epochs", "steps", "log_every"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ValueError(f"{key}: expected a whole number of at least 1")
+        bounds = {"batch_size": MAX_BATCH_SIZE, "epochs": MAX_EPOCHS, "steps": MAX_STEPS,
+                  "log_every": MAX_STEPS}
+        for key, most in bounds.items():
+            _check_count(key, getattr(self, key), most)
         _one_of("split", self.split, ("train", "train-full"))
         _one_of("loss_reduction", self.loss_reduction, ("mean", "sum"))
         _one_of("precision", self.precision, ("fp32", "bf16", "auto"))
@@ -169,6 +208,10 @@ class AugmentSection:
 class DataSection:
     dataset: str = "mnist"
 
+    def check(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.dataset):
+            raise ValueError(f"dataset: expected a dataset's name, got {_describe(self.dataset)}")
+
 
 @dataclass(frozen=True)
 class QuirksSection:
@@ -181,8 +224,7 @@ class QuirksSection:
     dropout_at_test: bool = False
 
     def check(self) -> None:
-        if self.update_every < 1:
-            raise ValueError("update_every: expected a whole number of at least 1")
+        _check_count("update_every", self.update_every, MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -227,13 +269,7 @@ def load_recipe(name_or_path: str | Path, *, check_model: bool = True) -> Recipe
     # directory (`runs/fast`, say); a file of that name is the user's own
     if text.endswith(".toml") or path.is_file() or "/" in text or (
             path.exists() and not (_shipped() / f"{text}.toml").is_file()):
-        try:
-            source = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RecipeError(f"{path}: no such recipe file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise RecipeError(f"{path}: cannot read recipe: {e}") from None
-        return parse_recipe(source, str(path), check_model=check_model)
+        return parse_recipe(_read_user_recipe(path), str(path), check_model=check_model)
     shipped = _shipped() / f"{text}.toml"
     if not shipped.is_file():
         raise RecipeError(
@@ -245,17 +281,38 @@ def load_recipe(name_or_path: str | Path, *, check_model: bool = True) -> Recipe
                         check_model=check_model)
 
 
+def _read_user_recipe(path: Path) -> str:
+    """The text of a user's recipe file, read through `read_limited`: a special file is refused
+    by its type and a file larger than MAX_RECIPE_BYTES by what is read."""
+    try:
+        data = read_limited(path, MAX_RECIPE_BYTES, "recipe")
+    except MnistlabError as e:
+        raise RecipeError(str(e)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: cannot read recipe: not UTF-8 text (byte {e.start})") from None
+
+
 def parse_recipe(source: str, where: str, *, check_model: bool = True) -> Recipe:
     try:
         table = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{where}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
     return recipe_from_dict(table, where, check_model=check_model)
 
 
 def recipe_from_dict(table: dict[str, Any], where: str, *, check_model: bool = True) -> Recipe:
     """Build and validate a recipe from a TOML table (or a checkpoint's copy of one)."""
-    table = dict(table)
+    try:
+        return _recipe_from_table(dict(table), where, check_model)
+    except RecursionError:  # printing or copying values nested deeper than Python recurses
+        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
+
+
+def _recipe_from_table(table: dict[str, Any], where: str, check_model: bool) -> Recipe:
     model = table.get("model")
     if isinstance(model, dict):
         # [model] holds name and init; every other key is an argument of the model.
@@ -270,8 +327,10 @@ def recipe_from_dict(table: dict[str, Any], where: str, *, check_model: bool = T
 
 
 def _checked(recipe: Recipe, where: str, *, check_model: bool = True) -> Recipe:
+    _check_texts(recipe, where)
     sections = {
         "claim": recipe.claim,
+        "data": recipe.data,
         "optimizer": recipe.optimizer,
         "schedule": recipe.schedule,
         "train": recipe.train,
@@ -294,7 +353,27 @@ def _checked(recipe: Recipe, where: str, *, check_model: bool = True) -> Recipe:
             f"'{recipe.optimizer.name}', which takes: "
             f"{', '.join(sorted(OPTIMIZER_KEYS[recipe.optimizer.name]))}"
         )
+    _check_recorded_size(recipe, where)
     return recipe
+
+
+def _check_texts(recipe: Recipe, where: str) -> None:
+    """The recipe's name is a plain folder name, and its texts fit a checkpoint's header."""
+    if not NAME_PATTERN.fullmatch(recipe.name):
+        raise RecipeError(f"{where}: name: expected {NAME_RULE}, got {_describe(recipe.name)}")
+    try:
+        _check_length("description", recipe.description, MAX_DESCRIPTION)
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def _check_recorded_size(recipe: Recipe, where: str) -> None:
+    """Each field is bounded; this bounds what they make together, as checkpoints hold it
+    (model arguments left unchecked, for listing, are measured as text)."""
+    size = len(json.dumps(recipe.to_dict(), default=str))
+    if size > MAX_RECIPE_JSON_CHARS:
+        raise RecipeError(f"{where}: the recipe takes {size:,} characters as a checkpoint records "
+                          f"it, more than the {MAX_RECIPE_JSON_CHARS:,} allowed")
 
 
 def _check_model(recipe: Recipe, where: str) -> Recipe:
@@ -325,11 +404,18 @@ def _check_parts(recipe: Recipe, where: str) -> None:
     with torch.device("meta"):
         model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
     parts = [name for name, part in model.named_children() if any(True for _ in part.parameters())]
-    for name in recipe.train.freeze_after:
+    freeze_after = recipe.train.freeze_after
+    for name in freeze_after:
         if name not in parts:
             raise RecipeError(f"{where}: [train] freeze_after: {recipe.model.name} has no part "
                               f"'{name}' with weights{did_you_mean(name, parts)}; its parts: "
                               f"{', '.join(parts)}")
+    # with every part frozen before the end, the steps left have nothing to train, and
+    # PyTorch's backward pass fails on a loss that no weight gets a gradient from
+    if all(freeze_after.get(name, 1) < 1 for name in parts):
+        raise RecipeError(f"{where}: [train] freeze_after freezes every part of "
+                          f"{recipe.model.name} ({', '.join(parts)}) before the run ends: leave "
+                          "one part out, or give it 1 (frozen at the end)")
 
 
 def _unused_optimizer_keys(opt: OptimizerSection) -> set[str]:
@@ -395,6 +481,17 @@ def _convert(value: Any, hint: Any, where: str, key: str) -> Any:
 
 
 _NAMES = {str: "a string", bool: "true or false"}
+
+
+def _check_count(key: str, value: int | None, most: int) -> None:
+    if value is not None and not 1 <= value <= most:
+        raise ValueError(f"{key}: expected a whole number of at least 1, at most {most:,}, "
+                         f"got {value:,}")
+
+
+def _check_length(key: str, text: str, most: int) -> None:
+    if len(text) > most:
+        raise ValueError(f"{key}: expected at most {most:,} characters, got {len(text):,}")
 
 
 def _describe(value: Any) -> str:
