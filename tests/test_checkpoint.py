@@ -113,8 +113,11 @@ def hostile_cases(state):
         ("a 360 GB model", state,
          {**FORMAT, "model": {"name": "mnistlab-cnn", "args": {"widths": [100_000] * 3}}},
          "widths must be a list of 3 integers from 1 to 1024 (channels), got [100000, 100000, 100000]"),
-        ("the largest model allowed, not the file's", state,  # checked on the meta device: no memory
+        ("widths each allowed, 104 million parameters together", state,  # measured on the meta device
          {**FORMAT, "model": {"name": "mnistlab-cnn", "args": {"widths": [1024] * 3, "convs": 4}}},
+         "the model would have 104,006,666 parameters, more than the 100,000,000 mnistlab builds"),
+        ("a large model allowed, not the file's", state,  # checked on the meta device: no memory
+         {**FORMAT, "model": {"name": "mnistlab-cnn", "args": {"widths": [1024] * 3, "convs": 1}}},
          "weights do not match the model"),
         ("an argument named like build_model's own", state,
          {**FORMAT, "model": {"name": "keras-cnn", "args": {"init": "zeros"}}},

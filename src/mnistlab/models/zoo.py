@@ -298,6 +298,13 @@ class ValidCNN(nn.Module):
 # so that a recipe or checkpoint naming huge sizes is one clear error, not gigabytes allocated.
 MAX_WIDTH = 1024
 MAX_HIDDEN = 4096
+# The model as a whole, since arguments each within bounds can still add up (mnistlab-cnn with
+# widths of 1,024 and four convolutions a block has 104 million parameters). The largest
+# shipped models have 3.3 million parameters (deep-cnn) and keep 2.9 MB of activations per image
+# (valid-cnn with 3x3 kernels). 100 million parameters are 400 MB of weights, 1.6 GB with Adam's
+# moments and the gradients; 32 MiB of activations per image are 4 GiB for a batch of 128.
+MAX_PARAMETERS = 100_000_000
+MAX_ACTIVATION_BYTES = 32 << 20
 DROPOUT = Arg(float, 0, 1, open_high=True, what="a drop probability")
 
 
@@ -415,7 +422,48 @@ def check_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
             hint = did_you_mean(key, entry.args) if isinstance(key, str) else ""
             raise MnistlabError(f"model {name!r} takes no argument {key!r}{hint}; {takes}")
         checked[key] = entry.args[key].check(key, value)
+    _check_size(entry, checked)
     return checked
+
+
+def _check_size(entry: ModelEntry, args: dict[str, Any]) -> None:
+    """Refuse a model larger than MAX_PARAMETERS or MAX_ACTIVATION_BYTES per image, measured on
+    PyTorch's meta device, which computes shapes and allocates nothing."""
+    with torch.device("meta"):
+        model = entry.builder(**args)
+    parameters = sum(p.numel() for p in model.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise MnistlabError(f"the model would have {parameters:,} parameters, more than the "
+                            f"{MAX_PARAMETERS:,} mnistlab builds")
+    activations = activation_bytes(model)
+    if activations > MAX_ACTIVATION_BYTES:
+        raise MnistlabError(f"the model would keep {activations / 2**20:,.1f} MiB of activations "
+                            f"per image, more than the {MAX_ACTIVATION_BYTES / 2**20:,.0f} MiB "
+                            "mnistlab builds")
+
+
+def activation_bytes(model: nn.Module) -> int:
+    """The bytes of the outputs of `model`'s layers for one 28x28 image: about what training
+    keeps per image for the backward pass. `model` may be on the meta device (nothing is
+    computed then); it is left in evaluation mode."""
+    total = 0
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    device = next(model.parameters()).device
+    layers = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        model.eval()  # batch norm over a batch of one image refuses to train
+        with torch.no_grad():
+            model(torch.zeros(1, 1, 28, 28, device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
