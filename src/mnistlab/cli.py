@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnistlab.errors import MnistlabError, did_you_mean
+from mnistlab.recipes.recipe import MAX_SEED
 
 if TYPE_CHECKING:  # imported where they are used: the CLI starts without PyTorch
     from mnistlab.training.engine import Trainer
     from mnistlab.training.progress import Progress
 
 DEFAULT_RECIPE = "quick"
+# --seeds: a run a seed, each training a model; a thousand is more than any ensemble or timing
+MAX_SEED_COUNT = 1_000
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -136,6 +139,9 @@ def _trainers(args: argparse.Namespace, progress: Progress) -> list[Trainer]:
     first = args.seed or 0
     # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
     seeds = range(first, first + args.seeds) if args.seeds else [first]
+    if seeds[-1] > MAX_SEED:
+        raise MnistlabError(f"--seed {first} --seeds {args.seeds} goes past the largest seed, "
+                            f"{MAX_SEED:,}")
     return [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
                     device=args.device, data_dir=args.data_dir, progress=progress,
                     compile=args.compile)
@@ -344,8 +350,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive, metavar="N", help="train for N epochs instead")
     length.add_argument("--steps", type=_positive, metavar="N", help="train for N steps instead")
-    p.add_argument("--seed", type=_non_negative, help="random seed (default 0)")
-    p.add_argument("--seeds", type=_positive, metavar="N",
+    p.add_argument("--seed", type=_seed, help=f"random seed, 0 to {MAX_SEED:,} (default 0)")
+    p.add_argument("--seeds", type=_seed_count, metavar="N",
                    help="train N models, seeds SEED to SEED+N-1, into OUT/seed-K (ensemble members)")
     _device_option(p)
     p.add_argument("--out", help="run folder (default runs/RECIPE-TIME)")
@@ -360,7 +366,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
 
 def _reproduce_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipes", nargs="*", metavar="RECIPE", help="default: every tutorial recipe")
-    p.add_argument("--seeds", type=_positive, default=1, metavar="N",
+    p.add_argument("--seeds", type=_seed_count, default=1, metavar="N",
                    help="random seeds per recipe (default 1)")
     _device_option(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default ./reproduction-TIME); "
@@ -373,7 +379,7 @@ def _reproduce_options(p: argparse.ArgumentParser) -> None:
 
 def _bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"default: {DEFAULT_RECIPE}")
-    p.add_argument("--seeds", type=_positive, default=3, metavar="N",
+    p.add_argument("--seeds", type=_seed_count, default=3, metavar="N",
                    help="training runs to time (default 3)")
     _device_option(p)
     _json_file_option(p)
@@ -585,6 +591,21 @@ def _port(text: str) -> int:
     value = _whole_number(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A random seed: what torch.manual_seed and the batch plan take (recipes/recipe.py)."""
+    value = _whole_number(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED:,}, got {text}")
+    return value
+
+
+def _seed_count(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_SEED_COUNT:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_SEED_COUNT:,} seeds, got {text}")
     return value
 
 

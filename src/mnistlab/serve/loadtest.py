@@ -13,18 +13,22 @@ import asyncio
 import io
 import ipaddress
 import json
+import re
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from mnistlab.errors import MnistlabError
+from mnistlab.fileio import read_limited
+from mnistlab.inference.images import MAX_IMAGE_BYTES
 
 MAX_SECONDS = 600
 MAX_CONCURRENCY = 1024
+# a URL as the load test takes it: printable ASCII without spaces, at most 2,000 characters
+_URL = re.compile(r"[!-~]{1,2000}")
 
 
 @dataclass
@@ -84,14 +88,25 @@ def payload(kind: str = "png", index: int = 0) -> tuple[bytes, str, str]:
 
 
 def _target(url: str) -> tuple[str, int, str]:
+    """The host, port and path of `url`, a plain http:// URL of this machine, checked: a bad
+    one is one MnistlabError."""
+    if not _URL.fullmatch(url):  # the path goes into the request line as it is
+        raise MnistlabError(f"{url[:80]!r}: not a URL (expected http://HOST:PORT, printable "
+                            "characters without spaces)")
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http":
         raise MnistlabError(f"{url}: only plain http:// URLs are load-tested")
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or outside 0-65535
+        port = 0
+    if port == 0 or not parts.netloc.rpartition("@")[2].strip("[]:"):
+        raise MnistlabError(f"{url}: expected http://HOST:PORT with a port from 1 to 65535")
+    host, port = parts.hostname or "127.0.0.1", port or 80
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
-    except socket.gaierror as e:
-        raise MnistlabError(f"{url}: cannot resolve {host}: {e.strerror}") from None
+    except (socket.gaierror, UnicodeError) as e:
+        raise MnistlabError(f"{url}: cannot resolve {host}: {getattr(e, 'strerror', None) or e}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
         raise MnistlabError(f"{url}: the load test only targets this machine (127.0.0.1, ::1, "
                             "localhost)")
@@ -209,10 +224,9 @@ def format_result(r: LoadResult) -> str:
 
 
 def load_image_file(path: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise MnistlabError(f"{path}: cannot read: {e.strerror or e}") from None
+    """The bytes of the image file to send: at most what the server accepts of one image, from
+    a regular file (a FIFO or a device is refused)."""
+    data = read_limited(path, MAX_IMAGE_BYTES, "image")
     if not data:
         raise MnistlabError(f"{path}: the file is empty")
     return data
