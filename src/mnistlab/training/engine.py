@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -25,10 +26,11 @@ from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
 from mnistlab.device import resolve_device, wait_for
 from mnistlab.errors import MnistlabError
-from mnistlab.fileio import atomic_write_text
+from mnistlab.fileio import atomic_write_text, read_limited
 from mnistlab.metrics import Metrics, compute_metrics
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, recipe_from_dict
+from mnistlab.recipes.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
 from mnistlab.training import distributed, rundir, state
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.cpu_memory import keep_freed_memory
@@ -38,7 +40,12 @@ from mnistlab.training.optim import lr_factor, make_optimizer
 from mnistlab.training.progress import Progress, format_duration
 from mnistlab.training.step import Totals, TrainStep, can_use_cuda_graph
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = rundir.METRICS_FILE
+# What a resumed run reads back of its log. A record takes at most about 200 bytes, and a run
+# writes fewer than MAX_LOG_RECORDS of them (checked before its first step), so this holds any
+# log mnistlab writes; the longest shipped recipe writes about 200 records (40 kB).
+MAX_METRICS_BYTES = 64 << 20
+MAX_LOG_RECORDS = MAX_METRICS_BYTES // 256
 
 
 class TrainingDiverged(MnistlabError):
@@ -83,6 +90,11 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def new_run_dir(recipe_name: str, parent: Path = Path("runs")) -> Path:
+    """A new folder's path inside `parent`, named after the recipe and the time. The name must
+    be one plain folder name (recipes' names are checked on loading): `../x` or `/tmp/x` would
+    put the run outside `parent`."""
+    if not NAME_PATTERN.fullmatch(recipe_name):
+        raise MnistlabError(f"{recipe_name!r} cannot name a run folder: expected {NAME_RULE}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = parent / f"{recipe_name}-{stamp}"
     n = 1
@@ -167,6 +179,7 @@ class Trainer:
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
+        self._check_length(len(train))
         if self.device.type == "cpu":
             keep_freed_memory()  # each step reuses the last one's memory: no page faults
         self._prepare_run_dir()
@@ -175,6 +188,27 @@ class Trainer:
         finally:
             if hasattr(self, "_metrics"):
                 self._metrics.close()
+            if self._lock is not None:
+                self._lock.release()
+
+    def _check_length(self, images: int) -> None:
+        """Refuse a run longer than mnistlab trains (recipes bound epochs and steps, not their
+        product), or one that would log more records than a resume reads back."""
+        train_cfg = self.recipe.train
+        plan = BatchPlan(images, train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
+                         steps=train_cfg.steps)
+        total = plan.total_steps
+        if total > MAX_STEPS:
+            raise MnistlabError(f"the run would take {total:,} steps ({train_cfg.epochs:,} epochs "
+                                f"of {plan.steps_per_epoch:,}), more than the {MAX_STEPS:,} "
+                                "mnistlab trains: train fewer epochs or larger batches")
+        # a record at each log point and two at each epoch's end (training, validation), a few
+        # at the end
+        records = total // train_cfg.log_every + 2 * math.ceil(total / plan.steps_per_epoch) + 4
+        if records > MAX_LOG_RECORDS:
+            raise MnistlabError(f"the run would log {records:,} records to {METRICS_FILE}, more "
+                                f"than the {MAX_LOG_RECORDS:,} that --resume reads back: raise "
+                                f"[train] log_every (now {train_cfg.log_every:,})")
 
     def _run(self, train: Split, validation: Split | None) -> RunResult:
         loop = self._set_up(train, validation)
@@ -199,10 +233,13 @@ class Trainer:
         freezer = Freezer(model, train_cfg.freeze_after, plan.total_steps)
         optimizer = make_optimizer(model, recipe.optimizer, capturable=cuda_graph,
                                    groups=freezer.weight_groups())
-        start_step, train_seconds = self._restore(model, optimizer, ema)
-        self._open_metrics(keep_until=start_step)
+        start_step, train_seconds = self._restore(model, optimizer, ema, plan.total_steps)
+        damaged = self._open_metrics(keep_until=start_step)
         progress = self.progress or Progress(plan.total_steps)
         progress.total = plan.total_steps
+        if damaged:
+            progress.line(f"note: dropped {damaged:,} damaged line{'s' * (damaged > 1)} of "
+                          f"{self.run_dir / METRICS_FILE}")
         bf16 = use_bf16(train_cfg.precision, self.device)
         self._announce(progress, plan, start_step, bf16=bf16, cuda_graph=cuda_graph, ema=ema)
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
@@ -218,12 +255,13 @@ class Trainer:
                      earlier_train_seconds=train_seconds)
 
     def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 ema: WeightAverage | None) -> tuple[int, float]:
+                 ema: WeightAverage | None, total_steps: int) -> tuple[int, float]:
         """Where a resumed run stopped: its step and training seconds (0 and 0.0 for a new one)."""
         if self._resume_from is None:
             return 0, 0.0
         tensors, meta = self._resume_from
-        state.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir))
+        state.restore_training_state(tensors, meta, model, optimizer, str(self.run_dir),
+                                     total_steps=total_steps)
         if ema is not None:
             ema.restore(tensors, str(self.run_dir))
         return meta["step"], meta["train_seconds"]
@@ -444,43 +482,52 @@ class Trainer:
         })
 
     def _prepare_run_dir(self) -> None:
+        """Make the folder this run's alone, before step 1: locked for the whole run, holding
+        nothing of anyone else's (unless resuming), writable, with room for the checkpoints.
+        Only the process that writes does this: under torchrun, the others write nothing, and
+        torchrun stops them should this one fail."""
+        # the step of the last training state saved, for the error should a later save fail
+        self._saved_step = self._resume_from[1]["step"] if self._resume_from is not None else None
+        self._lock = None
+        if not self.world.is_main:
+            return
         created = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
-        if self._resume_from is None and (self.run_dir / state.STATE_FILE).exists():
-            raise MnistlabError(f"{self.run_dir} already holds a run: continue it with --resume "
-                                "or choose another --out")
-        # the step of the last training state saved, for the error should a later save fail
-        self._saved_step = self._resume_from[1]["step"] if self._resume_from is not None else None
-        if self.world.is_main:  # a read-only folder or a full disk is an error before step 1
-            try:
-                rundir.check_writable(self.run_dir, self.recipe)
-            except MnistlabError:
-                if created:  # leave no empty folder behind
-                    with contextlib.suppress(OSError):
-                        self.run_dir.rmdir()
-                raise
+        lock = None
+        try:
+            lock = rundir.RunLock(self.run_dir)
+            if self._resume_from is None:
+                rundir.check_belongs_to_run(self.run_dir, lock)
+            rundir.check_writable(self.run_dir, self.recipe)
+        except MnistlabError:
+            if lock is not None:  # the folder is left as it was found
+                lock.release(remove=not lock.existed)
+            if created:  # leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
+            raise
+        self._lock = lock
 
-    def _open_metrics(self, keep_until: int) -> None:
+    def _open_metrics(self, keep_until: int) -> int:
+        """Open the log for appending, keeping (when resuming) the records up to the step
+        resumed from; return how many damaged lines were dropped."""
         if not self.world.is_main:
-            return
+            return 0
         path = self.run_dir / METRICS_FILE
-        kept = []
-        if keep_until and path.exists():  # drop what was logged after the checkpoint we resume
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= keep_until:
-                        kept.append(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
+        kept, damaged = [], 0
+        if keep_until and os.path.lexists(path):  # drop what was logged after that checkpoint
+            kept, damaged = _records_until(read_limited(path, MAX_METRICS_BYTES, "metrics log"),
+                                           keep_until)
         # the records kept replace the file in one rename, so a crash now loses none of them
         atomic_write_text(path, "".join(f"{line}\n" for line in kept))
         try:
             self._metrics = open(path, "a", encoding="utf-8")
         except OSError as e:
             raise MnistlabError(f"cannot write {path}: {e.strerror or e}") from None
+        return damaged
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
@@ -512,6 +559,30 @@ class _Window:
         loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images
+
+
+def _records_until(data: bytes, step: int) -> tuple[list[str], int]:
+    """The log's lines recording steps up to `step`, and how many lines were damaged (not a
+    JSON object with a whole-number step); the last line, cut short by a crash, is dropped
+    without counting."""
+    lines = data.split(b"\n")
+    if lines[-1]:
+        lines.pop()  # no newline after it: a write the process did not finish
+    kept, damaged = [], 0
+    for raw in lines:
+        if not raw:
+            continue
+        try:
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            record = None
+        at = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(at, int) or isinstance(at, bool):
+            damaged += 1
+        elif at <= step:
+            kept.append(line)
+    return kept, damaged
 
 
 def _epochs(steps: int, plan: BatchPlan) -> str:

@@ -24,6 +24,7 @@ from mnistlab.checkpoint import (
     read_file,
     write_file,
 )
+from mnistlab.recipes.recipe import MAX_SEED, MAX_STEPS
 from mnistlab.training.optim import match_state_layout
 
 STATE_FILE = "training-state.safetensors"
@@ -31,6 +32,7 @@ STATE_FORMAT = "mnistlab.training-state/1"
 STATE_FIELDS = {"recipe": (dict,), "seed": (int,), "step": (int,), "total_steps": (int,),
                 "train_seconds": (int, float), "data_dir": PATH_FIELD, "param_groups": (list,),
                 "optim_scalars": (dict,)}
+MAX_TRAIN_SECONDS = 10**9  # 32 years: any real run's training time, and a number we can print
 
 
 def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -65,14 +67,43 @@ def read_training_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[st
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an mnistlab training state")
     check_fields(meta, path, STATE_FIELDS, required=True)
-    if not 0 <= meta["step"] <= meta["total_steps"]:
-        raise CheckpointError(f"{path}: metadata 'step' is {meta['step']}, outside "
-                              f"0..{meta['total_steps']}")
+    _check_run_numbers(meta, path)
     return tensors, meta
 
 
+def _check_run_numbers(meta: dict[str, Any], path: Path) -> None:
+    """The step, the run's length, the seed and the time within what a run of mnistlab has:
+    the recipe's own bounds (a run takes at most MAX_STEPS steps), so a state claiming step
+    10^29 of 10^30 is refused here."""
+    if not 1 <= meta["total_steps"] <= MAX_STEPS:
+        raise CheckpointError(f"{path}: metadata 'total_steps' is {_shown(meta['total_steps'])}, "
+                              f"outside 1..{MAX_STEPS:,}")
+    if not 0 <= meta["step"] <= meta["total_steps"]:
+        raise CheckpointError(f"{path}: metadata 'step' is {_shown(meta['step'])}, outside "
+                              f"0..{meta['total_steps']}")
+    if not 0 <= meta["seed"] <= MAX_SEED:
+        raise CheckpointError(f"{path}: metadata 'seed' is {_shown(meta['seed'])}, outside "
+                              f"0..{MAX_SEED:,}")
+    seconds = meta["train_seconds"]
+    if not 0 <= seconds <= MAX_TRAIN_SECONDS:  # NaN fails too
+        raise CheckpointError(f"{path}: metadata 'train_seconds' is {_shown(seconds)}, outside "
+                              f"0..{MAX_TRAIN_SECONDS:,}")
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                           model: nn.Module, optimizer: torch.optim.Optimizer, where: str) -> None:
+                           model: nn.Module, optimizer: torch.optim.Optimizer, where: str, *,
+                           total_steps: int | None = None) -> None:
+    """Load the saved weights, optimiser state and random-number state into `model`,
+    `optimizer` (built from the recipe) and PyTorch, or refuse what does not fit them; a state
+    for another length of run than `total_steps` (the recipe's, where the caller knows it) too."""
+    if total_steps is not None and meta["total_steps"] != total_steps:
+        raise CheckpointError(f"{where}: the training state is of a run of {meta['total_steps']:,} "
+                              f"steps; its recipe gives {total_steps:,}")
     load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, where)
     state: dict[int, dict[str, Any]] = {}
     try:  # a damaged file (names, indices, tables of the wrong kind) is refused like a misfit
@@ -82,11 +113,9 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
                 state.setdefault(int(index), {})[name] = value
         for index, values in meta.get("optim_scalars", {}).items():
             state.setdefault(int(index), {}).update(values)
-        _check_optimizer_state(state, meta["param_groups"], optimizer, where)
-        # a setting the file lacks (an older PyTorch's, or a damaged file) is the recipe's own
-        groups = [{**{k: v for k, v in own.items() if k != "params"}, **saved}
-                  for own, saved in zip(optimizer.param_groups, meta["param_groups"])]
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        _check_settings(meta["param_groups"], optimizer, where)
+        _check_optimizer_state(state, optimizer, meta["step"], where)
+        optimizer.load_state_dict({"state": state, "param_groups": _own_groups(optimizer)})
         match_state_layout(optimizer)
         torch.set_rng_state(tensors["rng.cpu"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
@@ -96,19 +125,47 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
-def _check_optimizer_state(state: dict[int, dict[str, Any]], groups: Any,
-                           optimizer: torch.optim.Optimizer, where: str) -> None:
-    """Refuse saved optimiser state that would fail, or quietly misbehave, at the next step:
-    a setting of another kind than the optimiser's own (`betas` a string, `eps` NaN), a tensor
-    whose shape or dtype is not its weight's. load_state_dict checks none of this."""
+def _check_settings(groups: Any, optimizer: torch.optim.Optimizer, where: str) -> None:
+    """The saved optimiser settings must be the recipe's, which built `optimizer`: a setting of
+    another value (Adam's `betas` holding 1.999, which fails at the next step) means a damaged
+    file or another recipe. Exceptions: the learning rate, which the schedule sets at every
+    step, and flags of how PyTorch computes (`fused`, `capturable`, ...), which follow the
+    device; a setting the file lacks (an older PyTorch's) is the recipe's."""
     if not (isinstance(groups, list) and len(groups) == len(optimizer.param_groups)
             and all(isinstance(g, dict) for g in groups)):
         raise CheckpointError(f"{where}: the optimiser's parameter groups do not fit this recipe")
     for saved, own in zip(groups, optimizer.param_groups):
         for key, like in own.items():
-            if key != "params" and not _same_kind(saved.get(key, like), like):
+            if key == "params" or key not in saved:
+                continue
+            value = saved[key]
+            if not _same_kind(value, like):
                 raise CheckpointError(f"{where}: optimiser setting '{key}' is "
-                                      f"{str(saved.get(key))[:40]!r}, not like {like!r}")
+                                      f"{str(value)[:40]!r}, not like {like!r}")
+            if key != "lr" and not _is_flag(like) and not _same_value(value, like):
+                raise CheckpointError(f"{where}: optimiser setting '{key}' is {str(value)[:40]}, "
+                                      f"but the recipe's is {_plain(like)}: the training state "
+                                      "is damaged or is another recipe's")
+
+
+def _own_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The parameter groups as a state dict gives them (weights numbered in order), with the
+    recipe's settings, which the saved ones were checked to be."""
+    groups, first = [], 0
+    for group in optimizer.param_groups:
+        count = len(group["params"])
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": list(range(first, first + count))})
+        first += count
+    return groups
+
+
+def _check_optimizer_state(state: dict[int, dict[str, Any]], optimizer: torch.optim.Optimizer,
+                           step: int, where: str) -> None:
+    """Refuse saved optimiser state that would fail, or quietly misbehave, at the next step: a
+    tensor whose shape or dtype is not its weight's, a weight's state not whole or of other
+    kinds than a step keeps, an update count beyond the run's step. load_state_dict checks
+    none of this."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for index, values in state.items():
         for name, value in values.items():
@@ -120,19 +177,23 @@ def _check_optimizer_state(state: dict[int, dict[str, Any]], groups: Any,
                 raise CheckpointError(
                     f"{where}: optimiser state 'optim.{index}.{name}' is {value.dtype} "
                     f"{tuple(value.shape)}, which fits no weight of this model")
+            if name == "step" and not (value.numel() == 1 and 0 <= value.item() <= step):
+                raise CheckpointError(f"{where}: optimiser state 'optim.{index}.step' counts "
+                                      f"updates beyond the run's step {step}")
     # a weight's state must be whole: one name missing is a KeyError at the next step
-    kept = _state_names(optimizer)
+    kept = _state_kept(optimizer)
     group_of = [i for i, group in enumerate(optimizer.param_groups) for _ in group["params"]]
     for index, values in state.items():
-        want = kept[group_of[index]] if 0 <= index < len(group_of) else None
-        if values and set(values) != want:
+        want = kept[group_of[index]] if 0 <= index < len(group_of) else {}
+        if values and (set(values) != set(want) or not all(
+                _same_state_kind(values[name], like) for name, like in want.items())):
             raise CheckpointError(f"{where}: optimiser state of weight {index} holds "
-                                  f"{sorted(values)}; this optimiser keeps {sorted(want or [])}")
+                                  f"{sorted(values)}; this optimiser keeps {sorted(want)}")
 
 
-def _state_names(optimizer: torch.optim.Optimizer) -> list[set[str]]:
-    """For each parameter group, the names of the state a step of `optimizer` keeps for a
-    weight: found by stepping a copy of it over a one-element stand-in weight a group."""
+def _state_kept(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """For each parameter group, the state a step of `optimizer` keeps for a weight (its names
+    and values): found by stepping a copy of it over a one-element stand-in weight a group."""
     groups = []
     for group in optimizer.param_groups:
         like = group["params"][0]
@@ -141,7 +202,30 @@ def _state_names(optimizer: torch.optim.Optimizer) -> list[set[str]]:
         groups.append({**group, "params": [stand_in]})
     shadow = type(optimizer)(groups)
     shadow.step()
-    return [set(shadow.state[group["params"][0]]) for group in groups]
+    return [dict(shadow.state[group["params"][0]]) for group in groups]
+
+
+def _same_state_kind(value: Any, like: Any) -> bool:
+    """Whether a saved piece of a weight's state is of the kind a step keeps there: a tensor,
+    nothing (SGD's momentum buffer without momentum), or a number."""
+    if isinstance(like, torch.Tensor) or like is None:
+        return isinstance(value, type(like))
+    return _same_kind(value, like)
+
+
+def _is_flag(like: Any) -> bool:
+    return like is None or isinstance(like, bool)
+
+
+def _same_value(value: Any, like: Any) -> bool:
+    return _plain(value) == _plain(like)
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON holds it: lists for tuples, numbers for one-element tensors."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 def _same_kind(value: Any, like: Any) -> bool:
