@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from mnistlab.checkpoint import MAX_META_CHARS
 from mnistlab.cli import main
@@ -181,13 +182,29 @@ def test_a_models_size_is_bounded_before_it_is_built(workdir, capsys):
         refused(capsys, train(recipe), message)
         refused(capsys, ["summary", str(recipe)], message)
     assert not (workdir / "runs").exists()
-    # far beyond every shipped recipe's model: ten times at least
-    for name in recipe_names():
-        recipe = load_recipe(name)
-        model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
+    # far beyond every shipped recipe's model, ten times at least; the activations worked out
+    # from the layers' sizes are those a real forward pass gives
+    models = [(load_recipe(name).model.name, load_recipe(name).model.args) for name in recipe_names()]
+    models += [("valid-cnn", {"kernel": kernel}) for kernel in (3, 5, 7)]
+    models += [("fast-cnn", {"widths": [8, 8, 8, 8], "crop": 3, "stem_padding": 0, "hidden": 8}),
+               ("mnistlab-cnn", {"widths": [8, 8, 8], "convs": 3})]
+    for name, args in models:
+        model = build_model(name, **check_model_args(name, args))
         assert sum(p.numel() for p in model.parameters()) * 10 < MAX_PARAMETERS, name
         assert activation_bytes(model) * 10 < MAX_ACTIVATION_BYTES, name
-    assert check_model_args("valid-cnn", {"kernel": 3}) == {"kernel": 3}
+        assert activation_bytes(model) == layer_outputs_bytes(model), (name, args)
+
+
+def layer_outputs_bytes(model) -> int:
+    """The bytes of every layer's output in a real forward pass of one image."""
+    sizes = []
+    layers = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out.nbytes)) for m in layers]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    return sum(sizes)
 
 
 def test_small_command_line_values_out_of_range_are_one_line(workdir, capsys):

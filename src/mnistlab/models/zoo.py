@@ -427,8 +427,8 @@ def check_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_size(entry: ModelEntry, args: dict[str, Any]) -> None:
-    """Refuse a model larger than MAX_PARAMETERS or MAX_ACTIVATION_BYTES per image, measured on
-    PyTorch's meta device, which computes shapes and allocates nothing."""
+    """Refuse a model larger than MAX_PARAMETERS or MAX_ACTIVATION_BYTES per image, built on
+    PyTorch's meta device, which allocates nothing, to count."""
     with torch.device("meta"):
         model = entry.builder(**args)
     parameters = sum(p.numel() for p in model.parameters())
@@ -443,27 +443,47 @@ def _check_size(entry: ModelEntry, args: dict[str, Any]) -> None:
 
 
 def activation_bytes(model: nn.Module) -> int:
-    """The bytes of the outputs of `model`'s layers for one 28x28 image: about what training
-    keeps per image for the backward pass. `model` may be on the meta device (nothing is
-    computed then); it is left in evaluation mode."""
+    """The bytes (float32) of the outputs of `model`'s layers for one 28x28 image: about what
+    training keeps per image for the backward pass. Worked out from the layers' sizes, taken in
+    the order the model registers them, which is the order every model here runs them in
+    (tests/test_hostile_recipes.py compares it with a real forward pass): nothing is computed
+    or allocated, and PyTorch's meta kernels, a second to load, are not needed."""
+    side = 28 - 2 * getattr(model, "crop", 0)  # a model that crops its input says by how much
+    shape: tuple[int, ...] = (1, side, side)  # channels, height, width; (features,) once flat
     total = 0
-
-    def count(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    device = next(model.parameters()).device
-    layers = [m for m in model.modules() if not any(True for _ in m.children())]
-    hooks = [layer.register_forward_hook(count) for layer in layers]
-    try:
-        model.eval()  # batch norm over a batch of one image refuses to train
-        with torch.no_grad():
-            model(torch.zeros(1, 1, 28, 28, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)  # empty ones too
+    for layer in model.modules():
+        if next(layer.children(), None) is None and not isinstance(layer, containers):
+            shape = _output_shape(layer, shape)
+            total += 4 * math.prod(shape)
     return total
+
+
+def _output_shape(layer: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(layer, nn.Linear):
+        return (layer.out_features,)
+    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)) and len(shape) == 3:
+        channels = layer.out_channels if isinstance(layer, nn.Conv2d) else shape[0]
+        return (channels, _side(layer, shape[1], 0), _side(layer, shape[2], 1))
+    return shape  # batch norm, activations, dropout, flatten: as many values as they are given
+
+
+def _side(layer: nn.Conv2d | nn.MaxPool2d, size: int, axis: int) -> int:
+    """The output's length along `axis` of a convolution or max-pooling of an input `size` long,
+    by PyTorch's formula (and TensorFlow's SAME for Conv2dTFSame)."""
+    def along(value: int | tuple[int, ...]) -> int:
+        return value[axis] if isinstance(value, tuple) else value
+
+    stride = along(layer.stride)
+    if isinstance(layer, Conv2dTFSame):
+        return -(-size // stride)
+    padding = along(layer.padding)
+    span = size + 2 * padding - along(layer.dilation) * (along(layer.kernel_size) - 1) - 1
+    if not getattr(layer, "ceil_mode", False):
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    # as PyTorch does, a last window that would start past the input (and its padding) is dropped
+    return out - 1 if (out - 1) * stride >= size + padding else out
 
 
 def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Module:
