@@ -121,6 +121,34 @@ def test_too_little_disk_space_is_an_error_before_any_training(tmp_path, small_m
     assert not (tmp_path / "run").exists()  # the folder it made for the run is gone again
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an open file through /proc")
+def test_a_disk_full_between_the_state_and_the_model_names_the_state_saved(tmp_path, crash_recipe,
+                                                                          monkeypatch):
+    """The first checkpoint's training state is written, then its model file fails: --resume
+    continues from that state, and the error must say so, not that nothing was saved."""
+    data = write_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if f".{MODEL_FILE}." in os.readlink(f"/proc/self/fd/{fd}"):  # the model's temporary file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    trainer = Trainer(load_recipe(crash_recipe), run, seed=1, device="cpu", data_dir=str(data),
+                      **QUIET)
+    with pytest.raises(MnistlabError) as info:
+        trainer.run()
+    assert read_training_state(run)[1]["step"] == 11
+    assert str(info.value).endswith(f"training stopped at step 11, and the checkpoint of step 11 "
+                                    f"in {run} is intact: once that is fixed, continue with: "
+                                    f"mnistlab train --resume {run}")
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    result = Trainer.resuming(run, device="cpu", **QUIET).run()
+    assert result.steps_done == result.total_steps and load_model(run)[1]["complete"]
+
+
 def test_a_full_disk_stops_the_run_with_the_last_checkpoint_intact(tmp_path, crash_recipe,
                                                                   monkeypatch):
     """The disk fills up after the first epoch's checkpoint: the next save fails with ENOSPC."""

@@ -442,8 +442,6 @@ class Trainer:
             if not isinstance(e.__cause__, OSError):
                 raise
             raise rundir.save_failed(e, self.run_dir, loop.steps_done, self._saved_step) from e
-        if test is None:
-            self._saved_step = loop.steps_done
 
     def _write_checkpoint(self, loop: _Loop, train_seconds: float, test: Metrics | None) -> None:
         """The training state (live weights, optimiser, average) for --resume, and the model
@@ -461,6 +459,8 @@ class Trainer:
         if test is None:  # the final save after the test needs no resume state
             state.save_training_state(self.run_dir, loop.model, loop.optimizer, common,
                                       extra=ema.tensors() if ema is not None else None)
+            # --resume continues from this state even if the model file after it fails
+            self._saved_step = loop.steps_done
         metrics = {"train_seconds": train_seconds}
         if loop.last_validation is not None:
             metrics["validation"] = {"accuracy": loop.last_validation.accuracy,
