@@ -419,3 +419,111 @@ def test_an_onnx_file_the_reader_would_refuse_is_never_exported(tmp_path, monkey
     with pytest.raises(MnistlabError, match="cannot export to ONNX: the file would be"):
         export_onnx(tmp_path / "run", tmp_path / "again.onnx", verify_images=10)
     assert not (tmp_path / "again.onnx").exists()
+
+
+def nan_for_two_images_model() -> bytes:
+    """A linear model that answers NaN only when given exactly two images at once: it passes
+    the check on load (batches of 1 and 3) and fails later, as a model can."""
+    constants = [helper.make_tensor("i0", TensorProto.INT64, [1], [0]),
+                 helper.make_tensor("two", TensorProto.INT64, [1], [2]),
+                 helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
+                 helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    spoil = [helper.make_node("Shape", ["image"], ["shape"]),
+             helper.make_node("Gather", ["shape", "i0"], ["n"]),
+             helper.make_node("Equal", ["n", "two"], ["is_two"]),
+             helper.make_node("Where", ["is_two", "nan", "zero"], ["extra"]),
+             helper.make_node("Add", ["scores", "extra"], ["logits"])]
+    nodes, initializers, logits = linear(extra_nodes=spoil, extra_initializers=constants,
+                                         logits="logits")
+    return onnx_bytes(nodes, [image_input()],
+                      [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", 10])],
+                      initializers)
+
+
+def test_a_model_that_fails_on_some_images_after_its_check_is_one_clear_error(tmp_path, images,
+                                                                               digit_png):
+    path = tmp_path / "nan-at-2.onnx"
+    path.write_bytes(nan_for_two_images_model())
+    predictor = Predictor.load(str(path), backend="onnx")  # passes the check on load
+    assert predictor.probabilities(images[:3]).shape == (3, 10)
+    with pytest.raises(MnistlabError, match=r"NaN or infinite probabilities for 2 of 2 image"):
+        predictor.probabilities(images[:2])
+    # predict says so for the file whose digits the model cannot read, and goes on
+    gap = np.zeros((28, 8), np.uint8)
+    two_digits = tmp_path / "two-digits.png"
+    Image.fromarray(255 - np.pad(np.concatenate([images[0], gap, images[1]], axis=1), 8)).save(two_digits)
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "predict", "--model", str(path),
+                           str(digit_png), str(two_digits)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done
+    assert done.stdout.startswith(f"{digit_png}: ") and "nan" not in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f"mnistlab: error: {two_digits}: the model gives NaN or infinite probabilities for 2 of 2 "
+        "image(s): it cannot read them"]
+
+
+def test_the_server_answers_a_model_failure_as_model_error(tmp_path, images):
+    from fastapi.testclient import TestClient
+
+    from mnistlab.serve.app import create_app
+
+    path = tmp_path / "nan-at-2.onnx"
+    path.write_bytes(nan_for_two_images_model())
+    with TestClient(create_app(Predictor.load(str(path), backend="onnx"))) as client:
+        ok = client.post("/api/predict", json={"pixels": images[0].tolist()})
+        gap = np.zeros((28, 8), np.uint8)
+        number = np.pad(np.concatenate([images[0], gap, images[1]], axis=1), 8)
+        png = tmp_path / "n.png"
+        Image.fromarray(255 - number).save(png)
+        failed = client.post("/api/predict", content=png.read_bytes(),
+                             headers={"Content-Type": "image/png"})
+    assert ok.status_code == 200
+    assert failed.status_code == 500 and failed.json() == {
+        "detail": "the model gives NaN or infinite probabilities for 2 of 2 image(s): it cannot "
+                  "read them", "error": "model_error"}
+
+
+def test_requests_batched_with_one_the_model_fails_on_are_answered_alone(tmp_path, images):
+    """Two requests share a model call of two images, which this model answers with NaN: each
+    is then computed alone, and both get their answer."""
+    import asyncio
+
+    from mnistlab.serve.batcher import Batcher
+
+    path = tmp_path / "nan-at-2.onnx"
+    path.write_bytes(nan_for_two_images_model())
+    real = Predictor.load(str(path), backend="onnx")
+
+    class FirstCallHeld:  # the real predictor; its first call waits, so that two requests queue
+        info = real.info
+
+        def __init__(self):
+            self.calls, self.release = [], threading.Event()
+
+        def probabilities(self, batch):
+            self.calls.append(len(batch))
+            if len(self.calls) == 1:
+                self.release.wait(10)
+            return real.probabilities(batch)
+
+        def interrupt(self):
+            real.interrupt()
+
+    held = FirstCallHeld()
+    batcher = Batcher(held)
+
+    async def three_requests():
+        first = asyncio.ensure_future(batcher.probabilities(images[:1]))
+        while not held.calls:  # the model's thread holds the first request
+            await asyncio.sleep(0.01)
+        later = [asyncio.ensure_future(batcher.probabilities(images[i:i + 1])) for i in (1, 2)]
+        await asyncio.sleep(0.1)  # both queued behind the first
+        held.release.set()
+        return await asyncio.gather(first, *later)
+
+    try:
+        answers = asyncio.run(three_requests())
+    finally:
+        batcher.close()
+    assert held.calls == [1, 2, 1, 1]  # the two queued ones together, then each alone
+    assert [a.shape for a in answers] == [(1, 10)] * 3 and all(np.isfinite(a).all() for a in answers)

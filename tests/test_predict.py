@@ -230,3 +230,18 @@ def test_predict_command_bad_model(pictures, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("mnistlab: error: ") and "no such checkpoint" in err
     assert len(err.splitlines()) == 1
+
+
+def test_batches_run_at_a_few_padded_sizes_with_the_same_answers():
+    """The torch backend pads a batch to one of 28 sizes (a bound on what oneDNN keeps per
+    shape); an image's probabilities do not depend on the batch it came in."""
+    from mnistlab.inference.predictor import padded_size
+
+    sizes = {padded_size(n) for n in range(1, 257)}
+    assert len(sizes) == 28 and max(sizes) == 256
+    assert all(n <= padded_size(n) < 1.25 * n for n in range(1, 257))
+    predictor = Predictor.load("default")
+    images = load_arrays("mnist").test_images[:21]  # padded to 24
+    together = predictor.probabilities(images)
+    alone = np.concatenate([predictor.probabilities(images[i:i + 1]) for i in range(len(images))])
+    np.testing.assert_allclose(together, alone, atol=1e-5)

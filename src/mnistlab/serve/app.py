@@ -248,6 +248,8 @@ PREDICT_ERRORS = documented_errors({
     415: "a content type that is not an image, multipart or JSON",
     422: "not a readable image, bad pixels, an empty image (no digit found: never a guess), "
          "a multipart body without a field `file`, or a `top_k` outside 1-10",
+    500: "the model failed on these images (NaN probabilities, say): the model's fault, not "
+         "the request's",
     503: f"the model did not answer within {MODEL_TIMEOUT:g} s (the request is freed)",
 })
 

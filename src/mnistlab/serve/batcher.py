@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab.inference.errors import InferenceInterrupted
+from mnistlab.inference.errors import InferenceError, InferenceInterrupted
 from mnistlab.inference.predictor import Predictor
 from mnistlab.serve.errors import ModelTimeoutError
 
@@ -169,6 +169,14 @@ class Batcher:
         except InferenceInterrupted:  # stopped for running over time (or for a shutdown)
             _settle_all(jobs, ModelTimeoutError(f"the model did not answer within "
                                                 f"{self.timeout:g} s"))
+            return
+        except InferenceError as e:
+            if len(jobs) == 1:
+                _settle_all(jobs, e)
+                return
+            # one request's images failed the model: the others, each alone, must not fail too
+            for job in jobs:
+                self._compute([job])
             return
         except BaseException as e:  # handed to each request, which answers a clean error
             _settle_all(jobs, e)

@@ -30,6 +30,7 @@ from mnistlab.inference.errors import (
     EmptyImageError,
     ImageError,
     ImageTooLargeError,
+    InferenceError,
     UnreadableImageError,
     UnsupportedImageError,
 )
@@ -85,6 +86,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnsupportedImageError: (422, "bad_image"),
     ImageError: (422, "bad_image"),  # any other image error (e.g. ImageFileError, a new kind)
     ModelTimeoutError: (503, "model_timeout"),
+    # the model failed on images it accepted (NaN for these, an ONNX graph's own error): the
+    # server's fault, never the client's, said plainly instead of an anonymous 500
+    InferenceError: (500, "model_error"),
 }
 
 OTHER_CODES = ("not_found", "method_not_allowed", "internal", "shutting_down")  # 404, 405, 500, 503
@@ -149,9 +153,8 @@ async def answer_http_error(request: Request, error: StarletteHTTPException) -> 
 def add_error_handlers(app: FastAPI) -> None:
     """Answer every error of the table (and Starlette's 404 and 405) in `ErrorResponse`'s
     shape; Starlette picks a handler along the error's MRO, as `status_of` does."""
-    app.add_exception_handler(RequestError, answer_error)
-    app.add_exception_handler(ImageError, answer_error)
-    app.add_exception_handler(ModelTimeoutError, answer_error)
+    for error_type in ERRORS:
+        app.add_exception_handler(error_type, answer_error)
     app.add_exception_handler(StarletteHTTPException, answer_http_error)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mnistlab import checkpoint
+from mnistlab.cpu_memory import keep_freed_memory
 from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
 from mnistlab.device import resolve_device, wait_for
@@ -33,7 +34,6 @@ from mnistlab.recipes import Recipe, recipe_from_dict
 from mnistlab.recipes.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
 from mnistlab.training import distributed, rundir, state
 from mnistlab.training.batches import BatchPlan
-from mnistlab.training.cpu_memory import keep_freed_memory
 from mnistlab.training.ema import WeightAverage
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.optim import lr_factor, make_optimizer

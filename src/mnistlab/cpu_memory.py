@@ -1,4 +1,4 @@
-"""Keep the memory that a training step frees, so that the next step reuses it.
+"""Keep the memory that a training step or a model call frees, so that the next one reuses it.
 
 PyTorch's CPU tensors come from the C library's malloc, and glibc serves every block over a
 threshold (128 KiB at first) with a fresh mmap, returned to the kernel when freed. A small
@@ -7,6 +7,8 @@ time, so each step then faults in its pages anew: about 500 to 1,200 page faults
 `fast`, 6 to 11% of its training time on a 2-core CPU (docs/BENCHMARKS.md). Raising the mmap
 threshold to glibc's maximum (32 MiB) and the trim threshold above it keeps those blocks in the
 heap for reuse. What the process holds is then its peak, as with PyTorch's GPU allocator.
+Inference gains as much: the shipped model answering batches of every size from 1 to 256 took
+12.4 s with the default thresholds and 8.5 s with these (inference/predictor.py).
 """
 
 from __future__ import annotations
