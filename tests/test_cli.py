@@ -89,7 +89,7 @@ def test_train_then_evaluate(tmp_path, small_mnist):
     (["evaluate", "nowhere"], "nowhere: no such checkpoint file or run folder"),
     (["train", "--resume", "nowhere"], "nothing to resume"),
     (["train", "--resume", "x", "--seed", "3"], "give no --recipe"),
-    (["train", "--device", "tpu", "--steps", "1"], "expected auto, cpu or cuda"),
+    (["train", "--device", "tpu", "--steps", "1"], "expected auto, cpu, cuda, mps"),
     (["summary", "lenet"], "'lenet' is not a model, a recipe or a checkpoint"),
 ])
 def test_user_errors_are_one_clear_line(tmp_path, args, message):

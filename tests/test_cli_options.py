@@ -91,7 +91,7 @@ def test_a_wrong_device_is_one_line_and_writes_nothing(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert main([name, *DEVICE_COMMANDS[name], "--device", "tpu"]) == 1
     out, err = capsys.readouterr()
-    assert err == "mnistlab: error: --device tpu: expected auto, cpu or cuda\n"
+    assert err == "mnistlab: error: --device tpu: expected auto, cpu, cuda, mps, xpu, hpu or mtia\n"
     assert out == ""
     assert list(tmp_path.iterdir()) == []  # no run, report or output folder begun
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mnistlab.checkpoint import load_model
 from mnistlab.data.splits import as_input, load_split
-from mnistlab.device import resolve_device
+from mnistlab.device import resolve_device, wait_for
 from mnistlab.models import build_model
 from mnistlab.recipes import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
@@ -90,8 +90,9 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
 
 
 def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":  # torch.cuda and torch.xpu name their devices; torch.mps does not
+        name = getattr(getattr(torch, device.type, None), "get_device_name", None)
+        return name(device) if name is not None else device.type.upper()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -165,8 +166,7 @@ def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
         seen += len(y)
         if step >= steps + 5:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    wait_for(device)
     return seen / (time.perf_counter() - start)
 
 
@@ -175,7 +175,7 @@ def format_bench(r: BenchResult) -> str:
     acc = statistics.fmean(r.accuracies)
     where = (f"{r.device} ({r.hardware}), "
              f"{'steps replayed from a CUDA graph' if r.cuda_graph else 'eager steps'}"
-             if r.device.startswith("cuda") else f"{r.device} ({r.hardware}, {r.threads} threads)")
+             if r.device != "cpu" else f"{r.device} ({r.hardware}, {r.threads} threads)")
     if r.compiled:
         where += ", torch.compile"
     lines = [

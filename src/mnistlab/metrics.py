@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.data.splits import as_input
+from mnistlab.device import sum_dtype
 
 
 @dataclass
@@ -50,13 +51,13 @@ def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                 m.train()
     device = labels.device
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(device), device=device)
     try:
         for start in range(0, len(labels), batch_size):
             x = as_input(images[start : start + batch_size], channels_last=True)
             y = labels[start : start + batch_size]
             logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").to(loss_sum.dtype)
             confusion += torch.bincount(y * num_classes + logits.argmax(1),
                                         minlength=num_classes * num_classes)
     finally:

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mnistlab.errors import MnistlabError
+
 
 @dataclass(frozen=True)
 class World:
@@ -32,6 +34,9 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World(), device
+    if device.type not in ("cpu", "cuda"):  # gloo moves CPU tensors only, NCCL CUDA ones
+        raise MnistlabError(f"--device {device}: training over several processes (torchrun) "
+                            "runs on CPUs or CUDA GPUs only (use --device cpu or cuda)")
     if device.type == "cuda":  # one GPU per process
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

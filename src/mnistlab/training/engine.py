@@ -8,6 +8,7 @@ so a GPU is never left waiting on Python.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -77,16 +78,38 @@ class RunResult:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to train under bfloat16 autocast: asked for, or "auto" on hardware that has it."""
+    """Whether to train under bfloat16 autocast: asked for, or "auto" on hardware that has it;
+    never on a device PyTorch has no autocast for (float32 there, whatever was asked)."""
+    if not _has_autocast(device.type):
+        return False
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return _native_bf16(device.type)
     try:  # x86 CPUs with AVX-512 BF16 or AMX run bfloat16 natively; elsewhere it is emulated
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _has_autocast(device_type: str) -> bool:
+    available = getattr(torch.amp, "is_autocast_available", None)  # PyTorch 2.4 has it
+    return device_type in ("cpu", "cuda") if available is None else available(device_type)
+
+
+def _native_bf16(device_type: str) -> bool:
+    """Whether another accelerator computes bfloat16 natively, as its PyTorch module says
+    (torch.xpu does; torch.mps, for one, does not say: float32 there). An emulated bfloat16
+    would be slower than float32, so emulation, where the module counts it, does not count."""
+    supported = getattr(getattr(torch, device_type, None), "is_bf16_supported", None)
+    if supported is None:
+        return False
+    if "including_emulation" in inspect.signature(supported).parameters:
+        return bool(supported(including_emulation=False))
+    return bool(supported())
 
 
 def new_run_dir(recipe_name: str, parent: Path = Path("runs")) -> Path:
@@ -555,7 +578,7 @@ class _Window:
     def read(self, world: distributed.World) -> tuple[float, float]:
         """Mean loss and accuracy over every process's images, and start a new window."""
         loss, correct = self.totals.take()
-        count = torch.tensor(float(self.images), dtype=torch.float64, device=loss.device)
+        count = torch.tensor(float(self.images), dtype=loss.dtype, device=loss.device)
         loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images

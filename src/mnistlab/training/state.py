@@ -24,6 +24,7 @@ from mnistlab.checkpoint import (
     read_file,
     write_file,
 )
+from mnistlab.device import accelerator
 from mnistlab.recipes.recipe import MAX_SEED, MAX_STEPS
 from mnistlab.training.optim import match_state_layout
 
@@ -50,6 +51,8 @@ def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if (rng := _accelerator_rng(started=True)) is not None:
+        tensors[f"rng.{rng[0]}"] = rng[1].get_rng_state()
     # a CUDA-graphed run keeps its learning rate in a tensor (training/step.py): save the number
     groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in group.items()}
               for group in opt["param_groups"]]
@@ -118,11 +121,28 @@ def restore_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any
         optimizer.load_state_dict({"state": state, "param_groups": _own_groups(optimizer)})
         match_state_layout(optimizer)
         torch.set_rng_state(tensors["rng.cpu"])
+        if (rng := _accelerator_rng(started=False)) is not None and f"rng.{rng[0]}" in tensors:
+            rng[1].set_rng_state(tensors[f"rng.{rng[0]}"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{where}: the training state is damaged or does not fit this "
                               f"recipe (optimiser state, random-number state): {e!r}") from None
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def _accelerator_rng(*, started: bool) -> tuple[str, Any] | None:
+    """The type and module (torch.mps, torch.xpu, ...) of the accelerator other than CUDA that
+    this machine has, whose random numbers a run on it draws (augmentation, dropout), or None;
+    with `started`, None too while nothing has used it (as for CUDA: asking would start it).
+    The machine's accelerator, never the file, names the state to restore: one saved on a Mac
+    and resumed on a CPU-only machine is left unread."""
+    kind = accelerator()
+    module = getattr(torch, kind, None) if kind not in (None, "cuda") else None
+    if not hasattr(module, "get_rng_state"):
+        return None
+    if started and not getattr(module, "is_initialized", lambda: True)():  # torch.mps: no such
+        return None
+    return kind, module
 
 
 def _check_settings(groups: Any, optimizer: torch.optim.Optimizer, where: str) -> None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.data.splits import as_input
-from mnistlab.device import wait_for
+from mnistlab.device import sum_dtype, wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.recipes import Recipe
 from mnistlab.training.augment import random_distortion
@@ -45,8 +45,9 @@ class Totals:
     that no step waits for the host."""
 
     def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over images
-        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        dtype = sum_dtype(device)
+        self.loss = torch.zeros((), dtype=dtype, device=device)  # summed over images
+        self.correct = torch.zeros((), dtype=dtype, device=device)
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.loss += loss_sum
@@ -195,8 +196,10 @@ def _trains(group: dict) -> bool:
 def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool,
                     autocast_cache: bool, label_smoothing: float,
                     reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16,
-                        cache_enabled=autocast_cache):
+    # no autocast at all in float32: PyTorch refuses even a disabled one for a device type it
+    # has no autocast for
+    with (torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache)
+          if bf16 else contextlib.nullcontext()):
         logits = net(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction=reduction)
     return loss, logits
