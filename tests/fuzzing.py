@@ -37,7 +37,7 @@ from mnistlab.data.registry import load_arrays
 from mnistlab.inference.images import ImageError, decode_image, load_image
 from mnistlab.inference.preprocess import from_pixels, read_digits
 from mnistlab.models import build_model
-from mnistlab.recipes.recipe import (
+from mnistlab.recipebook.recipe import (
     RecipeError,
     load_recipe,
     parse_recipe,
@@ -183,7 +183,7 @@ def recipe_tables() -> list[dict[str, Any]]:
 def load_text(name: str) -> str:
     from importlib import resources
 
-    return (resources.files("mnistlab.recipes") / f"{name}.toml").read_text(encoding="utf-8")
+    return (resources.files("mnistlab.recipebook") / f"{name}.toml").read_text(encoding="utf-8")
 
 
 @st.composite

@@ -3,7 +3,7 @@ import math
 import torch
 
 from mnistlab.data.splits import as_input, load_split
-from mnistlab.recipes.recipe import AugmentSection
+from mnistlab.recipebook.recipe import AugmentSection
 from mnistlab.training.augment import elastic_field, random_distortion
 
 IMAGES = as_input(load_split("test").images[:64])

@@ -1,6 +1,6 @@
 import torch
 
-from mnistlab.recipes.recipe import ScheduleSection
+from mnistlab.recipebook.recipe import ScheduleSection
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.optim import KerasRMSprop, lr_factor
 

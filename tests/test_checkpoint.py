@@ -174,7 +174,7 @@ def test_nothing_is_ever_unpickled():
 def test_hostile_training_states_are_refused(tmp_path, small_mnist, capsys):
     """`mnistlab train --resume` on a training state built to hurt: one line, status 1."""
     from mnistlab.cli import main
-    from mnistlab.recipes import load_recipe
+    from mnistlab.recipebook import load_recipe
     from mnistlab.training.engine import Trainer
     from mnistlab.training.progress import Progress
 

@@ -252,7 +252,7 @@ def test_a_float32_step_enters_no_autocast(monkeypatch):
 def test_an_accelerators_random_state_is_saved_and_restored(monkeypatch, tmp_path):
     """An XPU faked as the machine's accelerator; its random-number state lives in a tensor
     here. Restored only where the same accelerator is present."""
-    from mnistlab.recipes import load_recipe
+    from mnistlab.recipebook import load_recipe
     xpu_rng = {"state": torch.arange(8, dtype=torch.uint8)}
     monkeypatch.setattr(state, "accelerator", lambda: "xpu")
     monkeypatch.setattr(torch.xpu, "is_initialized", lambda: True)

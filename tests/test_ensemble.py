@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mnistlab.ensemble import Committee, evaluate_ensemble
+from mnistlab.committee import Committee, evaluate_ensemble
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.models import build_model

@@ -31,7 +31,7 @@ from mnistlab.data.idx import IdxError, read_idx
 from mnistlab.inference.images import decode_image
 from mnistlab.inference.preprocess import read_digits
 from mnistlab.models import build_model
-from mnistlab.recipes.recipe import RecipeError, parse_recipe
+from mnistlab.recipebook.recipe import RecipeError, parse_recipe
 from mnistlab.training import state
 
 CASES = {"pixels": 60, "checkpoint-model": 150}  # the slow ones to generate or to run

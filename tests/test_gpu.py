@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 from mnistlab.checkpoint import MODEL_FILE
-from mnistlab.recipes import load_recipe
+from mnistlab.recipebook import load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 from mnistlab.training.state import read_training_state

@@ -14,8 +14,8 @@ from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model, check_model_args
 from mnistlab.models.zoo import MAX_ACTIVATION_BYTES, MAX_PARAMETERS, activation_bytes
-from mnistlab.recipes import load_recipe, recipe_names
-from mnistlab.recipes.recipe import (
+from mnistlab.recipebook import load_recipe, recipe_names
+from mnistlab.recipebook.recipe import (
     MAX_CLAIM_TEXT,
     MAX_DESCRIPTION,
     MAX_RECIPE_BYTES,

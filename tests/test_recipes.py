@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab.recipes import RecipeError, load_recipe, recipe_names
+from mnistlab.recipebook import RecipeError, load_recipe, recipe_names
 
 VALID = """
 name = "tiny"

@@ -23,7 +23,7 @@ from crashing import PAUSE_ENV, RECIPE, Launcher, crash_test, write_dataset
 from mnistlab import fileio
 from mnistlab.checkpoint import MODEL_FILE, load_model
 from mnistlab.errors import MnistlabError
-from mnistlab.recipes import load_recipe
+from mnistlab.recipebook import load_recipe
 from mnistlab.training import rundir
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress

@@ -12,8 +12,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
 from mnistlab.cli import main
-from mnistlab.recipes import load_recipe
-from mnistlab.recipes.recipe import parse_recipe
+from mnistlab.recipebook import load_recipe
+from mnistlab.recipebook.recipe import parse_recipe
 from mnistlab.report import tensorboard as tb
 from mnistlab.report.build import recipe_toml, write_report
 from mnistlab.report.compare import compare_runs, format_comparison

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from mnistlab.reproduce import Outcome, markdown_table
+from mnistlab.reproduction import Outcome, markdown_table
 
 
 def test_verdicts_and_table():

@@ -17,7 +17,7 @@ from test_hostile_recipes import TINY as TINY_RECIPE
 
 from mnistlab.checkpoint import MODEL_FILE
 from mnistlab.cli import main
-from mnistlab.recipes import load_recipe
+from mnistlab.recipebook import load_recipe
 from mnistlab.training.engine import MAX_METRICS_BYTES, METRICS_FILE, Trainer
 from mnistlab.training.progress import Progress
 from mnistlab.training.rundir import LOCK_FILE

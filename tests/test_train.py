@@ -11,7 +11,7 @@ from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.metrics import compute_metrics
 from mnistlab.models import build_model
-from mnistlab.recipes import load_recipe
+from mnistlab.recipebook import load_recipe
 from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.progress import Progress

@@ -1,7 +1,7 @@
 """Seeds 1, 2 and 0 of the recipe that best_search_gpu.py chose, then their ensemble, on a GPU.
 
 The recipe is read from best-chosen-gpu.json (the search's own record of it), so that it is the
-one the search chose to the letter; it equals src/mnistlab/recipes/best.toml but for its name.
+one the search chose to the letter; it equals src/mnistlab/recipebook/best.toml but for its name.
 
     PYTHONPATH=src python3 docs/experiments/best_seeds_gpu.py
 
@@ -15,9 +15,9 @@ On an H200 (2026-11-26) it printed:
 import json
 from pathlib import Path
 
-from mnistlab.ensemble import evaluate_ensemble
+from mnistlab.committee import evaluate_ensemble
 from mnistlab.models import build_model
-from mnistlab.recipes import recipe_from_dict
+from mnistlab.recipebook import recipe_from_dict
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 

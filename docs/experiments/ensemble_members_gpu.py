@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from mnistlab.ensemble import evaluate_ensemble
-from mnistlab.recipes import load_recipe, recipe_from_dict
+from mnistlab.committee import evaluate_ensemble
+from mnistlab.recipebook import load_recipe, recipe_from_dict
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 

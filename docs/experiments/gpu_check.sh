@@ -3,10 +3,12 @@
 # with CUDA; mnistlab runs from src/ without installing), in two calls of under 10 minutes each:
 #   OUT=$OUT bash docs/experiments/gpu_check.sh speed
 #   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time)
+#   OUT=$OUT bash docs/experiments/gpu_check.sh api          (about a minute)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
-# `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); no argument runs
-# both.
+# `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); `api` checks that
+# the Python API's default device is the GPU and that a run from it loads and evaluates there
+# (issue 19); no argument runs all three.
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-check}
@@ -43,8 +45,22 @@ accuracy() {
   cp /tmp/ensemble/ensemble-members.json "$OUT/"
 }
 
+api() {
+  echo "== the Python API on the GPU: device auto, a run, its model loaded and measured"
+  timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_device.py
+  timeout 120 $py - <<'PY'
+import mnistlab
+run = mnistlab.train("fast", seed=0, quiet=True, report=False, out="/tmp/api-fast")
+assert run.result.device.startswith("cuda"), f"auto chose {run.result.device}"
+model = mnistlab.load(run.run_dir)
+print(repr(run), "on", run.result.device, f"in {run.train_seconds:.2f} s")
+print(model, repr(model.evaluate()))
+PY
+}
+
 case "${1:-all}" in
   speed) speed ;;
   accuracy) accuracy ;;
-  *) speed; accuracy ;;
+  api) api ;;
+  *) speed; accuracy; api ;;
 esac

@@ -22,7 +22,7 @@ from mnistlab.checkpoint import load_model
 from mnistlab.data.splits import as_input, load_split
 from mnistlab.device import resolve_device, wait_for
 from mnistlab.models import build_model
-from mnistlab.recipes import Recipe, load_recipe
+from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.optim import make_optimizer

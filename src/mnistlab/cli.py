@@ -6,16 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import mnistlab
 from mnistlab.errors import MnistlabError, did_you_mean
-from mnistlab.recipes.recipe import MAX_SEED
+from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED
 
-if TYPE_CHECKING:  # imported where they are used: the CLI starts without PyTorch
-    from mnistlab.training.engine import Trainer
-    from mnistlab.training.progress import Progress
-
-DEFAULT_RECIPE = "quick"
 # --seeds: a run a seed, each training a model; a thousand is more than any ensemble or timing
 MAX_SEED_COUNT = 1_000
 
@@ -58,9 +53,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from mnistlab.checkpoint import load_model
     from mnistlab.models import MODELS, build_model, format_summary
-    from mnistlab.recipes import load_recipe, recipe_names
+    from mnistlab.recipebook import load_recipe, recipe_names
 
     name = args.name
     if name in MODELS:  # the model with its default arguments
@@ -70,8 +64,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
         title = f"{recipe.model.name} (recipe {recipe.name})"
     elif name == "default" or Path(name).exists():  # the model a checkpoint holds
-        model, meta = load_model(name, "cpu")
-        title = f"{meta['model']['name']} ({name})"
+        mnistlab.load(name, device="cpu").summary()
+        return 0
     else:
         hint = did_you_mean(name, [*MODELS, *recipe_names()])
         raise MnistlabError(f"{name!r} is not a model, a recipe or a checkpoint{hint}: the models are "
@@ -81,7 +75,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from mnistlab.recipes import load_recipe, recipe_names
+    from mnistlab.recipebook import load_recipe, recipe_names
 
     for name in recipe_names():
         recipe = load_recipe(name, check_model=False)  # the tests check the shipped ones
@@ -97,109 +91,80 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnistlab.training.engine import train_summary
-    from mnistlab.training.progress import Progress
+    from mnistlab.training.engine import new_run_dir
 
-    trainers = _trainers(args, Progress(1, quiet=args.quiet))
-    if args.tensorboard:  # live event files, from each record as it is logged
-        from mnistlab.report.tensorboard import TensorBoardLogger
-
-        for trainer in trainers:
-            trainer.on_log = TensorBoardLogger(trainer.run_dir)
-    results = []
-    for trainer in trainers:
-        result = trainer.run()
-        if result.is_main:  # under torchrun, one process reports for all
-            print(train_summary(result))
-            if not args.no_report:  # a stopped run too: its report shows what it has
-                _report(result.run_dir, args.device)
-        if result.interrupted:
-            return 130
-        results.append(result)
-    if len(results) > 1 and results[0].is_main:
-        print(_seeds_summary(results))
-        if not args.no_report:  # into OUT, the folder that holds the seed-K runs
-            _compare([r.run_dir for r in results], results[0].run_dir.parent)
-    return 0
-
-
-def _trainers(args: argparse.Namespace, progress: Progress) -> list[Trainer]:
-    """The runs that `train` asked for: the one to resume, or one per seed of a recipe."""
-    from mnistlab.recipes import load_recipe
-    from mnistlab.training.engine import Trainer, new_run_dir
-
+    options = dict(device=args.device, quiet=args.quiet, report=not args.no_report,
+                   tensorboard=args.tensorboard, compile=args.compile)
     if args.resume:
         if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
             raise MnistlabError("--resume continues a run as it was recorded: give no "
                                 "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
-        return [Trainer.resuming(Path(args.resume), device=args.device, progress=progress,
-                                 compile=args.compile)]
-    recipe = load_recipe(args.recipe or DEFAULT_RECIPE).with_length(epochs=args.epochs, steps=args.steps)
-    out = Path(args.out) if args.out else new_run_dir(recipe.name)
-    first = args.seed or 0
+        return _finished([mnistlab.resume(args.resume, **options)], args.quiet)
+    recipe = mnistlab.recipe(args.recipe or DEFAULT_RECIPE, epochs=args.epochs, steps=args.steps)
+    out = Path(args.out) if args.out else None
+    if not args.seeds:
+        return _finished([mnistlab.train(recipe, seed=args.seed or 0, out=out,
+                                         data_dir=args.data_dir, **options)], args.quiet)
     # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
-    seeds = range(first, first + args.seeds) if args.seeds else [first]
-    if seeds[-1] > MAX_SEED:
+    first = args.seed or 0
+    if first + args.seeds - 1 > MAX_SEED:
         raise MnistlabError(f"--seed {first} --seeds {args.seeds} goes past the largest seed, "
                             f"{MAX_SEED:,}")
-    return [Trainer(recipe, out / f"seed-{seed}" if args.seeds else out, seed=seed,
-                    device=args.device, data_dir=args.data_dir, progress=progress,
-                    compile=args.compile)
-            for seed in seeds]
+    out = out or new_run_dir(recipe.name)
+    runs = []
+    for seed in range(first, first + args.seeds):
+        runs.append(mnistlab.train(recipe, seed=seed, out=out / f"seed-{seed}",
+                                   data_dir=args.data_dir, **options))
+        if _finished(runs[-1:], args.quiet):
+            return 130
+    if runs[0].result.is_main:
+        print(_seeds_summary(runs))
+        if not args.no_report:  # into OUT, the folder that holds the seed-K runs
+            _compare(runs, out)
+    return 0
 
 
-def _report(run_dir: Path, device: str, quiet: bool = False) -> None:
-    """Write a trained run's report; one that cannot be written is a warning, not a failed run."""
-    from mnistlab.report.build import write_report
+def _finished(runs: list[mnistlab.Run], quiet: bool) -> int:
+    """The exit status after a run: 130 if it was stopped. Under --quiet, the API printed
+    nothing: the command still prints each run's result."""
+    run = runs[-1]
+    if quiet and run.result.is_main:
+        print(run)
+    return 130 if run.interrupted else 0
 
+
+def _compare(runs: list, out: Path, what: str = "the seeds") -> None:
     try:
-        report = write_report(run_dir, device=device)
-    except MnistlabError as e:
-        print(f"mnistlab: warning: no report for {run_dir}: {e}", file=sys.stderr)
-        return
-    if not quiet:
-        print(f"report: {report.page} ({report.seconds:.1f} s)")
-
-
-def _compare(run_dirs: list[Path], out: Path, what: str = "the seeds", quiet: bool = False) -> None:
-    from mnistlab.report.compare import compare_runs
-
-    try:
-        comparison = compare_runs(run_dirs, out)
+        comparison = mnistlab.compare(runs, out)
     except MnistlabError as e:
         print(f"mnistlab: warning: no comparison of {what}: {e}", file=sys.stderr)
         return
-    if not quiet:
-        print(f"{what} compared: {comparison.page}")
+    print(f"{what} compared: {comparison.page}")
 
 
-def _seeds_summary(results) -> str:
+def _seeds_summary(runs: list[mnistlab.Run]) -> str:
     import statistics
 
-    accuracies = [100 * r.test.accuracy for r in results]
-    seconds = [r.train_seconds for r in results]
-    folders = " ".join(str(r.run_dir) for r in results)
-    return (f"{len(results)} seeds: test accuracy mean {statistics.fmean(accuracies):.2f}% "
+    accuracies = [100 * r.test_accuracy for r in runs]
+    seconds = [r.train_seconds for r in runs]
+    folders = " ".join(str(r.run_dir) for r in runs)
+    return (f"{len(runs)} seeds: test accuracy mean {statistics.fmean(accuracies):.2f}% "
             f"(sd {statistics.stdev(accuracies):.2f}, min {min(accuracies):.2f}, "
             f"max {max(accuracies):.2f}); training time median {statistics.median(seconds):.1f} s\n"
             f"their ensemble: mnistlab ensemble {folders}")
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from mnistlab.ensemble import evaluate_ensemble, format_ensemble
-
-    result = evaluate_ensemble(args.checkpoints, split=args.split, device=args.device,
+    result = mnistlab.ensemble(args.checkpoints, split=args.split, device=args.device,
                                data_dir=args.data_dir)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_ensemble(result))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mnistlab.evaluate import evaluate_checkpoint, format_evaluation
-
-    ev = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device,
-                             data_dir=args.data_dir)
-    print(json.dumps(ev.to_dict(), indent=2) if args.json else format_evaluation(ev))
+    model = mnistlab.load(args.checkpoint, device=args.device)
+    evaluation = model.evaluate(args.split, data_dir=args.data_dir)
+    print(json.dumps(evaluation.to_dict(), indent=2) if args.json else evaluation)
     return 0
 
 
@@ -217,31 +182,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mnistlab.report.compare import compare_runs, format_comparison
-    from mnistlab.training.engine import new_run_dir
+    from mnistlab.report.compare import format_comparison
 
-    out = Path(args.out) if args.out else new_run_dir("comparison", Path("."))
-    comparison = compare_runs(args.runs, out, x=args.x)
+    comparison = mnistlab.compare(args.runs, args.out, x=args.x)
     print(format_comparison(comparison))
     print(f"written: {comparison.page} and {comparison.figure}")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from mnistlab.reproduce import TUTORIAL_RECIPES, markdown_table, reproduce
-    from mnistlab.training.engine import new_run_dir
-
-    out = Path(args.out) if args.out else new_run_dir("reproduction", Path("."))
-    outcomes = reproduce(args.recipes or list(TUTORIAL_RECIPES), seeds=args.seeds, out=out,
-                         device=args.device, steps=args.steps, quiet=args.quiet)
-    print(markdown_table(outcomes), end="")
-    print(f"written: {out / 'reproduction.json'} and {out / 'reproduction.md'}")
-    if not args.no_report:  # each run's report (once), and every run's curves on one page
-        runs = sorted(out.glob("runs/*/seed-*"))
-        for run_dir in runs:
-            if not (run_dir / "report.html").exists():
-                _report(run_dir, args.device, quiet=args.quiet)
-        _compare(runs, out, what="the runs", quiet=args.quiet)
+    reproduction = mnistlab.reproduce(args.recipes, seeds=args.seeds, out=args.out,
+                                      device=args.device, steps=args.steps, quiet=args.quiet,
+                                      report=not args.no_report)
+    print(reproduction, end="")
+    print(f"written: {reproduction.out / 'reproduction.json'} and "
+          f"{reproduction.out / 'reproduction.md'}")
     return 0
 
 
@@ -259,15 +214,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnistlab.inference import Predictor, load_image
-    from mnistlab.inference.reading import format_reading, read_image
+    from mnistlab.inference.reading import format_reading
 
-    predictor = Predictor.load(args.model, backend=_backend(args))
+    model = mnistlab.load(args.model, backend=args.backend, device="cpu")
     results, failed = [], 0
     for name in args.images:
         # one bad file is reported and skipped: the others are still read
         try:
-            reading = read_image(predictor, load_image(name), top_k=args.top_k, number=args.number)
+            [reading] = model.predict(name, top_k=args.top_k, number=args.number)
         except MnistlabError as e:
             failed += 1
             message = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
@@ -279,17 +233,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.json:
             print(format_reading(name, reading))
     if args.json:
-        print(json.dumps({"model": predictor.info, "images": results}, indent=2))
+        print(json.dumps({"model": model.info, "images": results}, indent=2))
     return 1 if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mnistlab.inference.export import export_onnx, format_report
+    from mnistlab.inference.export import format_report
 
-    report = export_onnx(args.checkpoint, args.out)
+    report = mnistlab.load(args.checkpoint, device="cpu").export(args.out)
     print(format_report(report))
-    if not (report.max_abs_diff <= 1e-4 and report.agreement == 1.0):  # NaN fails too
-        raise MnistlabError(f"{report.path} does not compute what PyTorch does (see above)")
     return 0
 
 
@@ -495,7 +447,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def _device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto",
-                   help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N "
+                   help="auto (a CUDA GPU if there is one, else the accelerator PyTorch reports, "
+                        "such as mps or xpu, else the CPU), cpu, or an accelerator by name: "
+                        "cuda, mps, xpu, hpu or mtia, with :N for the N-th device (cuda:1) "
                         "(default auto)")
 
 

@@ -6,15 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnistlab.checkpoint import load_model, resolve_checkpoint
+import torch
+from torch import nn
+
+from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
-from mnistlab.metrics import Metrics, compute_metrics
+from mnistlab.metrics import Measured, Metrics, compute_metrics
 
 
 @dataclass
-class Evaluation:
+class Evaluation(Measured):
     checkpoint: Path
     split: str
     dataset: str
@@ -22,6 +25,13 @@ class Evaluation:
     meta: dict[str, Any]
     data_dir: str | None = None  # the folder of IDX files measured on; None: the dataset's own
     data_origin: str = ""  # why that folder: "--data-dir", or the checkpoint's record of it
+
+    def __repr__(self) -> str:
+        return (f"Evaluation({self.split}: accuracy {100 * self.accuracy:.2f}%, "
+                f"loss {self.loss:.4f}, {self.metrics.count:,} images)")
+
+    def __str__(self) -> str:
+        return format_evaluation(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "split": self.split, "dataset": self.dataset,
@@ -50,8 +60,18 @@ def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str 
                         data_dir: str | None = None, dropout_at_test: bool | None = None) -> Evaluation:
     """Evaluate a checkpoint; dropout stays on at test time where its recipe said so, unless
     `dropout_at_test` says otherwise."""
-    dev = resolve_device(device)
-    model, meta = load_model(target, dev)
+    model, meta = load_model(target, resolve_device(device))
+    return evaluate_model(model, meta, resolve_checkpoint(target), split=split,
+                          data_dir=data_dir, dropout_at_test=dropout_at_test, named=str(target))
+
+
+def evaluate_model(model: nn.Module, meta: dict[str, Any], path: Path, *, split: str = "test",
+                   data_dir: str | None = None, dropout_at_test: bool | None = None,
+                   named: str | None = None) -> Evaluation:
+    """Evaluate a model loaded from the checkpoint at `path` (which the user `named`, as a run
+    folder, say), on the device its weights are on. Any module that maps MNIST's float input
+    to log-probabilities or logits will do."""
+    dev = next(model.parameters(), torch.empty(0)).device
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
     dataset = (recipe.get("data") or {}).get("dataset", "mnist")
     folder, origin = data_folder(data_dir, meta)
@@ -61,13 +81,15 @@ def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str 
         if origin != TRAINED_ON:
             raise
         # the user never named this folder: say where it came from, and how to name another
-        raise MnistlabError(f"{e} (the data folder {target} was trained on, as its checkpoint "
+        raise MnistlabError(f"{e} (the data folder {named or path} was trained on, as its checkpoint "
                             "records: give another with --data-dir)") from None
     if dropout_at_test is None:
         dropout_at_test = bool(meta.get("dropout_at_test", False))
-    metrics = compute_metrics(model, data.images, data.labels, dropout_at_test=dropout_at_test)
+    metrics = compute_metrics(model, data.images, data.labels,
+                              num_classes=len(class_names(meta)),
+                              dropout_at_test=dropout_at_test)
     meta = {**meta, "dropout_at_test": dropout_at_test}
-    return Evaluation(resolve_checkpoint(target), split, dataset, metrics, meta, folder, origin)
+    return Evaluation(path, split, dataset, metrics, meta, folder, origin)
 
 
 def format_evaluation(ev: Evaluation) -> str:

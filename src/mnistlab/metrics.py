@@ -34,6 +34,20 @@ class Metrics:
         }
 
 
+class Measured:
+    """What holds the `metrics` of a model on a split: its accuracy and loss, by name."""
+
+    metrics: Metrics
+
+    @property
+    def accuracy(self) -> float:
+        return self.metrics.accuracy
+
+    @property
+    def loss(self) -> float:
+        return self.metrics.loss
+
+
 @torch.inference_mode()
 def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                     num_classes: int = 10, batch_size: int = 256,

@@ -92,13 +92,21 @@ class Predictor:
 
         dev = resolve_device(device)
         model, meta = load_model(target, dev)  # checked on load: finite answers, one per class
+        return cls.from_model(model, meta, resolve_checkpoint(target), backend=backend,
+                              threads=threads)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, meta: dict[str, Any], path: Path, *,
+                   backend: str = "torch", threads: int | None = None) -> Predictor:
+        """A predictor over a model `load_model` built from the checkpoint at `path` (checked
+        there), on the device its weights are on."""
         model.eval()  # predictions are deterministic: dropout off even where a tutorial left it on
-        info = _info(meta, resolve_checkpoint(target), backend, str(dev),
-                     count_parameters(model))
+        dev = next(model.parameters()).device
+        info = _info(meta, path, backend, str(dev), count_parameters(model))
         if backend == "onnx":
-            return cls.from_onnx(onnxio.model_to_onnx(model, meta), target, threads=threads,
+            return cls.from_onnx(onnxio.model_to_onnx(model, meta), str(path), threads=threads,
                                  info=info)
-        return cls(_torch_runner(model, meta, dev, target), info)
+        return cls(_torch_runner(model, meta, dev, str(path)), info)
 
     @classmethod
     def _from_onnx_file(cls, path: Path, threads: int | None = None) -> Predictor:

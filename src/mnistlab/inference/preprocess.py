@@ -129,6 +129,15 @@ def from_pixels(pixels) -> np.ndarray:
         raise BadPixelsError(f"pixels must be a 28x28 array of numbers ({_reason(e)})") from None
     if a.shape != (SIZE, SIZE):
         raise BadPixelsError(f"pixels must be a 28x28 array of numbers, got shape {a.shape}")
+    out = pixel_bytes(a)
+    if not out.any():
+        raise EmptyImageError("no digit found (empty image): no ink found: every pixel is 0")
+    return out
+
+
+def pixel_bytes(a: np.ndarray) -> np.ndarray:
+    """Float pixel values to uint8: 0-255 as they are, 0-1 (a canvas's floats, say) scaled up.
+    NaN, infinities and values outside 0-255 are refused."""
     if not np.isfinite(a).all():
         raise BadPixelsError("pixels hold NaN or infinite values")
     low, high = float(a.min()), float(a.max())
@@ -137,10 +146,7 @@ def from_pixels(pixels) -> np.ndarray:
                              f"to {high:.12g}")
     if high <= 1.0:
         a = a * 255.0
-    out = np.rint(a).astype(np.uint8)
-    if not out.any():
-        raise EmptyImageError("no digit found (empty image): no ink found: every pixel is 0")
-    return out
+    return np.rint(a).astype(np.uint8)
 
 
 # ---- finding the ink -----------------------------------------------------------------------

@@ -37,7 +37,17 @@ class Reading:
 
     @property
     def text(self) -> str:
+        """The digit, or the number's digits left to right."""
         return "".join(d.digit for d in self.digits)
+
+    @property
+    def confidence(self) -> float:
+        """The model's probability for its answer; for a number, its least sure digit's."""
+        return min(d.confidence for d in self.digits)
+
+    def __repr__(self) -> str:
+        kind = "number" if self.is_number else "digit"
+        return f"Reading({kind} {self.text!r}, confidence {100 * self.confidence:.1f}%)"
 
     def to_dict(self) -> dict[str, Any]:
         if self.is_number:

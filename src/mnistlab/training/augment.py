@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mnistlab.recipes.recipe import AugmentSection
+from mnistlab.recipebook.recipe import AugmentSection
 
 
 def random_distortion(x: torch.Tensor, spec: AugmentSection) -> torch.Tensor:

@@ -31,8 +31,8 @@ from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_text, read_limited
 from mnistlab.metrics import Metrics, compute_metrics
 from mnistlab.models import build_model
-from mnistlab.recipes import Recipe, recipe_from_dict
-from mnistlab.recipes.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
+from mnistlab.recipebook import Recipe, recipe_from_dict
+from mnistlab.recipebook.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
 from mnistlab.training import distributed, rundir, state
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.ema import WeightAverage

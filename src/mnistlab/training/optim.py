@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mnistlab.recipes.recipe import OptimizerSection, ScheduleSection
+from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
 
 
 class KerasRMSprop(torch.optim.Optimizer):

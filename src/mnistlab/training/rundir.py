@@ -16,7 +16,7 @@ from mnistlab.checkpoint import MODEL_FILE, MODEL_META_FILE
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes, remove_stale_temporaries
 from mnistlab.models import build_model
-from mnistlab.recipes import Recipe
+from mnistlab.recipebook import Recipe
 from mnistlab.training.state import STATE_FILE
 
 try:

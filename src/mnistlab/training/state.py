@@ -25,7 +25,7 @@ from mnistlab.checkpoint import (
     write_file,
 )
 from mnistlab.device import accelerator
-from mnistlab.recipes.recipe import MAX_SEED, MAX_STEPS
+from mnistlab.recipebook.recipe import MAX_SEED, MAX_STEPS
 from mnistlab.training.optim import match_state_layout
 
 STATE_FILE = "training-state.safetensors"

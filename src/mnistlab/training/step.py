@@ -31,7 +31,7 @@ from torch import nn
 from mnistlab.data.splits import as_input
 from mnistlab.device import sum_dtype, wait_for
 from mnistlab.errors import MnistlabError
-from mnistlab.recipes import Recipe
+from mnistlab.recipebook import Recipe
 from mnistlab.training.augment import random_distortion
 from mnistlab.training.ema import WeightAverage
 

@@ -20,7 +20,7 @@ from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import data_line
-from mnistlab.metrics import Metrics, compute_metrics
+from mnistlab.metrics import Measured, Metrics, compute_metrics
 
 
 class Committee(nn.Module):
@@ -34,12 +34,21 @@ class Committee(nn.Module):
 
 
 @dataclass
-class EnsembleResult:
+class EnsembleResult(Measured):
     split: str
     dataset: str
     members: list[tuple[Path, Metrics]]
     metrics: Metrics
     data_dir: str | None = None  # the folder of IDX files given with --data-dir, if any
+
+    def __repr__(self) -> str:
+        mean = statistics.fmean(m.accuracy for _, m in self.members)
+        count = len(self.members)
+        return (f"Ensemble({count} model{'s' * (count != 1)} on {self.split}: accuracy "
+                f"{100 * self.accuracy:.2f}%, members' mean {100 * mean:.2f}%)")
+
+    def __str__(self) -> str:
+        return format_ensemble(self)
 
     def to_dict(self) -> dict[str, Any]:
         accuracies = [m.accuracy for _, m in self.members]

@@ -1,4 +1,4 @@
-from mnistlab.recipes.recipe import (
+from mnistlab.recipebook.recipe import (
     Recipe,
     RecipeError,
     load_recipe,

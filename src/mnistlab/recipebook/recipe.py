@@ -44,6 +44,7 @@ MAX_BATCH_SIZE = 65_536  # MNIST's training split has 60,000 images: a batch is 
 # Random seeds: torch.manual_seed takes 64 bits, and the batch plan seeds each epoch's generator
 # with seed * 1,000,003 + epoch, which 32-bit seeds keep well inside them.
 MAX_SEED = 2**32 - 1
+DEFAULT_RECIPE = "quick"  # what `mnistlab train` and `mnistlab.train()` train when not told
 # A recipe's name names its run folder (runs/NAME-TIME): one plain path component, never a path.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 NAME_RULE = ("letters, digits, '.', '-' and '_', not starting with '.', at most 64 characters "
@@ -250,6 +251,23 @@ class Recipe:
         train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
         # the model is this recipe's, whose loading checked it
         return _checked(dataclasses.replace(self, train=train), "command line", check_model=False)
+
+    def updated(self, **sections: Any) -> Recipe:
+        """A new recipe with some keys of its sections replaced, checked as a recipe file is:
+        `recipe.updated(name="mine", optimizer={"lr": 0.01}, train={"epochs": 2})`. A length
+        given in [train] (epochs or steps) replaces the other one."""
+        table = self.to_dict()
+        for key, value in sections.items():
+            if key not in table:
+                raise RecipeError(f"unknown recipe section {key!r}: expected one of "
+                                  f"{', '.join(table)}")
+            if isinstance(value, dict) and isinstance(table[key], dict):
+                if key == "train" and ({"epochs", "steps"} & value.keys()):
+                    table[key] = {**table[key], "epochs": None, "steps": None}
+                table[key] = {**table[key], **value}
+            else:
+                table[key] = value
+        return recipe_from_dict(table, "recipe.updated(...)")
 
 
 # ---- loading -------------------------------------------------------------------------------
@@ -504,4 +522,4 @@ def _one_of(key: str, value: str, allowed: Any) -> None:
 
 
 def _shipped() -> Any:
-    return resources.files("mnistlab.recipes")
+    return resources.files("mnistlab.recipebook")

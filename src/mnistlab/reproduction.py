@@ -17,7 +17,7 @@ from pathlib import Path
 from mnistlab.checkpoint import MODEL_META_FILE
 from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.fileio import atomic_write_text
-from mnistlab.recipes import Recipe, load_recipe
+from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 from mnistlab.training.state import STATE_FILE

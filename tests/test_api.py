@@ -1,0 +1,212 @@
+"""mnistlab from Python: the public API, and that the command is built on it."""
+
+import importlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import mnistlab
+from mnistlab.cli import main
+from mnistlab.training.engine import Trainer
+
+
+def test_import_is_cheap_and_every_public_name_resolves():
+    code = ("import sys, mnistlab; print('torch' in sys.modules); "
+            "print(all(getattr(mnistlab, n) is not None for n in mnistlab.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+def test_the_verbs_stay_callable_whatever_was_imported_first():
+    """A submodule imported by name becomes an attribute of its package: no module may be
+    named like a verb of the API, or `mnistlab.ensemble` would turn into a module."""
+    for name in ("mnistlab.cli", "mnistlab.api", "mnistlab.model", "mnistlab.evaluate",
+                 "mnistlab.committee", "mnistlab.reproduction", "mnistlab.recipebook"):
+        importlib.import_module(name)
+    for verb in ("recipes", "recipe", "train", "resume", "compare", "ensemble", "reproduce",
+                 "load"):
+        assert callable(getattr(mnistlab, verb)), verb
+        assert not isinstance(getattr(mnistlab, verb), type(mnistlab)), verb
+
+
+def test_a_recipe_changed_is_a_new_recipe_checked_like_a_file():
+    fast = mnistlab.recipe("fast")
+    mine = mnistlab.recipe("fast", epochs=2, optimizer={"lr": 0.01}, name="mine")
+    assert (mine.name, mine.train.epochs, mine.train.steps, mine.optimizer.lr) == ("mine", 2, None, 0.01)
+    assert (fast.name, fast.train.steps) == ("fast", 237)  # unchanged
+    assert mine.updated(train={"steps": 5}).train.epochs is None  # one length replaces the other
+    with pytest.raises(mnistlab.RecipeError, match=r"\[train\] batch_size: expected a whole number"):
+        fast.updated(train={"batch_size": 0})
+    with pytest.raises(mnistlab.MnistlabError, match="unknown recipe section 'trian'"):
+        fast.updated(trian={})
+    with pytest.raises(mnistlab.MnistlabError, match="epochs: expected a whole number of at least 1"):
+        mnistlab.recipe("fast", epochs=0)
+
+
+def _records(run_dir):
+    """metrics.jsonl without what depends on the clock."""
+    timed = {"time", "seconds", "train_seconds", "images_per_s", "elapsed", "wall"}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in timed} for r in records]
+
+
+def test_a_run_from_python_is_the_run_the_command_makes(tmp_path, small_mnist):
+    """Same recipe, seed and data: the same files, weights and log, from either door; and
+    `mnistlab.load` reads the folder the command wrote."""
+    recipe = mnistlab.recipe("softmax-regression", steps=40)
+    run = mnistlab.train(recipe, seed=3, device="cpu", out=tmp_path / "api",
+                         data_dir=small_mnist, quiet=True)
+    assert main(["train", "--recipe", "softmax-regression", "--steps", "40", "--seed", "3",
+                 "--device", "cpu", "--out", str(tmp_path / "cli"), "--data-dir",
+                 str(small_mnist), "--quiet"]) == 0
+    api_files = sorted(p.relative_to(tmp_path / "api") for p in (tmp_path / "api").rglob("*"))
+    cli_files = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*"))
+    assert api_files == cli_files and run.report == tmp_path / "api" / "report.html"
+    api_weights = load_file(tmp_path / "api" / "model.safetensors")
+    cli_weights = load_file(tmp_path / "cli" / "model.safetensors")
+    assert all(torch.equal(api_weights[k], cli_weights[k]) for k in api_weights)
+    assert _records(tmp_path / "api") == _records(tmp_path / "cli")
+    from_cli = mnistlab.load(tmp_path / "cli", device="cpu")
+    assert from_cli.evaluate(data_dir=small_mnist).accuracy == run.test_accuracy
+    assert repr(run).startswith(f"Run('{tmp_path / 'api'}': softmax-regression, test accuracy ")
+
+
+def test_resume_from_python_ends_where_an_unbroken_run_ends(tmp_path, small_mnist):
+    recipe = mnistlab.recipe("softmax-regression", steps=60)
+    whole = mnistlab.train(recipe, seed=1, device="cpu", out=tmp_path / "whole",
+                           data_dir=small_mnist, quiet=True, report=False)
+
+    def stop_at_25(trainer, step):
+        if step == 25:
+            trainer.request_stop()
+
+    stopped = Trainer(recipe, tmp_path / "broken", seed=1, device="cpu",
+                      data_dir=str(small_mnist), on_step=stop_at_25).run()
+    assert stopped.interrupted
+    resumed = mnistlab.resume(tmp_path / "broken", device="cpu", quiet=True, report=False)
+    assert not resumed.interrupted and resumed.result.steps_done == 60
+    a = load_file(whole.run_dir / "model.safetensors")
+    b = load_file(resumed.run_dir / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_arguments_are_checked_with_the_commands_words(tmp_path):
+    with pytest.raises(mnistlab.MnistlabError, match="seed: expected a whole number from 0 to"):
+        mnistlab.train("fast", seed=-1, out=tmp_path / "x")
+    with pytest.raises(mnistlab.MnistlabError, match="--device cuda:abc: a GPU is cuda"):
+        mnistlab.train("fast", device="cuda:abc", out=tmp_path / "x")
+    with pytest.raises(mnistlab.MnistlabError, match="unknown recipe 'fsat' \\(did you mean 'fast'"):
+        mnistlab.train("fsat")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(mnistlab.CheckpointError) as missing:
+        mnistlab.load(tmp_path / "nothing")
+    printed = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(tmp_path / "nothing")],
+                             capture_output=True, text=True, timeout=120)
+    assert printed.stderr == f"mnistlab: error: {missing.value}\n"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mnistlab.load("default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return mnistlab.datasets.load("mnist", split="test")
+
+
+def test_datasets_load_gives_each_split_as_numpy():
+    sizes = {"train": 55_000, "validation": 5_000, "train-full": 60_000, "test": 10_000}
+    for split, size in sizes.items():
+        images, labels = mnistlab.datasets.load("mnist", split=split)
+        assert images.shape == (size, 28, 28) and images.dtype == np.uint8
+        assert labels.shape == (size,) and labels.dtype == np.int64
+    with pytest.raises(mnistlab.MnistlabError, match="unknown split 'tset'"):
+        mnistlab.datasets.load("mnist", split="tset")
+
+
+def test_predict_reads_every_kind_of_picture_as_the_command_does(model, test_split, tmp_path):
+    images, labels = test_split
+    paper = 255 - np.kron(images[:3], np.ones((4, 4), dtype=np.uint8))  # dark ink, 112x112
+    path = tmp_path / "seven.png"
+    Image.fromarray(paper[0]).save(path)
+    command = subprocess.run([sys.executable, "-m", "mnistlab", "predict", str(path), "--json"],
+                             capture_output=True, text=True, timeout=120)
+    said = json.loads(command.stdout)["images"][0]
+    [from_path] = model.predict(path)
+    assert from_path.to_dict() == {k: v for k, v in said.items() if k != "image"}
+    kinds = [str(path), Image.open(path), paper[0], torch.from_numpy(paper[0]),
+             np.stack([paper[0]] * 3, axis=-1), torch.from_numpy(paper[0])[None]]
+    for kind in kinds:
+        [reading] = model.predict(kind)
+        assert reading.text == "7" and reading.confidence == pytest.approx(from_path.confidence, abs=1e-6)
+    assert [r.text for r in model.predict(paper)] == [str(d) for d in labels[:3]]  # a stack
+    assert [r.text for r in model.predict([paper[1], path])] == [str(labels[1]), "7"]
+    assert model.predict(paper[0] / 255.0)[0].text == "7"  # floats in 0-1
+    [number] = model.predict(np.hstack(list(paper)))
+    assert number.is_number and number.text == "".join(map(str, labels[:3]))
+    assert model.predict([]) == []
+
+
+def test_predict_refuses_what_is_not_a_picture_with_one_line(model):
+    bad = [(np.full((28, 28), np.nan), "NaN"), (np.full((28, 28), 300.0), "0-255"),
+           (np.zeros((2, 2, 28, 28, 1)), "H x W"), (object(), "cannot read a object"),
+           (np.array([["a"]]), "must be numbers"), (np.zeros((28, 28)), "empty image"),
+           ("missing.png", "missing.png")]
+    for value, words in bad:
+        with pytest.raises(mnistlab.ImageError, match=words):
+            model.predict(value)
+    with pytest.raises(mnistlab.MnistlabError, match="top_k must be from 1 to 10"):
+        model.predict(np.eye(28) * 255, top_k=11)
+
+
+def test_predict_proba_takes_mnist_form_only(model, test_split):
+    images, labels = test_split
+    p = model.predict_proba(images[:500])
+    assert p.shape == (500, 10) and p.dtype == np.float32
+    assert np.allclose(p.sum(axis=1), 1, atol=1e-5)
+    assert (p.argmax(axis=1) == labels[:500]).mean() > 0.99
+    assert np.allclose(model.predict_proba(images[7]), p[7:8], atol=1e-6)  # batch of one
+    assert np.allclose(model.predict_proba(torch.from_numpy(images[:4])), p[:4], atol=1e-6)
+    with pytest.raises(mnistlab.ImageError, match="uint8 images of shape \\(N, 28, 28\\)"):
+        model.predict_proba(images[:4] / 255.0)
+
+
+def test_evaluate_agrees_with_the_command_and_with_onnx(model, tmp_path):
+    ours = model.evaluate()
+    printed = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", "default", "--json",
+                              "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    theirs = json.loads(printed.stdout)
+    assert (ours.accuracy, ours.metrics.confusion) == (theirs["accuracy"], theirs["confusion"])
+    assert repr(ours) == f"Evaluation(test: accuracy {100 * ours.accuracy:.2f}%, loss {ours.loss:.4f}, 10,000 images)"
+    report = model.export(tmp_path / "m.onnx")
+    assert report.path.is_file() and report.agreement == 1.0
+    onnx = mnistlab.load(tmp_path / "m.onnx")
+    assert (onnx.backend, onnx.module) == ("onnx", None)
+    measured = onnx.evaluate(split="validation")
+    assert measured.accuracy == model.evaluate(split="validation").accuracy
+    with pytest.raises(mnistlab.MnistlabError, match="an ONNX file has no PyTorch layers"):
+        onnx.summary()
+
+
+def test_summary_prints_the_keras_table(model, capsys):
+    model.summary()
+    table = capsys.readouterr().out
+    assert 'Model: "mnistlab-cnn (default)"' in table and "Total params: 307,370" in table
+
+
+def test_ensemble_takes_runs_and_folders(tmp_path, small_mnist):
+    recipe = mnistlab.recipe("softmax-regression", steps=30)
+    runs = [mnistlab.train(recipe, seed=s, device="cpu", out=tmp_path / f"s{s}",
+                           data_dir=small_mnist, quiet=True, report=False) for s in (0, 1)]
+    together = mnistlab.ensemble([runs[0], tmp_path / "s1"], device="cpu", data_dir=small_mnist)
+    assert [m.accuracy for _, m in together.members] == [r.test_accuracy for r in runs]
+    assert repr(together).startswith("Ensemble(2 models on test: accuracy ")
+    comparison = mnistlab.compare(runs, tmp_path / "both")
+    assert comparison.page.is_file() and len(comparison.rows) == 2
