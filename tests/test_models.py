@@ -14,6 +14,7 @@ from mnistlab.models import (
     MODELS,
     build_model,
     check_model_args,
+    classifier_names,
     count_parameters,
     format_summary,
     init_weights,
@@ -302,8 +303,8 @@ def test_unknown_model():
 def test_unknown_argument():
     with pytest.raises(MnistlabError) as err:
         check_model_args("deep-cnn", {"widht": 3})
-    assert str(err.value) == "model 'deep-cnn' takes no argument 'widht'; it takes: dropout"
-    with pytest.raises(MnistlabError, match="'keras-cnn' takes no argument 'dropout'; it takes no"):
+    assert str(err.value) == "model 'deep-cnn' takes no argument 'widht'; it takes: dropout, classes"
+    with pytest.raises(MnistlabError, match="'keras-cnn' takes no argument 'dropout'; it takes: classes$"):
         check_model_args("keras-cnn", {"dropout": 0.5})
     with pytest.raises(MnistlabError, match=r"'hiden' \(did you mean 'hidden'\?\); it takes: widths, "):
         check_model_args("fast-cnn", {"hiden": 128})
@@ -507,3 +508,17 @@ def test_fast_cnn_gives_the_same_logits_in_either_memory_format():
 def test_fast_cnn_refuses_bad_widths(widths):
     with pytest.raises(MnistlabError, match="widths"):
         check_model_args("fast-cnn", {"widths": widths})
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_takes_its_number_of_classes(name):
+    """A folder of one's own images sets the outputs: 2 to 1,000 classes, the classifier alone
+    changing shape (what fine-tuning replaces)."""
+    model = build_model(name, init="pytorch", classes=3)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+    names = classifier_names(name, {})
+    assert names and all(n in model.state_dict() for n in names)
+    ten = build_model(name, init="pytorch").state_dict()
+    assert {k for k, v in model.state_dict().items() if v.shape != ten[k].shape} == names
+    with pytest.raises(MnistlabError, match="classes must be an integer from 2 to 1000"):
+        check_model_args(name, {"classes": 1})

@@ -111,14 +111,17 @@ class Run:
 def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | None = None,
           steps: int | None = None, seed: int = 0, device: str = "auto",
           out: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-          quiet: bool = False, report: bool = True, tensorboard: bool = False,
-          compile: bool = False) -> Run:
+          init: str | os.PathLike | None = None, quiet: bool = False, report: bool = True,
+          tensorboard: bool = False, compile: bool = False) -> Run:
     """Train a recipe (a shipped name, a TOML file or a `Recipe`) into a run folder and test
     it once at the end: `mnistlab train` from Python.
 
-    `out` is the run folder (default runs/RECIPE-TIME); `data_dir` a folder of IDX files to
-    train on instead of the recipe's dataset; `quiet` prints nothing (else the progress and
-    the result); `report` writes report.html and its figures; `tensorboard` writes event
+    `out` is the run folder (default runs/RECIPE-TIME); `data_dir` a folder to train on
+    instead of the recipe's dataset: MNIST's four IDX files, or images in
+    `data_dir/train/<class>/` (and optionally `data_dir/test/<class>/`); `init` a checkpoint
+    to start from (a run folder, a model file or "default"): its model is trained, with a new
+    classifier where its classes differ from the data's; `quiet` prints nothing (else the
+    progress and the result); `report` writes report.html and its figures; `tensorboard` writes event
     files live. Ctrl-C (or a notebook's interrupt) stops at the next step and saves.
 
     >>> run = mnistlab.train("softmax-regression", steps=200, seed=0, device="cpu", quiet=True)
@@ -134,8 +137,9 @@ def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, got {seed!r}")
     run_dir = Path(out) if out is not None else new_run_dir(chosen.name)
-    trainer = Trainer(chosen, run_dir, seed=seed, device=device, data_dir=_folder(data_dir),
-                      progress=Progress(1, quiet=quiet), compile=compile)
+    folder = os.path.abspath(data_dir) if data_dir is not None else None  # recorded: found from anywhere
+    trainer = Trainer(chosen, run_dir, seed=seed, device=device, data_dir=folder,
+                      progress=Progress(1, quiet=quiet), compile=compile, init=_folder(init))
     return _run(trainer, device=device, quiet=quiet, report=report, tensorboard=tensorboard)
 
 

@@ -96,14 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = dict(device=args.device, quiet=args.quiet, report=not args.no_report,
                    tensorboard=args.tensorboard, compile=args.compile)
     if args.resume:
-        if args.recipe or args.epochs or args.steps or args.seed is not None or args.out or args.seeds:
+        if (args.recipe or args.epochs or args.steps or args.seed is not None or args.out
+                or args.seeds or args.init):
             raise MnistlabError("--resume continues a run as it was recorded: give no "
-                                "--recipe, --epochs, --steps, --seed, --seeds or --out with it")
+                                "--recipe, --epochs, --steps, --seed, --seeds, --out or --init "
+                                "with it")
         return _finished([mnistlab.resume(args.resume, **options)], args.quiet)
     recipe = mnistlab.recipe(args.recipe or DEFAULT_RECIPE, epochs=args.epochs, steps=args.steps)
     out = Path(args.out) if args.out else None
     if not args.seeds:
-        return _finished([mnistlab.train(recipe, seed=args.seed or 0, out=out,
+        return _finished([mnistlab.train(recipe, seed=args.seed or 0, out=out, init=args.init,
                                          data_dir=args.data_dir, **options)], args.quiet)
     # --seeds N: N runs (an ensemble's members), one folder each inside the output folder
     first = args.seed or 0
@@ -113,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = out or new_run_dir(recipe.name)
     runs = []
     for seed in range(first, first + args.seeds):
-        runs.append(mnistlab.train(recipe, seed=seed, out=out / f"seed-{seed}",
+        runs.append(mnistlab.train(recipe, seed=seed, out=out / f"seed-{seed}", init=args.init,
                                    data_dir=args.data_dir, **options))
         if _finished(runs[-1:], args.quiet):
             return 130
@@ -308,6 +310,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     _device_option(p)
     p.add_argument("--out", help="run folder (default runs/RECIPE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this model's weights (fine-tuning): a run folder, a model "
+                        ".safetensors file or 'default'; its architecture is trained, with a "
+                        "new classifier where its classes differ from the data's")
     _data_dir_option(p)
     _quiet_option(p)
     _no_report_option(p)
@@ -455,8 +461,9 @@ def _device_option(p: argparse.ArgumentParser) -> None:
 
 def _data_dir_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="a folder holding the four IDX files of an MNIST-format "
-                                      "dataset, to use in place of the recipe's dataset or the "
-                                      "folder a run was trained on")
+                                      "dataset, or images in DIR/train/<class>/ (and optionally "
+                                      "DIR/test/<class>/), to use in place of the recipe's "
+                                      "dataset or the folder a run was trained on")
 
 
 def _json_print_option(p: argparse.ArgumentParser) -> None:

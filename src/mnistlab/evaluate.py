@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
+from mnistlab.data.imagefolder import is_image_folder
 from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
@@ -53,7 +54,8 @@ def data_folder(data_dir: str | None, meta: dict[str, Any]) -> tuple[str | None,
 
 def data_line(folder: str, origin: str) -> str:
     """`on the IDX files in DIR (why)`: said wherever a model is measured on such a folder."""
-    return f"on the IDX files in {folder} ({origin})"
+    kind = "images" if is_image_folder(Path(folder)) else "IDX files"
+    return f"on the {kind} in {folder} ({origin})"
 
 
 def evaluate_checkpoint(target: str | Path, *, split: str = "test", device: str = "auto",
@@ -75,6 +77,8 @@ def evaluate_model(model: nn.Module, meta: dict[str, Any], path: Path, *, split:
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
     dataset = (recipe.get("data") or {}).get("dataset", "mnist")
     folder, origin = data_folder(data_dir, meta)
+    if folder is not None and is_image_folder(Path(folder)):
+        dataset = Path(folder).name  # its classes are the folder's, not the recipe dataset's
     try:
         data = load_split(split, dataset, folder, dev)
     except MnistlabError as e:

@@ -28,6 +28,7 @@ from mnistlab.data.idx import (
     IdxError,
     read_idx_and_md5,
 )
+from mnistlab.data.imagefolder import is_image_folder, load_image_folder
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import open_regular
 
@@ -408,8 +409,8 @@ def _load(
         else:
             arrays[role] = _read(path, state, role)[0]
         paths[role] = path
-    # an unregistered folder: classes are whatever integers its labels use, of the 10 a model
-    # tells apart (every model here has 10 outputs)
+    # an unregistered folder of IDX files: digits, the classes its labels use up to the
+    # largest (a model gets one output each); other classes come as folders of images
     _validate(arrays, paths, spec.num_classes if spec is not None else 10)
     if spec is not None:
         class_names = spec.class_names
@@ -425,6 +426,17 @@ def _load(
         class_names=class_names,
         source=source,
     )
+
+
+def _image_folder_arrays(name: str, folder: Path) -> DatasetArrays:
+    """A folder of images per class (imagefolder.py) as a dataset; `name` is not used: the
+    classes are the folder's."""
+    ready = load_image_folder(folder)
+    return DatasetArrays(
+        name=folder.name, train_images=_frozen(ready.train_images),
+        train_labels=_frozen(ready.train_labels), test_images=_frozen(ready.test_images),
+        test_labels=_frozen(ready.test_labels), class_names=ready.classes,
+        source=f"the images in {folder}")
 
 
 def _key(found: dict[str, tuple[str, Path]]) -> tuple[tuple[str, str, str, int, int], ...]:
@@ -453,7 +465,9 @@ def load_arrays(
     else:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
-            raise MnistlabError(f"{folder}: no such folder of IDX files")
+            raise MnistlabError(f"{folder}: no such folder of IDX files or images")
+        if is_image_folder(folder):
+            return _image_folder_arrays(name, folder)
         found, missing = {}, []
         for role in ROLES:
             path = _find(folder, role)
@@ -464,7 +478,8 @@ def load_arrays(
         if missing:
             raise MnistlabError(
                 f"{folder}: missing IDX files; put these files in {folder}: "
-                f"{', '.join(missing)} (each may be gzipped, ending in .gz)"
+                f"{', '.join(missing)} (each may be gzipped, ending in .gz), or images in "
+                f"{folder}/train/<class>/"
             )
         source = f"{name} (MNIST-format files in {folder})"
     try:

@@ -8,6 +8,7 @@ from mnistlab.models.zoo import (
     ModelEntry,
     build_model,
     check_model_args,
+    classifier_names,
     count_parameters,
     model_names,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "build_model",
     "check_init",
     "check_model_args",
+    "classifier_names",
     "count_parameters",
     "format_summary",
     "init_weights",

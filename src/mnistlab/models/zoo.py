@@ -1,6 +1,8 @@
 """The models, and a registry of them by name.
 
-Every model takes a float tensor (N, 1, 28, 28) of pixels in [0, 1] and returns logits (N, 10).
+Every model takes a float tensor (N, 1, 28, 28) of pixels in [0, 1] and returns logits (N, C),
+one per class: MNIST's ten digits unless `classes` says otherwise (a folder of one's own
+images: letters, say). `classifier_names` names the layers that depend on the classes.
 None applies a softmax: the loss and the predictor do, and Keras' softmax followed by categorical
 cross-entropy is the same function as cross-entropy on logits.
 
@@ -37,10 +39,10 @@ from mnistlab.models.layers import Conv2dTFSame
 class Softmax(nn.Module):
     """Softmax regression: one linear layer from the 784 pixels to 10 logits (Deep MNIST)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, classes: int = 10) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(28 * 28, 10)
+        self.fc = nn.Linear(28 * 28, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(x))
@@ -56,7 +58,7 @@ class DeepCNN(nn.Module):
     OpenGenus' CNN is the same network with N(0, 1) initialisation and dropout 0.2 (keep 0.8).
     """
 
-    def __init__(self, *, dropout: float = 0.5) -> None:
+    def __init__(self, *, dropout: float = 0.5, classes: int = 10) -> None:
         super().__init__()
         # Stride 1 and a 5x5 kernel: TF's SAME is 2 on every side, so padding=2 is exact.
         self.conv1 = nn.Conv2d(1, 32, 5, padding=2)  # 28x28
@@ -67,7 +69,7 @@ class DeepCNN(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(7 * 7 * 64, 1024)
         self.dropout = nn.Dropout(dropout)  # TF's keep_prob is 1 - dropout
-        self.fc2 = nn.Linear(1024, 10)
+        self.fc2 = nn.Linear(1024, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU after the pool instead of before: the same function and gradient (max-pooling
@@ -89,7 +91,7 @@ class StridedCNN(nn.Module):
     max-pooling, then the ReLU of the dense layer. Kept as printed.
     """
 
-    def __init__(self, *, dropout: float = 0.5) -> None:
+    def __init__(self, *, dropout: float = 0.5, classes: int = 10) -> None:
         super().__init__()
         # TF SAME with stride 2 pads asymmetrically (see layers.py): 28 -> 14, 7 -> 4.
         self.conv1 = Conv2dTFSame(1, 32, 5, stride=2, bias=False)  # 14x14
@@ -99,7 +101,7 @@ class StridedCNN(nn.Module):
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(2 * 2 * 64, 1024)
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(1024, 10)
+        self.fc2 = nn.Linear(1024, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.conv1(x))
@@ -115,7 +117,7 @@ class StridedCNN(nn.Module):
 class KerasCNN(nn.Module):
     """Three 3x3 VALID convolutions, two max-pools, Dense 64, Dense 10: 93,322 parameters."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3)  # 26x26
         self.pool1 = nn.MaxPool2d(2)  # 13x13
@@ -124,7 +126,7 @@ class KerasCNN(nn.Module):
         self.conv3 = nn.Conv2d(64, 64, 3)  # 3x3
         self.flatten = nn.Flatten()  # 576
         self.fc1 = nn.Linear(3 * 3 * 64, 64)
-        self.fc2 = nn.Linear(64, 10)
+        self.fc2 = nn.Linear(64, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU after the pool, as in DeepCNN: same result, a quarter of the work.
@@ -176,7 +178,7 @@ class MnistlabCNN(nn.Module):
     """
 
     def __init__(self, *, widths: Sequence[int] = (32, 64, 128), dropout: float = 0.1,
-                 convs: int = 1) -> None:
+                 convs: int = 1, classes: int = 10) -> None:
         super().__init__()
         w0, w1, w2 = widths
         self.block1 = ConvBlock(1, w0, convs=convs)  # 28x28 -> 14x14
@@ -184,7 +186,7 @@ class MnistlabCNN(nn.Module):
         self.block3 = ConvBlock(w1, w2, ceil_mode=True, convs=convs)  # 7x7 -> 4x4, keeping the last row
         self.flatten = nn.Flatten()
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(w2 * 4 * 4, 10)
+        self.fc = nn.Linear(w2 * 4 * 4, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(x)))
@@ -227,7 +229,7 @@ class FastCNN(nn.Module):
 
     def __init__(
         self, *, widths: Sequence[int] = (32, 32), dropout: float = 0.0, crop: int = 0,
-        stem_padding: int = 1, hidden: int = 0,
+        stem_padding: int = 1, hidden: int = 0, classes: int = 10,
     ) -> None:
         super().__init__()
         self.crop = crop
@@ -243,7 +245,7 @@ class FastCNN(nn.Module):
         features = widths[-1] * side * side
         self.hidden = nn.Linear(features, hidden) if hidden else None
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden or features, 10)
+        self.fc = nn.Linear(hidden or features, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.crop:
@@ -271,7 +273,7 @@ class ValidCNN(nn.Module):
     WIDTHS = {3: [32, 48, 64, 80, 96, 112, 128, 144, 160, 176], 5: [32, 64, 96, 128, 160],
               7: [48, 96, 144, 192]}
 
-    def __init__(self, *, kernel: int = 5) -> None:
+    def __init__(self, *, kernel: int = 5, classes: int = 10) -> None:
         super().__init__()
         widths = self.WIDTHS[kernel]
         layers: dict[str, nn.Module] = {}
@@ -280,8 +282,8 @@ class ValidCNN(nn.Module):
                        f"bn{i}": nn.BatchNorm2d(w_out), f"relu{i}": nn.ReLU()}
         self.convs = nn.Sequential(OrderedDict(layers))
         side = 28 - len(widths) * (kernel - 1)
-        self.fc = nn.Linear(widths[-1] * side * side, 10, bias=False)
-        self.bn = nn.BatchNorm1d(10)
+        self.fc = nn.Linear(widths[-1] * side * side, classes, bias=False)
+        self.bn = nn.BatchNorm1d(classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # flatten in (height, width, channels) order: a view of a channels-last tensor
@@ -306,6 +308,9 @@ MAX_HIDDEN = 4096
 MAX_PARAMETERS = 100_000_000
 MAX_ACTIVATION_BYTES = 32 << 20
 DROPOUT = Arg(float, 0, 1, open_high=True, what="a drop probability")
+# every model's: its number of outputs, the classes of the dataset it is trained on
+MAX_CLASSES = 1000
+CLASSES = Arg(int, 2, MAX_CLASSES, note="classes")
 
 
 def _widths(fewest: int, most: int) -> Arg:
@@ -321,6 +326,9 @@ class ModelEntry:
     builder: Callable[..., nn.Module]  # takes keyword arguments only
     # what each of the builder's arguments may be, in its order; the builder trusts them
     args: dict[str, Arg] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # every model takes `classes`
+        object.__setattr__(self, "args", {**self.args, "classes": CLASSES})
 
     def arguments(self) -> dict[str, Any]:
         """The builder's keyword arguments and their defaults (lists, not tuples: JSON-ready)."""
@@ -497,6 +505,16 @@ def build_model(name: str, *, init: str | None = None, **kwargs: Any) -> nn.Modu
     model = entry.builder(**kwargs)
     init_weights(model, entry.default_init if init is None else init)
     return model
+
+
+def classifier_names(name: str, args: dict[str, Any]) -> set[str]:
+    """The state-dict entries of model `name` whose shape depends on its number of classes:
+    its classifier's. Found by building it for two class counts on the meta device."""
+    entry = get_entry(name)
+    with torch.device("meta"):
+        two = entry.builder(**{**args, "classes": 2}).state_dict()
+        three = entry.builder(**{**args, "classes": 3}).state_dict()
+    return {key for key in two if two[key].shape != three[key].shape}
 
 
 def count_parameters(model: nn.Module) -> int:

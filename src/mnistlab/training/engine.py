@@ -24,7 +24,6 @@ import torch
 
 from mnistlab import checkpoint
 from mnistlab.cpu_memory import keep_freed_memory
-from mnistlab.data.registry import get_spec
 from mnistlab.data.splits import Split, load_split
 from mnistlab.device import resolve_device, wait_for
 from mnistlab.errors import MnistlabError
@@ -39,6 +38,7 @@ from mnistlab.training.ema import WeightAverage
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.optim import lr_factor, make_optimizer
 from mnistlab.training.progress import Progress, format_duration
+from mnistlab.training.start import describe, plan_start, start_from
 from mnistlab.training.step import Totals, TrainStep, can_use_cuda_graph
 
 METRICS_FILE = rundir.METRICS_FILE
@@ -163,9 +163,10 @@ class Trainer:
                  data_dir: str | None = None, progress: Progress | None = None,
                  on_step: Callable[[Trainer, int], None] | None = None,
                  on_log: Callable[[dict[str, Any]], None] | None = None,
-                 cuda_graphs: bool = True, compile: bool = False,
+                 cuda_graphs: bool = True, compile: bool = False, init: str | None = None,
                  resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
         self.recipe = recipe
+        self.init = init  # a checkpoint to start from (fine-tuning): start.py
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.world, self.device = distributed.join(resolve_device(device))
@@ -187,6 +188,10 @@ class Trainer:
         return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"),
                    resume_from=saved, **kwargs)
 
+    @property
+    def _classes(self) -> int:
+        return len(self._start.class_names)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -202,6 +207,11 @@ class Trainer:
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
+        self._start = plan_start(recipe, self.data_dir, self.init if not self._resume_from else None)
+        if self._resume_from:  # the weights came from there; the record of it stays
+            record = self._resume_from[1].get("init")
+            self._start.record = record if isinstance(record, dict) else None
+        self.recipe = self._start.recipe  # with the model this run trains (its classes)
         self._check_length(len(train))
         if self.device.type == "cpu":
             keep_freed_memory()  # each step reuses the last one's memory: no page faults
@@ -246,6 +256,7 @@ class Trainer:
         recipe, train_cfg, world = self.recipe, self.recipe.train, self.world
         torch.manual_seed(self.seed)  # the model's initial weights, then dropout
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
+        start_from(model, self._start)  # where fine-tuning, the trained model's weights
         # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
         model = model.to(self.device, memory_format=torch.channels_last)
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
@@ -301,6 +312,8 @@ class Trainer:
             progress.line(f"{'resuming' if start_step else 'training'} {recipe.name} ({recipe.model.name}) "
                           f"on {', '.join(how)}, seed {self.seed}, into {self.run_dir}"
                           + (f" at step {start_step}/{total}" if start_step else ""))
+        if describe(self._start) and not start_step:
+            progress.line(describe(self._start))
         if ema is not None and total < ema.steps_to_forget():
             progress.line(f"note: the weight average (ema = {recipe.train.ema}) starts from the initial "
                           f"weights and needs about {ema.steps_to_forget():,} steps to forget them; "
@@ -430,7 +443,7 @@ class Trainer:
         """Test the final model, log and save it as complete."""
         recipe = self.recipe
         test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
-        metrics = compute_metrics(loop.final(), test.images, test.labels,
+        metrics = compute_metrics(loop.final(), test.images, test.labels, num_classes=self._classes,
                                   dropout_at_test=recipe.quirks.dropout_at_test)
         self._log({"event": "test", "step": loop.steps_done, "loss": metrics.loss,
                    "accuracy": metrics.accuracy, "train_seconds": train_seconds})
@@ -449,7 +462,8 @@ class Trainer:
             text += f"  loss {loop.last_loss:.4f}  acc {100 * loop.last_acc:.2f}%"
         metrics = None
         if validation is not None:
-            metrics = compute_metrics(loop.final(), validation.images, validation.labels)
+            metrics = compute_metrics(loop.final(), validation.images, validation.labels,
+                                      num_classes=self._classes)
             self._log({"event": "validation", "step": done, "epoch": epoch,
                        "loss": metrics.loss, "accuracy": metrics.accuracy})
             text += f"  val_loss {metrics.loss:.4f}  val_acc {100 * metrics.accuracy:.2f}%"
@@ -478,6 +492,7 @@ class Trainer:
             "total_steps": loop.plan.total_steps, "device": str(self.device),
             "data_dir": self.data_dir, "train_seconds": train_seconds,
             "versions": checkpoint.versions(), "processes": self.world.size,
+            **({"init": self._start.record} if self._start.record else {}),
         }
         if test is None:  # the final save after the test needs no resume state
             state.save_training_state(self.run_dir, loop.model, loop.optimizer, common,
@@ -490,15 +505,13 @@ class Trainer:
                                      "loss": loop.last_validation.loss}
         if test is not None:
             metrics["test"] = {"accuracy": test.accuracy, "loss": test.loss}
-        dataset = self.recipe.data.dataset
         checkpoint.save_model(self.run_dir, loop.final(), {
             **common,
             "model": {"name": self.recipe.model.name, "args": self.recipe.model.args},
             # what the model expects: 28x28 grayscale, white ink on black, pixel / 255
             "input": {"height": 28, "width": 28, "channels": 1, "scale": 1 / 255,
                       "mean": 0.0, "std": 1.0, "ink": "light on dark"},
-            "class_names": list(get_spec(dataset).class_names) if self.data_dir is None else
-            [str(i) for i in range(10)],
+            "class_names": self._start.class_names,
             "dropout_at_test": self.recipe.quirks.dropout_at_test,
             "complete": test is not None,
             "metrics": metrics,
