@@ -17,7 +17,10 @@ MAX_SEED_COUNT = 1_000
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     from mnistlab.data import registry
+    from mnistlab.data.imagefolder import is_image_folder
 
+    if args.action == "verify" and args.name and is_image_folder(Path(args.name)):
+        return _verify_image_folder(Path(args.name))
     if args.action == "verify":
         names = [args.name] if args.name else list(registry.DATASETS)
         failures = 0
@@ -37,6 +40,15 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(f"{name:<14} {overall:<8} {spec.description}")
     print(f"\ncache folder: {registry.cache_dir()}  (set MNISTLAB_CACHE to move it)")
     return 0
+
+
+def _verify_image_folder(root: Path) -> int:
+    from mnistlab.data.imagefolder import verify_image_folder
+
+    checks = verify_image_folder(root)
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.what:<20} {check.message}")
+    return 0 if all(check.ok for check in checks) else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -290,7 +302,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def _datasets_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
-    p.add_argument("name", nargs="?", help="only this dataset (verify)")
+    p.add_argument("name", nargs="?", help="only this dataset, or a folder of images in "
+                                           "DIR/train/<class>/ (verify)")
     p.add_argument("--data-dir", help="verify the IDX files in this folder instead (with a name)")
 
 

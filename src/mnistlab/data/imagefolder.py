@@ -218,6 +218,32 @@ def _warn(root: Path, skipped: list[tuple[str, str]], total: int) -> None:
           f"cannot be read or hold no ink: {named}{more}", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class ClassCheck:
+    ok: bool
+    what: str  # "train/7", or a file's path
+    message: str
+
+
+def verify_image_folder(root: Path) -> list[ClassCheck]:
+    """Every image of the folder read and made ready, without the cache: a line per split and
+    class with how many are ready, and one per image left out (`mnistlab datasets verify
+    DIR`). A class of the training split with no image ready fails."""
+    folder = scan(root)  # a wrong layout is one MnistlabError
+    checks = []
+    for split, files in folder.files.items():
+        _, bad = make_ready([path for path, _ in files])
+        left_out = {path for path, _ in bad}
+        for label, name in enumerate(folder.classes):
+            paths = [str(path) for path, of in files if of == label]
+            ready = sum(path not in left_out for path in paths)
+            note = f", {len(paths) - ready:,} left out" if ready < len(paths) else ""
+            checks.append(ClassCheck(ready > 0 or split == "test", f"{split}/{name}",
+                                     f"{ready:,} images ready{note}"))
+        checks += [ClassCheck(False, path, reason) for path, reason in bad]
+    return checks
+
+
 # ---- the cache -------------------------------------------------------------------------
 
 
