@@ -15,6 +15,7 @@ from mnistlab.data.imagefolder import load_image_folder
 from mnistlab.inference.images import load_image
 from mnistlab.inference.preprocess import to_mnist
 from mnistlab.models import build_model
+from mnistlab.report.build import write_report
 from mnistlab.training.start import plan_start, start_from
 
 DIGITS, LABELS = mnistlab.datasets.load("mnist", split="train")
@@ -141,6 +142,8 @@ def test_letters_train_and_their_names_come_out_everywhere(tmp_path):
     assert onnx.class_names == ["a", "b", "c"]
     evaluation = model.evaluate()  # on the folder it was trained on, as recorded
     assert len(evaluation.metrics.confusion) == 3 and evaluation.accuracy == run.test_accuracy
+    report = write_report(run.run_dir, device="cpu")  # its figures name the three classes
+    assert len(report.analysis.metrics.confusion) == 3
 
 
 def test_init_keeps_every_weight_but_a_classifier_for_other_classes(tmp_path):
