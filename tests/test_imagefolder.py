@@ -175,3 +175,23 @@ def test_fine_tuning_from_the_command_line(tmp_path):
                               str(tmp_path / "run"), "--init", "default"],
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 1 and "--init" in resumed.stderr
+
+
+def test_fine_tuning_on_some_of_a_models_classes_keeps_them_all(tmp_path):
+    """The page's corrections may hold only the digits a person corrected: the fine-tuned
+    model still reads all ten, and its labels index them."""
+    root = tmp_path / "corrected"
+    for digit in (3, 7):
+        folder = root / "train" / str(digit)
+        folder.mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(LABELS == digit)[:20]):
+            Image.fromarray(255 - DIGITS[index]).save(folder / f"{i}.png")
+    recipe = mnistlab.recipe("finetune", steps=4)
+    run = mnistlab.train(recipe, init="default", seed=0, device="cpu", out=tmp_path / "run",
+                         data_dir=root, quiet=True, report=False)
+    model = run.model
+    assert model.class_names == [str(d) for d in range(10)]
+    evaluation = model.evaluate()
+    confusion = np.array(evaluation.metrics.confusion)
+    assert confusion.shape == (10, 10) and confusion[[3, 7]].sum() == confusion.sum() == 4
+    assert evaluation.accuracy == run.test_accuracy > 0.7

@@ -266,7 +266,7 @@ def check_fields(meta: dict[str, Any], path: Path, fields: dict[str, tuple[type,
             raise CheckpointError(f"{path}: metadata '{key}' should be {expected}, "
                                   f"not {type(value).__name__}")
     names = meta.get("class_names") or []
-    if len(names) > 1000 or not all(isinstance(n, str) and len(n) <= 100 for n in names):
+    if not isinstance(names, list) or len(names) > 1000 or not all(isinstance(n, str) and len(n) <= 100 for n in names):
         raise CheckpointError(f"{path}: metadata 'class_names' should be at most 1,000 short strings")
     data = (meta.get("recipe") or {}).get("data")
     if data is not None and not (isinstance(data, dict) and isinstance(data.get("dataset", ""), str)):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistlab.checkpoint import load_model, resolve_checkpoint
+from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
 from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
@@ -67,17 +67,21 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
     if not targets:
         raise MnistlabError("an ensemble needs at least one checkpoint")
     dev = resolve_device(device)
-    models, datasets = [], set()
+    models, datasets, classes = [], set(), set()
     for target in targets:
         model, meta = load_model(target, dev)
         recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
         datasets.add((recipe.get("data") or {}).get("dataset", "mnist"))
+        classes.add(tuple(class_names(meta)))
         models.append(model.to(memory_format=torch.channels_last).eval())
     if len(datasets) > 1:
         raise MnistlabError(f"these checkpoints were trained on different datasets "
                             f"({', '.join(sorted(datasets))}); an ensemble needs one")
-    dataset = datasets.pop()
-    data = load_split(split, dataset, data_dir, dev)
+    if len(classes) > 1:
+        raise MnistlabError("these checkpoints tell different classes apart; an ensemble's "
+                            "members share theirs")
+    dataset, names = datasets.pop(), list(classes.pop())
+    data = load_split(split, dataset, data_dir, dev, classes=names)
     members = [(resolve_checkpoint(t), compute_metrics(m, data.images, data.labels))
                for t, m in zip(targets, models)]
     metrics = compute_metrics(Committee(models), data.images, data.labels)

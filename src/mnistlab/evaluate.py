@@ -80,7 +80,7 @@ def evaluate_model(model: nn.Module, meta: dict[str, Any], path: Path, *, split:
     if folder is not None and is_image_folder(Path(folder)):
         dataset = Path(folder).name  # its classes are the folder's, not the recipe dataset's
     try:
-        data = load_split(split, dataset, folder, dev)
+        data = load_split(split, dataset, folder, dev, classes=class_names(meta))
     except MnistlabError as e:
         if origin != TRAINED_ON:
             raise

@@ -7,6 +7,7 @@ for the tutorials (55,000 train, 5,000 validation); the test file is only ever t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,8 +53,11 @@ def load_split(
     dataset: str = "mnist",
     data_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    classes: Sequence[str] | None = None,
 ) -> Split:
-    """One split of a dataset (see SPLITS), whole, on `device`."""
+    """One split of a dataset (see SPLITS), whole, on `device`. With `classes` (a model's),
+    labels index those: a folder holding some of a model's classes (only the digits a person
+    corrected, say) is measured or fine-tuned against all of them."""
     if split not in SPLITS:
         raise MnistlabError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     arrays = load_arrays(dataset, data_dir)
@@ -72,4 +76,17 @@ def load_split(
             f"{len(arrays.train_labels)} training images; give at least 12 training images, or "
             'train without a validation split ([train] split = "train-full")'
         )
+    if classes is not None and tuple(classes) != arrays.class_names:
+        labels = _relabelled(labels, arrays.class_names, classes, arrays.source)
     return Split(split, _tensor(images), _tensor(labels)).to(device)
+
+
+def _relabelled(labels: np.ndarray, names: Sequence[str], classes: Sequence[str],
+                source: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in names if name not in index]
+    if unknown:
+        raise MnistlabError(f"{source}: classes the model does not have: "
+                            f"{', '.join(unknown[:5])} (it has {', '.join(classes[:12])}"
+                            f"{', ...' if len(classes) > 12 else ''})")
+    return np.array([index[name] for name in names], dtype=np.int64)[labels]

@@ -44,10 +44,11 @@ class Filters:
 
 def analyse(model: nn.Module, *, split: str = "test", dataset: str = "mnist",
             data_dir: str | None = None, device: torch.device | str = "cpu",
-            dropout_at_test: bool = False, top: int = 40) -> Analysis:
+            dropout_at_test: bool = False, top: int = 40,
+            classes: list[str] | None = None) -> Analysis:
     """Run `model` once over `split`: compute_metrics measures it, and keeps its logits."""
     started = time.perf_counter()
-    data = load_split(split, dataset, data_dir, device)
+    data = load_split(split, dataset, data_dir, device, classes=classes)
     # channels-last, as the model was trained: oneDNN's and cuDNN's fastest layout
     model.to(memory_format=torch.channels_last)
     kept = _KeepLogits(model)

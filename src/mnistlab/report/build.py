@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mnistlab
-from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME
+from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME, class_names
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import data_folder, data_line
@@ -93,7 +93,8 @@ def _analyse(run: Run, data_dir: str | None) -> Analysis | None:
     try:
         analysis = analyse(run.model, split=split, dataset=dataset, data_dir=folder,
                            device=next(run.model.parameters()).device,
-                           dropout_at_test=bool(run.meta.get("dropout_at_test", False)))
+                           dropout_at_test=bool(run.meta.get("dropout_at_test", False)),
+                           classes=class_names(run.meta))
     except MnistlabError as e:
         if data_dir:  # the user named the data: that it cannot be read is the error
             raise

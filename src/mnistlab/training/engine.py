@@ -188,6 +188,14 @@ class Trainer:
         return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"),
                    resume_from=saved, **kwargs)
 
+    def _relabelled(self, split: Split | None) -> Split | None:
+        """`split` with labels indexing the model's classes (where a fine-tuned model keeps
+        classes the data lacks)."""
+        if split is None:
+            return None
+        return load_split(split.name, self.recipe.data.dataset, self.data_dir, self.device,
+                          classes=self._start.class_names)
+
     @property
     def _classes(self) -> int:
         return len(self._start.class_names)
@@ -207,11 +215,14 @@ class Trainer:
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
-        self._start = plan_start(recipe, self.data_dir, self.init if not self._resume_from else None)
-        if self._resume_from:  # the weights came from there; the record of it stays
-            record = self._resume_from[1].get("init")
-            self._start.record = record if isinstance(record, dict) else None
+        if self._resume_from:  # its model's classes as recorded; the weights are in the state
+            saved = self._resume_from[1]
+            self._start = plan_start(recipe, self.data_dir, recorded=saved.get("class_names"))
+            self._start.record = saved.get("init") if isinstance(saved.get("init"), dict) else None
+        else:
+            self._start = plan_start(recipe, self.data_dir, self.init)
         self.recipe = self._start.recipe  # with the model this run trains (its classes)
+        train, validation = (self._relabelled(split) for split in (train, validation))
         self._check_length(len(train))
         if self.device.type == "cpu":
             keep_freed_memory()  # each step reuses the last one's memory: no page faults
@@ -442,7 +453,8 @@ class Trainer:
     def _test(self, loop: _Loop, train_seconds: float) -> Metrics:
         """Test the final model, log and save it as complete."""
         recipe = self.recipe
-        test = load_split("test", recipe.data.dataset, self.data_dir, self.device)
+        test = load_split("test", recipe.data.dataset, self.data_dir, self.device,
+                          classes=self._start.class_names)
         metrics = compute_metrics(loop.final(), test.images, test.labels, num_classes=self._classes,
                                   dropout_at_test=recipe.quirks.dropout_at_test)
         self._log({"event": "test", "step": loop.steps_done, "loss": metrics.loss,
@@ -492,6 +504,7 @@ class Trainer:
             "total_steps": loop.plan.total_steps, "device": str(self.device),
             "data_dir": self.data_dir, "train_seconds": train_seconds,
             "versions": checkpoint.versions(), "processes": self.world.size,
+            "class_names": self._start.class_names,
             **({"init": self._start.record} if self._start.record else {}),
         }
         if test is None:  # the final save after the test needs no resume state
@@ -511,7 +524,6 @@ class Trainer:
             # what the model expects: 28x28 grayscale, white ink on black, pixel / 255
             "input": {"height": 28, "width": 28, "channels": 1, "scale": 1 / 255,
                       "mean": 0.0, "std": 1.0, "ink": "light on dark"},
-            "class_names": self._start.class_names,
             "dropout_at_test": self.recipe.quirks.dropout_at_test,
             "complete": test is not None,
             "metrics": metrics,

@@ -5,8 +5,9 @@ A dataset's classes set the model's outputs: MNIST's ten digits, or a folder's o
 (letters, say), recorded in the recipe the run keeps (`classes` among the model's arguments,
 where it is not 10) so that a resumed run builds the same model. A run started from a
 checkpoint trains that checkpoint's architecture (the recipe gives the optimiser, the schedule
-and the distortions) and copies all its weights, but where its classes differ from the data's:
-then the classifier, the layers whose shape depends on the classes, is new.
+and the distortions) and copies all its weights. Where the data holds some or all of its classes, it keeps them all
+(the labels index its classes: load_split's `classes`); where the data has other classes, the
+classifier, the layers whose shape depends on the classes, is new.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class Start:
     record: dict[str, Any] | None = None  # what the checkpoint's metadata says of `--init`
 
 
-def plan_start(recipe: Recipe, data_dir: str | None, init: str | None = None) -> Start:
-    """The recipe as this run trains it and what its model starts from."""
-    classes = list(load_arrays(recipe.data.dataset, data_dir).class_names)
+def plan_start(recipe: Recipe, data_dir: str | None, init: str | None = None,
+               recorded: list[str] | None = None) -> Start:
+    """The recipe as this run trains it and what its model starts from; a resumed run's
+    classes are the `recorded` ones."""
+    classes = recorded or list(load_arrays(recipe.data.dataset, data_dir).class_names)
     weights, record = {}, None
     if init is not None:
         model, meta = checkpoint.load_model(init, "cpu")  # checked, as every load is
@@ -44,8 +47,9 @@ def plan_start(recipe: Recipe, data_dir: str | None, init: str | None = None) ->
         recipe = recipe.updated(model={"name": spec["name"], "args": args})
         weights = model.state_dict()
         new = sorted(classifier_names(spec["name"], args))
-        if checkpoint.class_names(meta) == classes:
-            new = []
+        theirs = checkpoint.class_names(meta)
+        if set(classes) <= set(theirs):  # some or all of its classes: it keeps them all
+            classes, new = theirs, []
         else:
             weights = {k: v for k, v in weights.items() if k not in new}
         record = {"checkpoint": str(checkpoint.resolve_checkpoint(init)),

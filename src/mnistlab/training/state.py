@@ -33,6 +33,7 @@ STATE_FORMAT = "mnistlab.training-state/1"
 STATE_FIELDS = {"recipe": (dict,), "seed": (int,), "step": (int,), "total_steps": (int,),
                 "train_seconds": (int, float), "data_dir": PATH_FIELD, "param_groups": (list,),
                 "optim_scalars": (dict,)}
+LATER_FIELDS = {"class_names": (list, type(None)), "init": (dict, type(None))}
 MAX_TRAIN_SECONDS = 10**9  # 32 years: any real run's training time, and a number we can print
 
 
@@ -70,6 +71,7 @@ def read_training_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[st
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an mnistlab training state")
     check_fields(meta, path, STATE_FIELDS, required=True)
+    check_fields(meta, path, LATER_FIELDS)  # absent from states written before them
     _check_run_numbers(meta, path)
     return tensors, meta
 
