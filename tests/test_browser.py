@@ -4,7 +4,9 @@ person would, and the page must show what the model read."""
 
 import io
 import math
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,19 +46,26 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextmanager
+def opened(browser, url):
+    """The page at `url`, loaded; no script error nor console error may happen on it."""
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     problems = []
     page.on("pageerror", lambda e: problems.append(str(e)))
-    # a 4xx answer is logged by the browser as a failed resource: that one is expected
+    # a 4xx or 5xx answer is logged by the browser as a failed resource: that one is expected
     page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
             and problems.append(m.text))
-    page.goto(server + "/")
+    page.goto(url + "/")
     expect(page.locator("#model")).not_to_have_text("model: loading…", timeout=WAIT_MS)
     yield page
     page.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def page(browser, server):
+    with opened(browser, server) as page:
+        yield page
 
 
 class Pad:
@@ -173,3 +182,102 @@ def test_page_says_when_an_upload_is_not_an_image(page):
                                           "buffer": b"not a picture at all"}])
     expect(page.locator("#status")).to_have_class("status muted error", timeout=WAIT_MS)
     expect(page.locator("#single")).to_be_hidden()
+
+
+# ---- corrections (mnistlab serve --collect DIR) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    return tmp_path_factory.mktemp("collected")
+
+
+@pytest.fixture(scope="module")
+def collecting_server(collected):
+    with running_server(create_app(Predictor.load("default"), collect=collected)) as url:
+        yield url
+
+
+@pytest.fixture
+def collecting_page(browser, collecting_server):
+    with opened(browser, collecting_server) as page:
+        yield page
+
+
+SAVED = re.compile(r"Saved as (\w+): (train/\w+/[0-9-]+-[0-9a-f]{8}\.png)")
+
+
+def saved_file(page, folder: Path, label: str) -> Path:
+    """The file the page says it saved as `label`, checked to be the pad as drawn."""
+    expect(page.locator("#saved")).to_have_text(SAVED, timeout=WAIT_MS)
+    shown, name = SAVED.fullmatch(page.locator("#saved").inner_text()).groups()
+    assert shown == label and name.startswith(f"train/{label}/")
+    with Image.open(folder / name) as image:  # the whole pad, not the 28x28 input
+        assert image.format == "PNG" and image.size == (560, 280)
+        grey = np.asarray(image.convert("L"))
+    assert grey.min() < 50 and np.median(grey) == 255  # dark ink on a white pad
+    return folder / name
+
+
+def test_page_stores_a_correction_of_a_drawing(collecting_page, collected):
+    page = collecting_page
+    expect(page.locator("#collect-where")).to_have_text(
+        f"Corrections are stored as drawn in {collected / 'train'}/<class>/, to train a model on.")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    choices = page.get_by_role("group", name="Wrong? It was:")
+    expect(choices.get_by_role("button")).to_have_count(10)
+    choices.get_by_role("button", name="3", exact=True).click()
+    first = saved_file(page, collected, "3")
+    # by keyboard: the buttons are reached with Tab and pressed with Enter
+    choices.get_by_role("button", name="4", exact=True).focus()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    second = saved_file(page, collected, "5")
+    assert first != second and first.exists()
+    assert {"3", "5"} <= {p.name for p in (collected / "train").iterdir()}
+
+
+def test_page_stores_a_correction_of_an_uploaded_file_as_the_file(collecting_page, collected):
+    buffer = io.BytesIO()
+    Image.fromarray(255 - load_arrays("mnist").test_images[0]).save(buffer, "PNG")  # a 7
+    page = collecting_page
+    page.set_input_files("#file", files=[{"name": "seven.png", "mimeType": "image/png",
+                                          "buffer": buffer.getvalue()}])
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    page.get_by_role("group", name="Wrong? It was:").get_by_role("button", name="2", exact=True).click()
+    expect(page.locator("#saved")).to_have_text(SAVED, timeout=WAIT_MS)
+    name = SAVED.fullmatch(page.locator("#saved").inner_text()).group(2)
+    assert name.startswith("train/2/") and (collected / name).read_bytes() == buffer.getvalue()
+
+
+def test_page_offers_corrections_for_one_digit_and_says_why_not_for_a_number(collecting_page):
+    page = collecting_page
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    seven(pad, cx=0.6)
+    expect(page.locator("#number")).to_have_text("17", timeout=WAIT_MS)
+    expect(page.get_by_role("group", name="Wrong? It was:")).to_be_hidden()
+    expect(page.locator("#correct-many")).to_be_visible()
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#correct")).to_be_hidden()
+
+
+def test_page_shows_a_correction_that_could_not_be_stored_as_text(collecting_page, collected):
+    page = collecting_page
+    (collected / "train" / "9").write_text("a file where the class's folder should be")
+    one(Pad(page))
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    page.get_by_role("group", name="Wrong? It was:").get_by_role("button", name="9", exact=True).click()
+    expect(page.locator("#saved")).to_have_text(
+        "Not saved: cannot store the image in train/9/: not a folder; nothing was stored",
+        timeout=WAIT_MS)
+    expect(page.locator("#saved")).to_have_class("saved error")
+
+
+def test_page_offers_no_corrections_when_the_server_does_not_collect(page):
+    one(Pad(page))
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator("#correct")).to_be_hidden()
+    expect(page.locator("#collect-where")).to_be_hidden()
+    assert page.locator("#classes button").count() == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab.errors import MnistlabError
-from mnistlab.fileio import read_limited
+from mnistlab.fileio import atomic_writer, read_limited
 
 
 def test_read_limited_reads_a_file_up_to_its_limit(tmp_path):
@@ -34,3 +34,18 @@ def test_special_files_are_refused_by_their_type_without_reading(tmp_path):
             read_limited(path, 1 << 30, "model")
     with pytest.raises(MnistlabError, match="no such model file"):
         read_limited(tmp_path / "missing", 10, "model")
+
+
+def test_an_exclusive_write_creates_and_never_replaces(tmp_path):
+    path = tmp_path / "new" / "a.png"
+    with atomic_writer(path, exclusive=True) as f:
+        f.write(b"first")
+    assert path.read_bytes() == b"first"
+    with pytest.raises(FileExistsError):
+        with atomic_writer(path, exclusive=True) as f:
+            f.write(b"second")
+    assert path.read_bytes() == b"first"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.png"]  # no temporary file left
+    with atomic_writer(path) as f:  # without it, the file is replaced as before
+        f.write(b"third")
+    assert path.read_bytes() == b"third"

@@ -28,13 +28,18 @@ from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES
 from mnistlab.serve.errors import (
+    COLLECT_ONLY,
     ERRORS,
+    PREDICT_ONLY,
     BadJsonError,
     BodyTooLargeError,
+    CollectionFullError,
     InvalidRequestError,
     MalformedRequestError,
     ModelTimeoutError,
     RequestError,
+    StorageError,
+    UnknownLabelError,
     UnsupportedMediaTypeError,
     answer_error,
     status_of,
@@ -53,9 +58,8 @@ def seen():
     return []
 
 
-@pytest.fixture(scope="module")
-def client(predictor, seen):
-    app = create_app(predictor)
+def watched(app, seen: list):
+    """`app`, each error that reaches its handlers appended to `seen` before it is answered."""
 
     async def recording(request, error):  # the app's own handler, watched
         seen.append(error)
@@ -63,7 +67,12 @@ def client(predictor, seen):
 
     for error_type in ERRORS:  # as add_error_handlers registers the app's own
         app.add_exception_handler(error_type, recording)
-    with TestClient(app) as c:
+    return app
+
+
+@pytest.fixture(scope="module")
+def client(predictor, seen):
+    with TestClient(watched(create_app(predictor), seen)) as c:
         yield c
 
 
@@ -145,16 +154,21 @@ def test_the_table_is_the_documented_contract():
         UnreadableImageError: (422, "bad_image"),
         UnsupportedImageError: (422, "bad_image"),
         ImageError: (422, "bad_image"),
+        UnknownLabelError: (422, "unknown_label"),
         ModelTimeoutError: (503, "model_timeout"),
         InferenceError: (500, "model_error"),
+        CollectionFullError: (507, "collection_full"),
+        StorageError: (507, "cannot_store"),
     }
 
 
 def test_every_type_of_the_table_is_met_by_a_request():
     bases = {ImageError, RequestError}  # the fallbacks for types the table does not list
     # a model that does not answer in time, or that fails on some images, needs a model of its
-    # own: tests/test_hostile_server.py and tests/test_hostile_models.py
-    assert set(TRIGGERS) == set(ERRORS) - bases - {ModelTimeoutError, InferenceError}
+    # own: tests/test_hostile_server.py and tests/test_hostile_models.py; the errors of
+    # `--collect` are met in tests/test_serve_collect.py
+    assert set(TRIGGERS) == set(ERRORS) - bases - {ModelTimeoutError, InferenceError} \
+        - set(COLLECT_ONLY)
 
 
 @pytest.mark.parametrize("kind", sorted(ERRORS, key=lambda k: k.__name__), ids=lambda k: k.__name__)
@@ -231,8 +245,26 @@ def test_openapi_documents_the_same_classes(client):
     components = spec["components"]["schemas"]
     for model in (PredictResponse, HealthResponse, ModelResponse):
         assert set(components[model.__name__]["properties"]) == set(model.model_fields)
-    # every status of the table is documented for /api/predict, with the codes the table gives it
+    # every error /api/predict can answer is documented for it, with the codes the table gives
+    # it; those of /api/collect alone are not
     responses = spec["paths"]["/api/predict"]["post"]["responses"]
-    for status, code in ERRORS.values():
+    for kind, (status, code) in ERRORS.items():
+        if kind in COLLECT_ONLY:
+            assert f"`{code}`" not in responses.get(str(status), {}).get("description", "")
+            continue
         assert f"`{code}`" in responses[str(status)]["description"]
         assert schema("/api/predict", "post", str(status)) == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_openapi_documents_the_errors_of_collect(predictor, tmp_path):
+    with TestClient(create_app(predictor, collect=tmp_path)) as c:
+        spec = c.get("/openapi.json").json()
+    operation = spec["paths"]["/api/collect"]["post"]
+    assert operation["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CollectResponse"}
+    documented = " ".join(r["description"] for r in operation["responses"].values())
+    for kind, (status, code) in ERRORS.items():
+        if kind not in PREDICT_ONLY:
+            assert f"`{code}`" in operation["responses"][str(status)]["description"], kind
+    for code in ("bad_json", "bad_pixels", "model_timeout", "model_error"):  # JSON, the model
+        assert f"`{code}`" not in documented

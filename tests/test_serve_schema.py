@@ -6,6 +6,8 @@ a status code the schema declares, and a body that matches the schema declared f
 A request can be valid by the schema and still be refused: an image with no ink (422
 `empty_image`), bytes that are no picture (422), an empty body (400). JSON Schema cannot say
 "a picture with a digit in it", so those documented refusals count as accepting valid data.
+The app collects corrections (`--collect`, into a temporary folder), so that `POST
+/api/collect` is tested too.
 
     MNISTLAB_SCHEMATHESIS_EXAMPLES=1500 pytest -s tests/test_serve_schema.py   # a longer run
 
@@ -13,6 +15,8 @@ With -s it ends by printing how many requests got each status.
 """
 
 import os
+import shutil
+import tempfile
 from collections import Counter
 
 import pytest
@@ -30,8 +34,9 @@ schemathesis.serializer.alias("image/bmp", "application/octet-stream")
 CONFIG = SchemathesisConfig.from_dict({
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "413", "422"]}},
 })
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Predictor.load("default")),
-                                        config=CONFIG)
+COLLECTED = tempfile.mkdtemp(prefix="mnistlab-schema-")  # removed when the module ends
+schema = schemathesis.openapi.from_asgi(
+    "/openapi.json", create_app(Predictor.load("default"), collect=COLLECTED), config=CONFIG)
 
 
 STATUSES: Counter = Counter()
@@ -40,6 +45,7 @@ STATUSES: Counter = Counter()
 @pytest.fixture(scope="module", autouse=True)
 def tally():
     yield
+    shutil.rmtree(COLLECTED, ignore_errors=True)
     print(f"\n{sum(STATUSES.values()):,} requests:", ", ".join(
         f"{k} -> {n:,}" for k, n in sorted(STATUSES.items())))
 

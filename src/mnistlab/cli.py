@@ -270,7 +270,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
     serve(args.model, host=args.host, port=args.port, backend=_backend(args), workers=args.workers,
-          threads=args.threads, top_k=args.top_k)
+          threads=args.threads, top_k=args.top_k, collect=args.collect)
     return 0
 
 
@@ -422,6 +422,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    help="server processes, each with its own copy of the model (default 1)")
     p.add_argument("--threads", type=_positive, default=1,
                    help="the model's threads per worker, PyTorch or ONNX Runtime (default 1)")
+    p.add_argument("--collect", metavar="DIR",
+                   help="let the page's users correct a reading: each correction is stored, as "
+                        "drawn, in DIR/train/<class>/, which `mnistlab train --data-dir DIR` "
+                        "reads (default: off)")
 
 
 def _loadtest_options(p: argparse.ArgumentParser) -> None:

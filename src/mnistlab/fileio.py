@@ -5,10 +5,11 @@
 special files are refused by their type and no read goes past the limit.
 
 Atomic writes: a reader sees the old file or the new one, never half of either. The bytes go to
-a temporary file in the same folder, are flushed to disk, and the temporary
-file is renamed over the target; the folder is then synced so the rename itself survives a
-power cut. A process killed mid-write leaves at most a hidden `.NAME.XXXXXXXX.tmp` beside the
-target, which `remove_stale_temporaries` clears.
+a temporary file in the same folder, are flushed to disk, and the temporary file is renamed
+over the target (or, for a file that must be new, linked to its name, which never replaces
+one); the folder is then synced so the rename itself survives a power cut. A process killed
+mid-write leaves at most a hidden `.NAME.XXXXXXXX.tmp` beside the target, which
+`remove_stale_temporaries` clears.
 """
 
 from __future__ import annotations
@@ -67,8 +68,13 @@ def _file_kind(mode: int) -> str:
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a binary file for writing that replaces `path` only if the block completes."""
+def atomic_writer(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[BinaryIO]:
+    """Open a binary file for writing that replaces `path` only if the block completes.
+
+    `exclusive`: create `path`, never replace it. Where `path` exists (or another process
+    creates it meanwhile) the block's bytes are dropped and FileExistsError is raised: the
+    complete temporary file is given its name by a hard link, which fails on an existing name,
+    where a rename would replace it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +89,24 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         _pause_for_crash_tests()
-        os.replace(tmp_name, path)
+        if exclusive:
+            os.link(tmp_name, path)
+            _unlink_quietly(tmp_name)  # the file lives on under its name
+        else:
+            os.replace(tmp_name, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
+        _unlink_quietly(tmp_name)
+        if isinstance(e, OSError) and not (exclusive and isinstance(e, FileExistsError)):
             raise write_error(path, e) from e
         raise
     _fsync_dir(path.parent)
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -7,7 +7,10 @@
   content type) or JSON `{"pixels": [[...28 numbers...] x 28]}`; answers the digit, its
   probability, the top k, and the 28x28 image the model saw; an image of several digits side by
   side is read as a number;
-- `GET /api/health`, `GET /api/model`, and the OpenAPI docs at `/docs`.
+- `GET /api/health`, `GET /api/model`, and the OpenAPI docs at `/docs`;
+- with `collect=DIR` (`mnistlab serve --collect DIR`) only, `POST /api/collect?label=<class>`:
+  an image (as `/api/predict` takes them, JSON aside) stored as it is in `DIR/train/<class>/`,
+  a correction to train on (`collect.py`); the page then offers "Wrong? It was: ..." buttons.
 
 Every mistake a client can make is answered with a 4xx and `{"detail": message, "error": code}`,
 the status and code given by the error's type in one table (`errors.ERRORS`); an empty image is a
@@ -27,6 +30,7 @@ than reading them); larger ones in the thread pool.
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import logging
@@ -50,7 +54,10 @@ from mnistlab.inference.images import FORMATS
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import MAX_IMAGE_BYTES, decode_image, from_pixels, read_digits
 from mnistlab.serve.batcher import MODEL_TIMEOUT, Batcher
+from mnistlab.serve.collect import EXTENSIONS, MAX_BYTES, MAX_FILES, Collector
 from mnistlab.serve.errors import (
+    COLLECT_ONLY,
+    PREDICT_ONLY,
     BadJsonError,
     BodyTooLargeError,
     CatchAll,
@@ -62,6 +69,7 @@ from mnistlab.serve.errors import (
 )
 from mnistlab.serve.models import (
     EXAMPLE_PIXELS,
+    CollectResponse,
     HealthResponse,
     ModelResponse,
     PixelsRequest,
@@ -165,23 +173,61 @@ def digits_from_image(data: bytes) -> np.ndarray:
     return np.stack(read_digits(image))  # at least one, or EmptyImageError
 
 
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def is_upload(ctype: str) -> bool:
+    """Whether a Content-Type sends an image file: multipart, or the raw file."""
+    return ctype == "multipart/form-data" or ctype.startswith("image/") \
+        or ctype == "application/octet-stream"
+
+
+UPLOAD = "an image (multipart field 'file', or the raw body with an image/... type)"
+PIXELS = 'JSON {"pixels": ...}'
+
+
+def unsupported(ctype: str, accepted: str) -> UnsupportedMediaTypeError:
+    what = f"Content-Type {ctype!r}" if ctype else "no Content-Type"
+    return UnsupportedMediaTypeError(f"{what}: send {accepted}")
+
+
+async def read_upload(request: Request, ctype: str, accepted: str) -> bytes:
+    """The encoded image an upload sends (`is_upload(ctype)`): the multipart field `file`, or
+    the raw body."""
+    body = _need(await read_body(request, MAX_BODY_BYTES), accepted)
+    data = await multipart_file(request, body) if ctype.startswith("multipart/") else body
+    if not data:
+        raise MalformedRequestError("the uploaded file is empty")
+    return data
+
+
+async def on_a_fitting_thread(function: Any, data: bytes) -> Any:
+    """`function(data)` for an encoded picture: on the event loop for a small one, in the
+    thread pool for a larger one."""
+    if _small_picture(data):
+        return function(data)
+    return await run_in_threadpool(function, data)
+
+
 async def read_images(request: Request) -> np.ndarray:
     """The (N, 28, 28) inputs a request to /api/predict sends, by its Content-Type."""
-    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    ctype = content_type(request)
+    accepted = f"{UPLOAD} or {PIXELS}"
     if ctype == "application/json" or ctype.endswith("+json"):
-        return pixels_from_json(_need(await read_body(request, MAX_JSON_BYTES)))[None]
-    if ctype == "multipart/form-data" or ctype.startswith("image/") \
-            or ctype == "application/octet-stream":
-        body = _need(await read_body(request, MAX_BODY_BYTES))
-        data = await multipart_file(request, body) if ctype.startswith("multipart/") else body
-        if not data:
-            raise MalformedRequestError("the uploaded file is empty")
-        if _small_picture(data):
-            return digits_from_image(data)
-        return await run_in_threadpool(digits_from_image, data)
-    what = f"Content-Type {ctype!r}" if ctype else "no Content-Type"
-    raise UnsupportedMediaTypeError(f"{what}: send an image (multipart field 'file', or the raw "
-                                    'body with an image/... type) or JSON {"pixels": ...}')
+        return pixels_from_json(_need(await read_body(request, MAX_JSON_BYTES), accepted))[None]
+    if is_upload(ctype):
+        return await on_a_fitting_thread(digits_from_image,
+                                         await read_upload(request, ctype, accepted))
+    raise unsupported(ctype, accepted)
+
+
+def collectable(data: bytes) -> str:
+    """The file extension of an encoded image worth storing as a correction: one that
+    /api/predict reads (decoded, within the limits), with ink in it; else its ImageError."""
+    digits_from_image(data)
+    with Image.open(io.BytesIO(data), formats=FORMATS) as image:  # the header alone, again
+        return EXTENSIONS[image.format]
 
 
 def parse_top_k(request: Request, default: int) -> int:
@@ -230,16 +276,20 @@ async def predict(request: Request) -> Response:
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD_CONTENT = {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string",
+                                                               "format": "binary"}}}},
+    **{t: _BINARY for t in IMAGE_TYPES},
+    "application/octet-stream": _BINARY,
+}
 PREDICT_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                           "properties": {"file": {"type": "string",
-                                                                   "format": "binary"}}}},
+        "multipart/form-data": UPLOAD_CONTENT["multipart/form-data"],
         "application/json": {"schema": PixelsRequest.model_json_schema(),
                              "example": {"pixels": EXAMPLE_PIXELS}},
-        **{t: _BINARY for t in IMAGE_TYPES},
-        "application/octet-stream": _BINARY,
+        **UPLOAD_CONTENT,
     },
 }
 PREDICT_ERRORS = documented_errors({
@@ -251,7 +301,7 @@ PREDICT_ERRORS = documented_errors({
     500: "the model failed on these images (NaN probabilities, say): the model's fault, not "
          "the request's",
     503: f"the model did not answer within {MODEL_TIMEOUT:g} s (the request is freed)",
-})
+}, leave_out=COLLECT_ONLY)
 
 
 def predict_route(top_k: int) -> dict[str, Any]:
@@ -280,6 +330,59 @@ def predict_route(top_k: int) -> dict[str, Any]:
     )
 
 
+async def collect(request: Request) -> Response:
+    collector = request.app.state.collector
+    label = collector.label(request.query_params.get("label"))
+    ctype = content_type(request)
+    if not is_upload(ctype):
+        raise unsupported(ctype, UPLOAD)
+    try:
+        data = await read_upload(request, ctype, UPLOAD)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    extension = await on_a_fitting_thread(collectable, data)
+    collector.reserve(len(data))  # on the event loop: no other request counts meanwhile
+    try:
+        name = await run_in_threadpool(collector.store, label, data, extension)
+    except BaseException:
+        collector.release(len(data))
+        raise
+    return json_response(CollectResponse(label=label, file=name), status=201)
+
+
+COLLECT_ERRORS = documented_errors({
+    400: "malformed body (broken multipart, empty)",
+    413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
+    415: "a content type that is not an image or multipart",
+    422: "no `label`, or one that is not a class of the model; not a readable image; an empty "
+         "image (no ink); a multipart body without a field `file`",
+    507: f"nothing stored: this server process has stored its limit ({MAX_FILES:,} images, "
+         f"{MAX_BYTES:,} bytes), or the disk is full or the folder no longer writable",
+}, leave_out=PREDICT_ONLY)
+
+
+def collect_route(classes: tuple[str, ...]) -> dict[str, Any]:
+    """`add_api_route`'s arguments for /api/collect, whose labels are the model's classes."""
+    return dict(
+        path="/api/collect", endpoint=collect, methods=["POST"], status_code=201,
+        summary="Store an image as a training example of a class (a correction)",
+        description=(
+            "Only with `mnistlab serve --collect DIR`. Send an image as to /api/predict (a "
+            "multipart field `file`, or the raw body with an image Content-Type; no JSON) "
+            "with `?label=` one of the model's class names. It must be readable and hold ink; "
+            "it is stored as sent, never overwriting a file, in `DIR/train/<label>/`, where "
+            "`mnistlab train --data-dir DIR` reads it."
+        ),
+        response_model=CollectResponse,
+        responses=COLLECT_ERRORS,
+        openapi_extra={"requestBody": {"required": True, "content": UPLOAD_CONTENT},
+                       "parameters": [{
+                           "name": "label", "in": "query", "required": True,
+                           "description": "what the image shows: one of the model's classes",
+                           "schema": {"type": "string", "enum": list(classes)}}]},
+    )
+
+
 # ---- the application -----------------------------------------------------------------------
 
 
@@ -289,12 +392,15 @@ async def lifespan(app: FastAPI):
     app.state.batcher.close()
 
 
-def create_app(predictor: Predictor, *, top_k: int = 3,
-               model_timeout: float = MODEL_TIMEOUT) -> FastAPI:
+def create_app(predictor: Predictor, *, top_k: int = 3, model_timeout: float = MODEL_TIMEOUT,
+               collect: str | os.PathLike | None = None) -> FastAPI:
     """The web page and the HTTP API over one loaded predictor; a request waits for the model
-    at most `model_timeout` seconds, then is answered 503 `model_timeout`."""
+    at most `model_timeout` seconds, then is answered 503 `model_timeout`. With `collect`, a
+    folder (created if missing), corrections are stored there (`POST /api/collect`); a folder
+    that cannot be written, or class names that cannot be folder names, are a MnistlabError."""
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be from 1 to 10, got {top_k}")
+    collector = None if collect is None else Collector(collect, predictor.info["class_names"])
     app = FastAPI(
         title="mnistlab",
         summary="Handwritten digit recognition: draw on the page, or post images to the API.",
@@ -304,7 +410,8 @@ def create_app(predictor: Predictor, *, top_k: int = 3,
     state = app.state
     state.predictor, state.top_k = predictor, top_k
     state.batcher = Batcher(predictor, timeout=model_timeout)
-    state.page = (STATIC_DIR / "index.html").read_bytes()
+    state.collector = collector
+    state.page = page_html(collector)
     state.health = HealthResponse(status="ok", model_loaded=predictor is not None,
                                   model=predictor.info.get("model"))
     state.about = ModelResponse.model_validate(public_info(predictor.info))
@@ -313,7 +420,19 @@ def create_app(predictor: Predictor, *, top_k: int = 3,
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
     app.add_api_route(**predict_route(top_k))
+    if collector is not None:
+        app.add_api_route(**collect_route(collector.classes))
     return app
+
+
+def page_html(collector: Collector | None) -> bytes:
+    """The page; when collecting, its <body> names the folder the corrections go to, which
+    tells the page's script to offer them."""
+    page = (STATIC_DIR / "index.html").read_bytes()
+    if collector is None:
+        return page
+    where = html.escape(str(collector.train), quote=True)
+    return page.replace(b"<body>", f'<body data-collect="{where}">'.encode(), 1)
 
 
 def public_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -345,10 +464,9 @@ def _small_picture(data: bytes) -> bool:
     return width * height <= INLINE_PIXELS
 
 
-def _need(body: bytes) -> bytes:
+def _need(body: bytes, accepted: str) -> bytes:
     if not body:
-        raise MalformedRequestError('empty request body: send an image file or JSON '
-                                    '{"pixels": ...}')
+        raise MalformedRequestError(f"empty request body: send {accepted}")
     return body
 
 
@@ -365,17 +483,19 @@ def _version() -> str:
 
 ENV_MODEL, ENV_BACKEND = "MNISTLAB_SERVE_MODEL", "MNISTLAB_SERVE_BACKEND"
 ENV_TOP_K, ENV_THREADS = "MNISTLAB_SERVE_TOP_K", "MNISTLAB_SERVE_THREADS"
+ENV_COLLECT = "MNISTLAB_SERVE_COLLECT"
 
 
 def app_from_environment() -> FastAPI:
     """`create_app` over the model named by MNISTLAB_SERVE_MODEL (default `default`), with
-    MNISTLAB_SERVE_BACKEND, _TOP_K and _THREADS: what each worker process runs."""
+    MNISTLAB_SERVE_BACKEND, _TOP_K, _THREADS and _COLLECT: what each worker process runs."""
     from mnistlab.serve.server import freeze_loaded_objects, set_threads
 
     threads = int(os.environ.get(ENV_THREADS, "1"))
     set_threads(threads)
     predictor = Predictor.load(os.environ.get(ENV_MODEL, "default"),
                                backend=os.environ.get(ENV_BACKEND, "torch"), threads=threads)
-    app = create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")))
+    app = create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")),
+                     collect=os.environ.get(ENV_COLLECT) or None)
     freeze_loaded_objects()
     return app

@@ -7,7 +7,8 @@ the message is only the detail, and rewording it changes nothing a program reads
 
 Image errors are raised by `mnistlab.inference` (the types of `mnistlab.inference.errors`); the
 request errors below by the server's own reading of a request; a model that does not answer
-in time is a 503 `model_timeout`. A route's 404 and 405 keep Starlette's status, with its phrase
+in time is a 503 `model_timeout`; a correction `--collect` cannot store is a 507 (the server's
+limit reached, or the disk full). A route's 404 and 405 keep Starlette's status, with its phrase
 as the code; a request cut short by a shutdown is a 503 `shutting_down`; anything else is a bug,
 logged and answered as a clean 500 `internal` by `CatchAll`. What the server's HTTP protocol
 refuses before any route sees it (`server.BoundedHttpProtocol`) has the same shape.
@@ -64,6 +65,20 @@ class InvalidRequestError(RequestError):
     outside 1-10."""
 
 
+class UnknownLabelError(RequestError):
+    """A correction (`POST /api/collect`) whose label is none of the model's class names."""
+
+
+class CollectionFullError(Exception):
+    """`--collect`: this server process has stored as many images (or bytes) as it may
+    (`collect.MAX_FILES`, `collect.MAX_BYTES`). A limit of the server, not a bad request."""
+
+
+class StorageError(Exception):
+    """`--collect`: the image could not be stored (the disk is full, the folder is no longer
+    writable); nothing was written. The server's trouble, not the client's."""
+
+
 class ModelTimeoutError(Exception):
     """The model did not answer within the server's time bound (`batcher.MODEL_TIMEOUT`): the
     request is freed and the stuck model call interrupted. The server's trouble, not the
@@ -85,11 +100,19 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnreadableImageError: (422, "bad_image"),
     UnsupportedImageError: (422, "bad_image"),
     ImageError: (422, "bad_image"),  # any other image error (e.g. ImageFileError, a new kind)
+    UnknownLabelError: (422, "unknown_label"),
     ModelTimeoutError: (503, "model_timeout"),
     # the model failed on images it accepted (NaN for these, an ONNX graph's own error): the
     # server's fault, never the client's, said plainly instead of an anonymous 500
     InferenceError: (500, "model_error"),
+    # `--collect`: 507 Insufficient Storage, whether a limit of ours or of the disk
+    CollectionFullError: (507, "collection_full"),
+    StorageError: (507, "cannot_store"),
 }
+# the types only `POST /api/collect` raises, and those it never does (it takes no JSON and
+# runs no model): what each route documents
+COLLECT_ONLY = (UnknownLabelError, CollectionFullError, StorageError)
+PREDICT_ONLY = (BadJsonError, BadPixelsError, ModelTimeoutError, InferenceError)
 
 OTHER_CODES = ("not_found", "method_not_allowed", "internal", "shutting_down")  # 404, 405, 500, 503
 # answered by the server's HTTP protocol (server.BoundedHttpProtocol) before any route: 431, 408
@@ -124,11 +147,15 @@ def error_response(status: int, code: str, detail: str, headers: Any = None) -> 
                     headers=headers)
 
 
-def documented_errors(meaning: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """The `responses` of a route that may answer any error of the table, for OpenAPI: each
-    status with what it means to that route, and the codes the table gives it."""
+def documented_errors(meaning: dict[int, str], leave_out: tuple[type[Exception], ...] = ()
+                      ) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may answer any error of the table but those in
+    `leave_out`, for OpenAPI: each status with what it means to that route, and the codes the
+    table gives it."""
     codes: dict[int, list[str]] = {}
-    for status, code in ERRORS.values():
+    for kind, (status, code) in ERRORS.items():
+        if kind in leave_out:
+            continue
         codes.setdefault(status, [])
         if code not in codes[status]:
             codes[status].append(code)

@@ -76,6 +76,14 @@ class ModelResponse(BaseModel):
     class_names: list[str]
 
 
+class CollectResponse(BaseModel):
+    """A correction stored (`POST /api/collect`, with `mnistlab serve --collect DIR`)."""
+
+    label: str = Field(description="the class it was stored as")
+    file: str = Field(description="the new file, relative to the collect folder: "
+                                  "train/<class>/<UTC time>-<random>.png")
+
+
 # ---- building and sending them -------------------------------------------------------------
 
 
@@ -109,6 +117,6 @@ def prediction(probs: np.ndarray, images: np.ndarray, top_k: int) -> PredictResp
                                            input=None, number=number, digits=digits)
 
 
-def json_response(answer: BaseModel) -> Response:
-    """A model as the JSON body of a 200, serialised once here (FastAPI passes a Response on)."""
-    return Response(answer.model_dump_json(), media_type="application/json")
+def json_response(answer: BaseModel, status: int = 200) -> Response:
+    """A model as a JSON body, serialised once here (FastAPI passes a Response on)."""
+    return Response(answer.model_dump_json(), status_code=status, media_type="application/json")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -223,25 +224,33 @@ def set_threads(threads: int) -> None:
 
 def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
           backend: str = "torch", workers: int = 1, threads: int = 1, top_k: int = 3,
-          log_level: str = "warning") -> None:
-    """Serve the page and the API until Ctrl-C (or SIGTERM)."""
+          collect: str | os.PathLike | None = None, log_level: str = "warning") -> None:
+    """Serve the page and the API until Ctrl-C (or SIGTERM); with `collect`, store the page's
+    corrections in that folder (`collect.py`)."""
     import uvicorn
 
     from mnistlab.inference.predictor import Predictor
     from mnistlab.serve import app as app_module
+    from mnistlab.serve.collect import Collector
 
     set_threads(threads)
     # load once here, also with several workers: a bad checkpoint is one line, before any worker
     predictor = Predictor.load(model, backend=backend, threads=threads)
+    if collect is not None:  # the folder and the class names, checked here for every worker
+        Collector(collect, predictor.info["class_names"])
     sock = listen_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     name = predictor.info.get("model") or model
     print(f"mnistlab: serving model {name} ({backend}) at {url}  (API docs: {url}docs; "
           f"{workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops)", flush=True)
+    if collect is not None:
+        print(f"mnistlab: storing the page's corrections in {Path(collect) / 'train'}/<class>/",
+              flush=True)
     common = uvicorn_options(log_level)
     if workers == 1:
-        config = uvicorn.Config(app_module.create_app(predictor, top_k=top_k), **common)
+        config = uvicorn.Config(app_module.create_app(predictor, top_k=top_k, collect=collect),
+                                **common)
         freeze_loaded_objects()
         uvicorn.Server(config).run(sockets=[sock])
         return
@@ -254,6 +263,7 @@ def serve(model: str = "default", *, host: str = "127.0.0.1", port: int = 8000,
     os.environ[app_module.ENV_BACKEND] = backend
     os.environ[app_module.ENV_TOP_K] = str(top_k)
     os.environ[app_module.ENV_THREADS] = str(threads)
+    os.environ[app_module.ENV_COLLECT] = os.fspath(collect) if collect is not None else ""
     uvicorn.run("mnistlab.serve.app:app_from_environment", factory=True, host=host, port=port,
                 workers=workers, **common)
 

@@ -1,6 +1,8 @@
 // mnistlab's drawing page: a pad drawn with pointer events (mouse, pen, touch), predictions
 // requested while drawing (at most one in flight, at most one every INTERVAL_MS, and always one
 // for the final stroke), and the server's answer shown as bars, a number and the 28x28 input.
+// With `mnistlab serve --collect DIR` (the page's <body data-collect>), each one-digit reading
+// offers "Wrong? It was:" buttons that store the image as drawn for training (POST api/collect).
 "use strict";
 
 const INTERVAL_MS = 120;
@@ -41,6 +43,7 @@ pad.addEventListener("pointerdown", (event) => {
   drawing = { id: event.pointerId, x, y };
   if (source !== "pad") { clearPad(); showUpload(null); }
   source = "pad";
+  setSaved(""); // a new stroke: the last correction's note is about another drawing
   setPen();
   ctx.beginPath();
   ctx.arc(x, y, ctx.lineWidth / 2, 0, 2 * Math.PI);
@@ -78,6 +81,7 @@ $("clear").addEventListener("click", () => {
   source = "pad";
   seq++; // answers to requests already sent are stale now
   showUpload(null);
+  setSaved("");
   showNothing("Draw a digit to start.");
 });
 
@@ -143,6 +147,7 @@ $("file").addEventListener("change", async (event) => {
   source = "file";
   clearPad();
   showUpload(file);
+  setSaved("");
   setStatus(`Reading ${file.name}…`);
   const form = new FormData();
   form.append("file", file, file.name);
@@ -160,6 +165,7 @@ function setStatus(text, error = false) {
 function showNothing(text) {
   $("single").hidden = true;
   $("multi").hidden = true;
+  $("correct").hidden = true;
   $("seen-figure").hidden = true;
   setStatus(text);
 }
@@ -170,6 +176,7 @@ function showError(text) {
 }
 
 function showUpload(file) {
+  uploaded = file;
   const img = $("uploaded");
   if (img.src) URL.revokeObjectURL(img.src);
   $("uploaded-figure").hidden = !file;
@@ -208,35 +215,97 @@ function show(answer) {
       paint(canvas, d.input);
       const digit = document.createElement("span");
       digit.className = "d";
-      digit.textContent = d.digit;
+      digit.textContent = nameOf(d.digit);
       const prob = document.createElement("span");
       prob.className = "p";
       prob.textContent = pct(d.confidence);
       li.append(canvas, digit, prob);
-      li.setAttribute("aria-label", `${d.digit}, ${pct(d.confidence)} sure`);
+      li.setAttribute("aria-label", `${nameOf(d.digit)}, ${pct(d.confidence)} sure`);
       list.append(li);
     }
     setStatus(`Read ${answer.digits.length} digits: ${answer.number}.`);
   } else {
     const d = answer.digits[0];
-    $("digit").textContent = d.digit;
+    $("digit").textContent = nameOf(d.digit);
     $("confidence").textContent = pct(d.confidence) + " sure";
     const bars = $("bars");
     bars.replaceChildren();
     for (const t of d.top_k) {
       const li = document.createElement("li");
       li.innerHTML = '<span class="label"></span><span class="bar"><span></span></span><span class="value"></span>';
-      li.querySelector(".label").textContent = t.digit;
+      li.querySelector(".label").textContent = nameOf(t.digit);
       li.querySelector(".bar > span").style.width = (100 * t.probability).toFixed(1) + "%";
       li.querySelector(".value").textContent = pct(t.probability);
-      li.setAttribute("aria-label", `${t.digit}: ${pct(t.probability)}`);
+      li.setAttribute("aria-label", `${nameOf(t.digit)}: ${pct(t.probability)}`);
       bars.append(li);
     }
-    setStatus(`Looks like a ${d.digit}.`);
+    setStatus(`Looks like a ${nameOf(d.digit)}.`);
   }
+  // a correction is of one drawing of one digit: a number's digits are not cut out here
+  $("correct").hidden = !collecting;
+  $("correct-one").hidden = many;
+  $("correct-many").hidden = !many;
   // with several digits each has its own small picture; with one, a large one
   $("seen-figure").hidden = many;
   if (!many) paint($("seen"), answer.digits[0].input);
+}
+
+// ---- corrections (mnistlab serve --collect DIR) --------------------------------------------
+
+const collectFolder = document.body.dataset.collect; // undefined unless the server collects
+let classNames = []; // the model's, from api/model: a reading's digit is an index into them
+let collecting = false;
+let saving = false;
+let uploaded = null; // the file shown, stored as it is when a reading of it is corrected
+
+const nameOf = (i) => (i in classNames ? classNames[i] : String(i));
+
+function setUpCorrections() {
+  $("collect-where").textContent =
+    `Corrections are stored as drawn in ${collectFolder}/<class>/, to train a model on.`;
+  $("collect-where").hidden = false;
+  for (const name of classNames) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = name;
+    button.addEventListener("click", () => correct(name));
+    $("classes").append(button);
+  }
+  collecting = true;
+}
+
+function setSaved(text, error = false) {
+  const s = $("saved");
+  s.textContent = text;
+  s.classList.toggle("error", error);
+}
+
+const padPng = () => new Promise((resolve) => pad.toBlob(resolve, "image/png"));
+
+async function correct(label) {
+  if (saving) return; // one at a time; the buttons stay focusable for the keyboard meanwhile
+  saving = true;
+  $("correct").setAttribute("aria-busy", "true");
+  setSaved(`Saving as ${label}…`);
+  try {
+    const init = { method: "POST" };
+    if (source === "file" && uploaded) {
+      init.body = new FormData();
+      init.body.append("file", uploaded, uploaded.name);
+    } else {
+      init.body = await padPng();
+      init.headers = { "Content-Type": "image/png" };
+    }
+    const response = await fetch("api/collect?label=" + encodeURIComponent(label), init);
+    const answer = await response.json().catch(() => null);
+    if (response.ok) setSaved(`Saved as ${answer.label}: ${answer.file}`);
+    else setSaved("Not saved: " + ((answer && answer.detail) || `the server answered ${response.status}.`), true);
+  } catch (err) {
+    setSaved("Not saved: the server did not answer (" + err.message + ").", true);
+  } finally {
+    saving = false;
+    $("correct").removeAttribute("aria-busy");
+  }
 }
 
 // ---- start ---------------------------------------------------------------------------------
@@ -246,4 +315,6 @@ fetch("api/model").then((r) => r.json()).then((info) => {
   const name = info.model || "model";
   const acc = info.test_accuracy;
   $("model").textContent = `model: ${name}` + (acc ? ` (test accuracy ${(100 * acc).toFixed(2)}%)` : "");
+  classNames = Array.isArray(info.class_names) ? info.class_names.map(String) : [];
+  if (collectFolder !== undefined && classNames.length) setUpCorrections();
 }).catch(() => { $("model").textContent = "model: unknown"; });
