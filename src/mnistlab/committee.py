@@ -102,5 +102,5 @@ def format_ensemble(result: EnsembleResult) -> str:
                      f"(sd {100 * statistics.stdev(accuracies):.2f})")
     m = result.metrics
     lines.append(f"ensemble (averaged probabilities): accuracy {100 * m.accuracy:.2f}%  "
-                 f"({m.count - round(m.accuracy * m.count):,} errors)  loss {m.loss:.4f}")
+                 f"({m.errors_text()})  loss {m.loss:.4f}")
     return "\n".join(lines)

@@ -103,7 +103,7 @@ def format_evaluation(ev: Evaluation) -> str:
         f"{ev.checkpoint}: {ev.meta.get('model', {}).get('name', '?')} on {ev.dataset} {ev.split} "
         f"({m.count:,} images)",
         *([data_line(ev.data_dir, ev.data_origin)] if ev.data_dir else []),
-        f"accuracy {100 * m.accuracy:.2f}%  ({m.count - round(m.accuracy * m.count):,} errors)  "
+        f"accuracy {100 * m.accuracy:.2f}%  ({m.errors_text()})  "
         f"loss {m.loss:.4f}",
     ]
     if ev.meta.get("dropout_at_test"):

@@ -21,6 +21,14 @@ class Metrics:
     confusion: list[list[int]]  # confusion[true][predicted]
 
     @property
+    def errors(self) -> int:
+        return self.count - round(self.accuracy * self.count)
+
+    def errors_text(self) -> str:
+        """"26 errors", "1 error": as the commands print it."""
+        return f"{self.errors:,} error{'s' * (self.errors != 1)}"
+
+    @property
     def per_class_accuracy(self) -> list[float]:
         return [row[i] / max(1, sum(row)) for i, row in enumerate(self.confusion)]
 
