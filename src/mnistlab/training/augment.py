@@ -58,6 +58,8 @@ def elastic_field(n: int, height: int, width: int, alpha: float, sigma: float,
     # displacement channels on its own (groups=2)
     field = F.conv2d(field, kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
     field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
-    # pixels to affine_grid's units, in which the image spans 2 along each side
-    scale = torch.tensor([2 * alpha / width, 2 * alpha / height], device=device)
-    return field.permute(0, 2, 3, 1) * scale
+    # pixels to affine_grid's units, in which the image spans 2 along each side; scaled by
+    # Python numbers, not a tensor made from them: that would be a copy from the host, which
+    # a CUDA graph cannot capture
+    field = torch.cat([field[:, :1] * (2 * alpha / width), field[:, 1:] * (2 * alpha / height)], 1)
+    return field.permute(0, 2, 3, 1)
