@@ -44,7 +44,8 @@ MAX_BATCH_SIZE = 65_536  # MNIST's training split has 60,000 images: a batch is 
 # Random seeds: torch.manual_seed takes 64 bits, and the batch plan seeds each epoch's generator
 # with seed * 1,000,003 + epoch, which 32-bit seeds keep well inside them.
 MAX_SEED = 2**32 - 1
-DEFAULT_RECIPE = "quick"  # what `mnistlab train` and `mnistlab.train()` train when not told
+DEFAULT_RECIPE = "quick"
+MAX_TEACHERS = 32  # models a run distils from: an ensemble's members  # what `mnistlab train` and `mnistlab.train()` train when not told
 # A recipe's name names its run folder (runs/NAME-TIME): one plain path component, never a path.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 NAME_RULE = ("letters, digits, '.', '-' and '_', not starting with '.', at most 64 characters "
@@ -229,6 +230,26 @@ class QuirksSection:
 
 
 @dataclass(frozen=True)
+class DistillSection:
+    """Knowledge distillation (Hinton et al. 2015): the model learns, besides the labels, the
+    averaged probabilities of trained models, the teachers, both softened by `temperature`;
+    `weight` of the loss is the teachers', the rest the labels'. No teachers: none."""
+
+    teachers: list[str] = field(default_factory=list)  # checkpoints: run folders, model files
+    temperature: float = 4.0
+    weight: float = 0.9
+
+    def check(self) -> None:
+        if len(self.teachers) > MAX_TEACHERS or not all(0 < len(t) <= 4096 for t in self.teachers):
+            raise ValueError(f"teachers: expected at most {MAX_TEACHERS} checkpoints' paths")
+        if not 0 < self.temperature <= 100:
+            raise ValueError(f"temperature: expected a number above 0, at most 100, got "
+                             f"{self.temperature}")
+        if not 0 <= self.weight <= 1:
+            raise ValueError(f"weight: expected a number from 0 to 1, got {self.weight}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -239,6 +260,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
     quirks: QuirksSection = field(default_factory=QuirksSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     claim: Claim | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -354,6 +376,7 @@ def _checked(recipe: Recipe, where: str, *, check_model: bool = True) -> Recipe:
         "train": recipe.train,
         "augment": recipe.augment,
         "quirks": recipe.quirks,
+        "distill": recipe.distill,
     }
     for name, section in sections.items():
         if section is None:

@@ -34,6 +34,7 @@ from mnistlab.recipebook import Recipe, recipe_from_dict
 from mnistlab.recipebook.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
 from mnistlab.training import distributed, rundir, state
 from mnistlab.training.batches import BatchPlan
+from mnistlab.training.distill import load_teachers
 from mnistlab.training.ema import WeightAverage
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.optim import lr_factor, make_optimizer
@@ -222,6 +223,8 @@ class Trainer:
         else:
             self._start = plan_start(recipe, self.data_dir, self.init)
         self.recipe = self._start.recipe  # with the model this run trains (its classes)
+        # before the run folder: a teacher that cannot be loaded leaves nothing behind
+        self._teachers = load_teachers(self.recipe.distill, self._start.class_names, self.device)
         train, validation = (self._relabelled(split) for split in (train, validation))
         self._check_length(len(train))
         if self.device.type == "cpu":
@@ -293,7 +296,7 @@ class Trainer:
         train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
                                batch_size=len(distributed.shard(torch.arange(train_cfg.batch_size), world)),
                                bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph,
-                               compile=self.compile, ema=ema)
+                               compile=self.compile, ema=ema, teachers=self._teachers)
         return _Loop(model=model, optimizer=optimizer, plan=plan, ema=ema, freezer=freezer,
                      train_step=train_step, window=window, progress=progress,
                      validation=validation, start_step=start_step, steps_done=start_step,

@@ -33,6 +33,7 @@ from mnistlab.device import sum_dtype, wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.recipebook import Recipe
 from mnistlab.training.augment import random_distortion
+from mnistlab.training.distill import Teachers, distilled_loss
 from mnistlab.training.ema import WeightAverage
 
 # eager steps before the capture: they create the optimiser's state and let cuDNN and cuBLAS
@@ -69,8 +70,10 @@ class TrainStep:
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                  labels: torch.Tensor, recipe: Recipe, totals: Totals, *, batch_size: int,
                  bf16: bool, loss_scale: float = 1, cuda_graph: bool = False,
-                 compile: bool = False, ema: WeightAverage | None = None):
+                 compile: bool = False, ema: WeightAverage | None = None,
+                 teachers: Teachers | None = None):
         self.net, self.optimizer = net, optimizer
+        self.teachers = teachers  # where the recipe distils: the loss learns their answers too
         self.batch_size = batch_size
         self.images, self.labels = images, labels
         self.recipe, self.totals = recipe, totals
@@ -158,6 +161,9 @@ class TrainStep:
         loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
             self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
             label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
+        if self.teachers is not None:
+            loss = distilled_loss(loss, logits, self.teachers(x), recipe.distill,
+                                  train.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
         self.optimizer.step()
