@@ -24,6 +24,12 @@ The same members, one command per recipe, on any machine:
     ... (the same for best-elastic-60-full, valid3-full, valid5-full and valid7-full)
     mnistlab ensemble runs/ens/*/seed-*
 
+`--distill` then trains the shipped model's architecture taught by all the members
+(docs/experiments/ensemble/distill-compact.toml, its teachers replaced by this run's member
+folders) and tests it once; the same on any machine, after the members above:
+
+    mnistlab train --recipe docs/experiments/ensemble/distill-compact.toml --out runs/ens/distilled
+
 `--smoke-steps 20 --device cpu` checks the script in a quarter of an hour, measuring nothing.
 """
 
@@ -56,6 +62,8 @@ def main() -> None:
                         help="seconds after which no further member starts (the first five always do)")
     parser.add_argument("--smoke-steps", type=int, help="train every member this many steps only "
                         "(to check the script, not to measure)")
+    parser.add_argument("--distill", action="store_true",
+                        help="then train distill-compact taught by every member, and test it")
     args = parser.parse_args()
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     report: dict = {"device": device_name, "members": []}
@@ -103,6 +111,22 @@ def main() -> None:
               f"(training time median {statistics.median(m['train_seconds'] for m in group):.1f} s)",
               flush=True)
     log.write_text(json.dumps(report, indent=1))
+    if args.distill:
+        report["distilled"] = distil([m["run"] for m in members], args)
+        log.write_text(json.dumps(report, indent=1))
+
+
+def distil(teachers: list[str], args: argparse.Namespace) -> dict:
+    """The shipped architecture taught by `teachers`, trained once, tested once."""
+    recipe = load_recipe(RECIPES / "distill-compact.toml").updated(distill={"teachers": teachers})
+    if args.smoke_steps:
+        recipe = recipe.with_length(steps=args.smoke_steps)
+    run = args.out / "distill-compact" / "seed-0"
+    result = Trainer(recipe, run, seed=0, device=args.device, progress=Progress(1, quiet=True)).run()
+    print(f"distilled into compact's architecture: test {100 * result.test.accuracy:.2f}%  "
+          f"{result.train_seconds:.1f} s", flush=True)
+    return {"run": str(run), "teachers": len(teachers), "test": result.test.accuracy,
+            "train_seconds": result.train_seconds, "cuda_graph": result.cuda_graph}
 
 
 STARTED = time.perf_counter()

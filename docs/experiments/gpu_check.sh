@@ -2,7 +2,8 @@
 # The GPU checks of the speed and accuracy issues, on a GPU machine (its python3 has PyTorch
 # with CUDA; mnistlab runs from src/ without installing), in two calls of under 10 minutes each:
 #   OUT=$OUT bash docs/experiments/gpu_check.sh speed
-#   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time)
+#   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time;
+#                                                             DISTILL=1 also distils the members)
 #   OUT=$OUT bash docs/experiments/gpu_check.sh api          (about a minute)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
@@ -41,7 +42,7 @@ accuracy() {
   # 140 s, which the last member and the ensembles' evaluation need
   local seconds=${SECONDS_LEFT:-560}
   echo "== ensemble: ten members of five recipes, then their ensembles on test"
-  timeout "$seconds" $py docs/experiments/ensemble_members_gpu.py --out /tmp/ensemble --budget $((seconds - 140))
+  timeout "$seconds" $py docs/experiments/ensemble_members_gpu.py --out /tmp/ensemble --budget $((seconds - 140)) ${DISTILL:+--distill}
   cp /tmp/ensemble/ensemble-members.json "$OUT/"
 }
 
