@@ -65,17 +65,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from mnistlab.checkpoint import SHIPPED_MODELS
     from mnistlab.models import MODELS, build_model, format_summary
     from mnistlab.recipebook import load_recipe, recipe_names
 
     name = args.name
+    # a model's name first, then a recipe's: `summary keras-cnn` is the architecture (with its
+    # default arguments), though a shipped model and a recipe are named so too
     if name in MODELS:  # the model with its default arguments
         model, title = build_model(name, init="pytorch"), name
     elif name in recipe_names() or name.endswith(".toml"):  # the model a recipe trains
         recipe = load_recipe(name)
         model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
         title = f"{recipe.model.name} (recipe {recipe.name})"
-    elif name == "default" or Path(name).exists():  # the model a checkpoint holds
+    elif name in SHIPPED_MODELS or Path(name).exists():  # the model a checkpoint holds
         mnistlab.load(name, device="cpu").summary()
         return 0
     else:
@@ -445,8 +448,9 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
 
 # What several commands take, each worded once.
 
-CHECKPOINT = "a run folder, a model .safetensors file or 'default' (the shipped model)"
-RUN_DIR = "a run folder or 'default' (the shipped model)"
+SHIPPED = "'default', 'keras-cnn' or 'softmax-regression' (the shipped models)"
+CHECKPOINT = f"a run folder, a model .safetensors file or {SHIPPED}"
+RUN_DIR = f"a run folder or {SHIPPED}"
 
 
 def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> None:
@@ -459,8 +463,7 @@ def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> N
 def _model_options(p: argparse.ArgumentParser) -> None:
     """What `predict` and `serve` share: the model, what runs it, and how many guesses it lists."""
     p.add_argument("--model", default="default", metavar="CHECKPOINT",
-                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
-                        "(the shipped model)")
+                   help=f"a run folder, a model .safetensors file, an .onnx file or {SHIPPED}")
     p.add_argument("--backend", choices=["torch", "onnx"],
                    help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
                         "file, torch otherwise)")
