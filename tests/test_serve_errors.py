@@ -40,6 +40,7 @@ from mnistlab.serve.errors import (
     RequestError,
     StorageError,
     UnknownLabelError,
+    UnknownModelError,
     UnsupportedMediaTypeError,
     answer_error,
     status_of,
@@ -125,6 +126,8 @@ TRIGGERS = {
     UnreadableImageError: [png(b"\x89PNG\r\n\x1a\n not really"), dict(
         content=b"GIF89a" + bytes(40), headers={"Content-Type": "image/gif"})],
     UnsupportedImageError: [png(b"hello, I am text"), png(encoded(np.zeros((28, 28)), "TIFF"))],
+    UnknownModelError: [dict(params={"model": "nope"}, json={"pixels": [[0] * 28] * 28}),
+                        dict(params={"model": ""}, content=b"\0", headers={"Content-Type": "text/x"})],
 }
 CASES = [(kind, i, kwargs) for kind, requests in TRIGGERS.items() for i, kwargs in enumerate(requests)]
 
@@ -155,6 +158,7 @@ def test_the_table_is_the_documented_contract():
         UnsupportedImageError: (422, "bad_image"),
         ImageError: (422, "bad_image"),
         UnknownLabelError: (422, "unknown_label"),
+        UnknownModelError: (422, "unknown_model"),
         ModelTimeoutError: (503, "model_timeout"),
         InferenceError: (500, "model_error"),
         CollectionFullError: (507, "collection_full"),
@@ -230,7 +234,8 @@ def test_health_and_model_answers_are_the_documented_models(client, predictor):
                                     model=predictor.info["model"]).model_dump_json()
     r = client.get("/api/model")
     assert ModelResponse.model_validate_json(r.content).model_dump_json() == r.text
-    assert list(r.json()) == list(predictor.info)  # the predictor's keys, in its order
+    # its name and whether it is the default, then the predictor's keys, in its order
+    assert list(r.json()) == ["name", "default", *predictor.info]
 
 
 def test_openapi_documents_the_same_classes(client):

@@ -262,18 +262,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(args: argparse.Namespace) -> str:
-    """--backend as given, else ONNX Runtime for an .onnx file and PyTorch for the rest."""
-    if args.backend:
-        return args.backend
-    return "onnx" if str(args.model).lower().endswith(".onnx") else "torch"
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
-    serve(args.model, host=args.host, port=args.port, backend=_backend(args), workers=args.workers,
-          threads=args.threads, top_k=args.top_k, collect=args.collect)
+    # ONNX Runtime unless told otherwise: twice PyTorch's throughput here (docs/SERVING.md)
+    serve(args.model or ["default"], host=args.host, port=args.port,
+          backend=args.backend or "onnx", workers=args.workers, threads=args.threads,
+          top_k=args.top_k, collect=args.collect)
     return 0
 
 
@@ -418,7 +413,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    _model_options(p)
+    _model_options(p, many=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=_positive, default=1,
@@ -460,15 +455,28 @@ def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> N
         p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT)
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    """What `predict` and `serve` share: the model, what runs it, and how many guesses it lists."""
-    p.add_argument("--model", default="default", metavar="CHECKPOINT",
-                   help=f"a run folder, a model .safetensors file, an .onnx file or {SHIPPED}")
-    p.add_argument("--backend", choices=["torch", "onnx"],
-                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
-                        "file, torch otherwise)")
-    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
-                   help="candidates listed per digit, 1-10 (default 3)")
+def _model_options(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """What `predict` and `serve` share: the model (`serve`: several, the first the default),
+    what runs it, and how many guesses it lists."""
+    what = f"a run folder, a model .safetensors file, an .onnx file or {SHIPPED}"
+    if many:
+        p.add_argument("--model", action="append", metavar="CHECKPOINT",
+                       help=f"{what}; given several times, each is served and the first is the "
+                            "default (default: default)")
+        p.add_argument("--backend", choices=["torch", "onnx"],
+                       help="compute predictions with PyTorch or ONNX Runtime (default onnx; "
+                            "explanations always use PyTorch)")
+    else:
+        p.add_argument("--model", default="default", metavar="CHECKPOINT", help=what)
+        p.add_argument("--backend", choices=["torch", "onnx"],
+                       help="run the model with PyTorch or ONNX Runtime (default: onnx for an "
+                            ".onnx file, torch otherwise)")
+    if many:  # a request may ask for up to its model's classes (`?top_k=`)
+        p.add_argument("--top-k", type=_positive, default=3, metavar="K",
+                       help="candidates listed per digit, at most the model's classes (default 3)")
+    else:
+        p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+                       help="candidates listed per digit, 1-10 (default 3)")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
