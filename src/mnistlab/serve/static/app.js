@@ -1,6 +1,8 @@
 // mnistlab's drawing page: a pad drawn with pointer events (mouse, pen, touch), predictions
 // requested while drawing (at most one in flight, at most one every INTERVAL_MS, and always one
-// for the final stroke), and the server's answer shown as bars, a number and the 28x28 input.
+// for the final stroke), and the server's answer shown as bars (every class's probability, the
+// most likely marked), a number and the 28x28 input. The strokes are kept, so that the last one
+// can be undone (the pad is redrawn from the others), each with the brush size it was drawn with.
 // With `mnistlab serve --collect DIR` (the page's <body data-collect>), each one-digit reading
 // offers "Wrong? It was:" buttons that store the image as drawn for training (POST api/collect).
 "use strict";
@@ -12,23 +14,68 @@ const $ = (id) => document.getElementById(id);
 
 // ---- the pad -------------------------------------------------------------------------------
 
+// the brush sizes, in pad pixels; the middle one is about a tenth of the pad's height, as an
+// MNIST digit's stroke is 2-3 of its 28 pixels (the reading centres and scales the ink, so the
+// others read well too: they are for comfort, not for the model)
+const BRUSHES = [12, 16, 22, 28, 36];
+const BRUSH_NAMES = ["finest", "fine", "medium", "broad", "broadest"];
+
 function clearPad() {
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, pad.width, pad.height);
-  inked = false;
+  strokes = [];
+  showUndo();
 }
 
-function setPen() {
-  // about a tenth of the pad's height: an MNIST digit's stroke is 2-3 of its 28 pixels
-  ctx.lineWidth = Math.round(pad.height / 13);
+function setPen(width) {
+  ctx.lineWidth = width;
   ctx.lineCap = "round";
   ctx.lineJoin = "round";
   ctx.strokeStyle = "#111";
   ctx.fillStyle = "#111";
 }
 
-let inked = false;
-let drawing = null; // the pointer id drawing now, and its last point
+function dot(stroke) {
+  const [x, y] = stroke.points[0];
+  setPen(stroke.width);
+  ctx.beginPath();
+  ctx.arc(x, y, stroke.width / 2, 0, 2 * Math.PI);
+  ctx.fill();
+}
+
+function line(stroke, from) {
+  // the stroke's points from index `from - 1` on: the last segment while drawing, all on a redraw
+  setPen(stroke.width);
+  ctx.beginPath();
+  ctx.moveTo(...stroke.points[from - 1]);
+  for (let i = from; i < stroke.points.length; i++) ctx.lineTo(...stroke.points[i]);
+  ctx.stroke();
+}
+
+function redraw() {
+  const kept = strokes;
+  clearPad();
+  strokes = kept;
+  for (const stroke of strokes) {
+    dot(stroke);
+    if (stroke.points.length > 1) line(stroke, 1);
+  }
+  showUndo();
+}
+
+const brushWidth = () => BRUSHES[Number($("brush").value) - 1] || BRUSHES[2];
+
+$("brush").addEventListener("input", () => {
+  $("brush").setAttribute("aria-valuetext", BRUSH_NAMES[Number($("brush").value) - 1] || "");
+});
+
+let strokes = []; // each {width, points: [[x, y], ...]}: what an undo redraws the pad from
+let drawing = null; // the pointer drawing now, and its stroke
+const inked = () => strokes.length > 0;
+
+function showUndo() {
+  $("undo").disabled = strokes.length === 0;
+}
 
 function toPad(event) {
   const r = pad.getBoundingClientRect();
@@ -39,16 +86,14 @@ pad.addEventListener("pointerdown", (event) => {
   if (event.button !== 0 || drawing) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
-  const [x, y] = toPad(event);
-  drawing = { id: event.pointerId, x, y };
   if (source !== "pad") { clearPad(); showUpload(null); }
   source = "pad";
   setSaved(""); // a new stroke: the last correction's note is about another drawing
-  setPen();
-  ctx.beginPath();
-  ctx.arc(x, y, ctx.lineWidth / 2, 0, 2 * Math.PI);
-  ctx.fill();
-  inked = true;
+  const stroke = { width: brushWidth(), points: [toPad(event)] };
+  strokes.push(stroke);
+  drawing = { id: event.pointerId, stroke };
+  dot(stroke);
+  showUndo();
   schedule();
 });
 
@@ -56,15 +101,10 @@ pad.addEventListener("pointermove", (event) => {
   if (!drawing || event.pointerId !== drawing.id) return;
   event.preventDefault();
   const points = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
-  setPen();
-  ctx.beginPath();
-  ctx.moveTo(drawing.x, drawing.y);
-  for (const p of points.length ? points : [event]) {
-    const [x, y] = toPad(p);
-    ctx.lineTo(x, y);
-    drawing.x = x; drawing.y = y;
-  }
-  ctx.stroke();
+  const stroke = drawing.stroke;
+  const from = stroke.points.length;
+  for (const p of points.length ? points : [event]) stroke.points.push(toPad(p));
+  line(stroke, from);
   schedule();
 });
 
@@ -76,17 +116,38 @@ function endStroke(event) {
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
-$("clear").addEventListener("click", () => {
-  clearPad();
+function startAgain() {
   source = "pad";
   seq++; // answers to requests already sent are stale now
   showUpload(null);
   setSaved("");
   showNothing("Draw a digit to start.");
+}
+
+$("clear").addEventListener("click", () => {
+  clearPad();
+  startAgain();
+});
+
+$("undo").addEventListener("click", () => {
+  if (drawing || !strokes.length) return; // never the stroke being drawn
+  strokes.pop();
+  redraw();
+  setSaved("");
+  if (strokes.length) schedule(true); else startAgain();
 });
 
 pad.addEventListener("keydown", (event) => {
   if (event.key === "Escape" || event.key === "Delete" || event.key === "Backspace") $("clear").click();
+});
+
+document.addEventListener("keydown", (event) => {
+  // Ctrl+Z (Cmd+Z) undoes a stroke wherever the focus is, but in a field that has its own undo
+  const field = event.target instanceof HTMLInputElement && event.target.type !== "range";
+  if ((event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "z" && !field) {
+    event.preventDefault();
+    $("undo").click();
+  }
 });
 
 // ---- requests ------------------------------------------------------------------------------
@@ -108,7 +169,7 @@ function schedule(now = false) {
 
 function sendPad() {
   if (!wanted || inFlight) return;
-  if (!inked) { wanted = false; return; }
+  if (!inked()) { wanted = false; return; }
   wanted = false;
   inFlight = true;
   lastSent = performance.now();
@@ -128,7 +189,8 @@ async function predict(body, type, mine) {
   try {
     const init = { method: "POST", body };
     if (type) init.headers = { "Content-Type": type };
-    response = await fetch("api/predict", init);
+    // every class's probability, for the bars: top_k up to the model's classes
+    response = await fetch(`api/predict?top_k=${classNames.length || 10}`, init);
     answer = await response.json();
   } catch (err) {
     if (mine === seq) showError("The server did not answer: " + err.message);
@@ -199,6 +261,28 @@ function paint(canvas, rows) {
   c.putImageData(image, 0, 0);
 }
 
+function probabilityBars(reading, mini = false) {
+  // one bar per class, in the classes' order, the most likely marked: the answer lists them by
+  // probability (all of them, as requested), and a class it leaves out is shown at 0
+  const list = document.createElement("ol");
+  list.className = mini ? "bars mini" : "bars";
+  const given = new Map(reading.top_k.map((t) => [t.digit, t.probability]));
+  const count = Math.max(classNames.length, ...reading.top_k.map((t) => t.digit + 1));
+  for (let i = 0; i < count; i++) {
+    const p = given.get(i) || 0;
+    const li = document.createElement("li");
+    li.innerHTML = '<span class="label"></span><span class="bar"><span></span></span><span class="value"></span>';
+    li.querySelector(".label").textContent = nameOf(i);
+    li.querySelector(".bar > span").style.width = (100 * p).toFixed(1) + "%";
+    li.querySelector(".value").textContent = pct(p);
+    const top = i === reading.digit;
+    li.classList.toggle("top", top);
+    li.setAttribute("aria-label", `${nameOf(i)}: ${pct(p)}` + (top ? " (most likely)" : ""));
+    list.append(li);
+  }
+  return list;
+}
+
 function show(answer) {
   const many = answer.digits.length > 1;
   $("single").hidden = many;
@@ -219,7 +303,9 @@ function show(answer) {
       const prob = document.createElement("span");
       prob.className = "p";
       prob.textContent = pct(d.confidence);
-      li.append(canvas, digit, prob);
+      const bars = probabilityBars(d, true);
+      bars.setAttribute("aria-hidden", "true"); // the item's label says the reading
+      li.append(canvas, digit, prob, bars);
       li.setAttribute("aria-label", `${nameOf(d.digit)}, ${pct(d.confidence)} sure`);
       list.append(li);
     }
@@ -228,17 +314,7 @@ function show(answer) {
     const d = answer.digits[0];
     $("digit").textContent = nameOf(d.digit);
     $("confidence").textContent = pct(d.confidence) + " sure";
-    const bars = $("bars");
-    bars.replaceChildren();
-    for (const t of d.top_k) {
-      const li = document.createElement("li");
-      li.innerHTML = '<span class="label"></span><span class="bar"><span></span></span><span class="value"></span>';
-      li.querySelector(".label").textContent = nameOf(t.digit);
-      li.querySelector(".bar > span").style.width = (100 * t.probability).toFixed(1) + "%";
-      li.querySelector(".value").textContent = pct(t.probability);
-      li.setAttribute("aria-label", `${nameOf(t.digit)}: ${pct(t.probability)}`);
-      bars.append(li);
-    }
+    $("bars").replaceChildren(...probabilityBars(d).children);
     setStatus(`Looks like a ${nameOf(d.digit)}.`);
   }
   // a correction is of one drawing of one digit: a number's digits are not cut out here
