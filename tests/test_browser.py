@@ -386,3 +386,71 @@ def test_page_offers_no_corrections_when_the_server_does_not_collect(page):
     expect(page.locator("#correct")).to_be_hidden()
     expect(page.locator("#collect-where")).to_be_hidden()
     assert page.locator("#classes button").count() == 0
+
+
+# ---- several models: the menu and the comparison --------------------------------------------
+
+MODELS = ["keras-cnn", "softmax-regression", "default"]
+
+
+@pytest.fixture(scope="module")
+def models_server():
+    predictors = {"keras-cnn": Predictor.load("keras-cnn", backend="onnx"),
+                  "softmax-regression": Predictor.load("softmax-regression", backend="onnx"),
+                  "default": Predictor.load("default")}
+    with running_server(create_app(predictors)) as url:
+        yield url
+
+
+@pytest.fixture
+def models_page(browser, models_server):
+    with opened(browser, models_server) as page:
+        yield page
+
+
+def test_the_model_menu_lists_the_models_and_picks_one(models_page):
+    page = models_page
+    menu = page.get_by_label("Model", exact=True)
+    expect(menu.locator("option")).to_have_count(3)
+    assert menu.locator("option").all_inner_texts() == [
+        "keras-cnn (keras-cnn, 99.00%, onnx)", "softmax-regression (softmax, 91.68%, onnx)",
+        "default (mnistlab-cnn, 99.74%, torch)"]
+    expect(page.locator("#model")).to_contain_text("keras-cnn (keras-cnn, test accuracy 99.00%, "
+                                                   "predictions by ONNX Runtime)")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    first = page.locator("#confidence").inner_text()
+    menu.focus()
+    page.keyboard.press("ArrowDown")  # by keyboard: the next model, read again at once
+    expect(page.locator("#model")).to_contain_text("softmax-regression")
+    expect(page.locator("#confidence")).not_to_have_text(first, timeout=WAIT_MS)
+
+
+def test_compare_shows_every_model_s_reading_of_one_drawing(models_page):
+    page = models_page
+    compare = page.get_by_role("button", name="Compare all")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    expect(page.locator("#comparison")).to_be_hidden()
+    compare.click()
+    expect(compare).to_have_attribute("aria-pressed", "true")
+    cards = page.locator("#compare-grid .card")
+    expect(cards).to_have_count(3, timeout=WAIT_MS)
+    expect(cards.locator("h3")).to_have_text(MODELS)
+    expect(cards.locator(".reading")).to_have_text([re.compile(r"^7\d")] * 3)
+    expect(cards.first).to_have_class("card chosen")
+    for i in range(3):
+        expect(cards.nth(i).locator(".bars li")).to_have_count(10)
+        expect(cards.nth(i).locator(".bars li.top .label")).to_have_text("7")
+    sure = cards.locator(".reading small").all_inner_texts()
+    assert len(set(sure)) == 3, sure  # three models, three probabilities
+    # a number drawn while comparing: each model reads it, each digit with its bars
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#comparison")).to_be_hidden()
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    seven(pad, cx=0.6)
+    expect(cards.locator(".reading")).to_have_text([re.compile(r"^17\d")] * 3, timeout=WAIT_MS)
+    expect(cards.nth(1).locator(".bars")).to_have_count(2)
+    compare.press("Enter")  # off again, by keyboard
+    expect(page.locator("#comparison")).to_be_hidden()

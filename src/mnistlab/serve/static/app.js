@@ -3,6 +3,8 @@
 // for the final stroke), and the server's answer shown as bars (every class's probability, the
 // most likely marked), a number and the 28x28 input. The strokes are kept, so that the last one
 // can be undone (the pad is redrawn from the others), each with the brush size it was drawn with.
+// A menu picks the model (GET api/models lists them); "Compare all" reads each drawing with
+// every model at once and shows their readings side by side.
 // With `mnistlab serve --collect DIR` (the page's <body data-collect>), each one-digit reading
 // offers "Wrong? It was:" buttons that store the image as drawn for training (POST api/collect).
 "use strict";
@@ -184,22 +186,50 @@ function sendPad() {
   }, "image/png");
 }
 
-async function predict(body, type, mine) {
-  let response, answer;
+async function ask(model, body, type) {
+  // one model's reading: {answer} or {error, empty}
   try {
     const init = { method: "POST", body };
     if (type) init.headers = { "Content-Type": type };
     // every class's probability, for the bars: top_k up to the model's classes
-    response = await fetch(`api/predict?top_k=${classNames.length || 10}`, init);
-    answer = await response.json();
+    const query = new URLSearchParams({ top_k: model.class_names.length, model: model.name });
+    const response = await fetch("api/predict?" + query, init);
+    const answer = await response.json().catch(() => null);
+    if (response.ok) return { answer };
+    if (answer && answer.error === "empty_image") return { empty: true, error: "No digit found: the image is empty." };
+    return { error: (answer && answer.detail) || `The server answered ${response.status}.` };
   } catch (err) {
-    if (mine === seq) showError("The server did not answer: " + err.message);
-    return;
+    return { error: "The server did not answer: " + err.message };
   }
+}
+
+async function predict(body, type, mine) {
+  const chosen = current();
+  if (!chosen) return;
+  // comparing: every model reads the same body at once; the chosen one's reading is also shown
+  // in full above
+  const asked = comparing ? models : [chosen];
+  const readings = await Promise.all(asked.map((m) => ask(m, body, type)));
   if (mine !== seq) return;
-  if (response.ok) show(answer);
-  else if (answer && answer.error === "empty_image") showNothing("No digit found: the image is empty.");
-  else showError((answer && answer.detail) || `The server answered ${response.status}.`);
+  const reading = readings[asked.indexOf(chosen)];
+  if (reading.answer) show(reading.answer);
+  else if (reading.empty) showNothing(reading.error);
+  else showError(reading.error);
+  // an image the chosen model cannot read (empty, broken) is one the others cannot read either
+  if (comparing && reading.answer) showComparison(asked, readings);
+}
+
+function readAgain() {
+  // after the model menu or the compare switch changed: the same drawing or file, read anew
+  if (source === "file" && uploaded) sendFile(uploaded);
+  else if (inked()) schedule(true);
+}
+
+async function sendFile(file) {
+  setStatus(`Reading ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  await predict(form, null, ++seq);
 }
 
 $("file").addEventListener("change", async (event) => {
@@ -210,10 +240,7 @@ $("file").addEventListener("change", async (event) => {
   clearPad();
   showUpload(file);
   setSaved("");
-  setStatus(`Reading ${file.name}…`);
-  const form = new FormData();
-  form.append("file", file, file.name);
-  await predict(form, null, ++seq);
+  await sendFile(file);
 });
 
 // ---- showing the answer --------------------------------------------------------------------
@@ -225,6 +252,7 @@ function setStatus(text, error = false) {
 }
 
 function showNothing(text) {
+  $("comparison").hidden = true;
   $("single").hidden = true;
   $("multi").hidden = true;
   $("correct").hidden = true;
@@ -261,13 +289,14 @@ function paint(canvas, rows) {
   c.putImageData(image, 0, 0);
 }
 
-function probabilityBars(reading, mini = false) {
+function probabilityBars(reading, mini = false, names = classNames) {
   // one bar per class, in the classes' order, the most likely marked: the answer lists them by
   // probability (all of them, as requested), and a class it leaves out is shown at 0
   const list = document.createElement("ol");
   list.className = mini ? "bars mini" : "bars";
   const given = new Map(reading.top_k.map((t) => [t.digit, t.probability]));
-  const count = Math.max(classNames.length, ...reading.top_k.map((t) => t.digit + 1));
+  const count = Math.max(names.length, ...reading.top_k.map((t) => t.digit + 1));
+  const nameOf = (i) => (i in names ? names[i] : String(i));
   for (let i = 0; i < count; i++) {
     const p = given.get(i) || 0;
     const li = document.createElement("li");
@@ -326,21 +355,100 @@ function show(answer) {
   if (!many) paint($("seen"), answer.digits[0].input);
 }
 
+// ---- the models: the menu and the comparison ------------------------------------------------
+
+let models = []; // from api/models, the default first
+let comparing = false;
+const current = () => models.find((m) => m.name === $("model-select").value) || models[0];
+const accuracy = (m) => (m.test_accuracy ? `${(100 * m.test_accuracy).toFixed(2)}%` : "accuracy unknown");
+const about = (m) => `${m.model || "model"}, ${accuracy(m)}, ${m.backend}`;
+
+function setUpModels(list) {
+  models = list;
+  const select = $("model-select");
+  select.replaceChildren(...models.map((m) => new Option(`${m.name} (${about(m)})`, m.name)));
+  select.disabled = models.length < 2;
+  $("compare").hidden = models.length < 2;
+  chooseModel();
+}
+
+function chooseModel() {
+  const m = current();
+  classNames = m.class_names.map(String);
+  $("model").textContent = `model: ${m.name} (${m.model || "?"}, test accuracy ${accuracy(m)}, ` +
+    `predictions by ${m.backend === "onnx" ? "ONNX Runtime" : "PyTorch"})`;
+}
+
+$("model-select").addEventListener("change", () => {
+  chooseModel();
+  readAgain();
+});
+
+$("compare").addEventListener("click", () => {
+  comparing = !comparing;
+  $("compare").setAttribute("aria-pressed", String(comparing));
+  if (!comparing) $("comparison").hidden = true;
+  readAgain();
+});
+
+function readingLine(answer, names) {
+  // "7 92%" for one digit, "17 85%" for a number (its confidence the product of its digits')
+  const line = document.createElement("div");
+  line.className = "reading";
+  const nameOf = (i) => (i in names ? names[i] : String(i));
+  line.textContent = answer.digits.map((d) => nameOf(d.digit)).join("");
+  const sure = document.createElement("small");
+  sure.textContent = pct(answer.confidence);
+  line.append(sure);
+  return line;
+}
+
+function comparisonCard(model, reading) {
+  const card = document.createElement("article");
+  card.className = "card" + (model === current() ? " chosen" : "");
+  card.dataset.model = model.name;
+  const title = document.createElement("h3");
+  title.textContent = model.name;
+  const info = document.createElement("p");
+  info.className = "about muted";
+  info.textContent = about(model);
+  card.append(title, info);
+  if (!reading.answer) {
+    const error = document.createElement("p");
+    error.className = "error";
+    error.textContent = reading.error;
+    card.append(error);
+    return card;
+  }
+  const names = model.class_names.map(String);
+  card.append(readingLine(reading.answer, names));
+  const many = reading.answer.digits.length > 1;
+  for (const d of reading.answer.digits) card.append(probabilityBars(d, many, names));
+  card.setAttribute("aria-label", `${model.name} reads ` +
+    reading.answer.number + `, ${pct(reading.answer.confidence)} sure`);
+  return card;
+}
+
+function showComparison(asked, readings) {
+  $("compare-grid").replaceChildren(...asked.map((m, i) => comparisonCard(m, readings[i])));
+  $("comparison").hidden = false;
+}
+
 // ---- corrections (mnistlab serve --collect DIR) --------------------------------------------
 
 const collectFolder = document.body.dataset.collect; // undefined unless the server collects
-let classNames = []; // the model's, from api/model: a reading's digit is an index into them
+let classNames = []; // the chosen model's: a reading's digit is an index into them
 let collecting = false;
 let saving = false;
 let uploaded = null; // the file shown, stored as it is when a reading of it is corrected
 
 const nameOf = (i) => (i in classNames ? classNames[i] : String(i));
 
-function setUpCorrections() {
+function setUpCorrections(classes) {
   $("collect-where").textContent =
     `Corrections are stored as drawn in ${collectFolder}/<class>/, to train a model on.`;
   $("collect-where").hidden = false;
-  for (const name of classNames) {
+  for (const name of classes) {
     const button = document.createElement("button");
     button.type = "button";
     button.textContent = name;
@@ -387,10 +495,9 @@ async function correct(label) {
 // ---- start ---------------------------------------------------------------------------------
 
 clearPad();
-fetch("api/model").then((r) => r.json()).then((info) => {
-  const name = info.model || "model";
-  const acc = info.test_accuracy;
-  $("model").textContent = `model: ${name}` + (acc ? ` (test accuracy ${(100 * acc).toFixed(2)}%)` : "");
-  classNames = Array.isArray(info.class_names) ? info.class_names.map(String) : [];
-  if (collectFolder !== undefined && classNames.length) setUpCorrections();
+fetch("api/models").then((r) => r.json()).then((answer) => {
+  setUpModels(answer.models);
+  // corrections are of the default model's classes: the server stores them as those
+  const classes = answer.models[0].class_names.map(String);
+  if (collectFolder !== undefined && classes.length) setUpCorrections(classes);
 }).catch(() => { $("model").textContent = "model: unknown"; });
