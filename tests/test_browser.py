@@ -454,3 +454,55 @@ def test_compare_shows_every_model_s_reading_of_one_drawing(models_page):
     expect(cards.nth(1).locator(".bars")).to_have_count(2)
     compare.press("Enter")  # off again, by keyboard
     expect(page.locator("#comparison")).to_be_hidden()
+
+
+# ---- what the network sees -------------------------------------------------------------------
+
+
+def loaded_images(page, selector):
+    """The natural sizes of the images under `selector`, once every one has loaded."""
+    page.wait_for_function(f"""() => [...document.querySelectorAll('{selector} img')]
+        .every(i => i.complete && i.naturalWidth > 0)""", timeout=WAIT_MS)
+    return page.evaluate(f"""() => [...document.querySelectorAll('{selector} img')]
+        .map(i => [i.naturalWidth, i.naturalHeight, i.alt])""")
+
+
+def test_the_page_shows_a_cnn_s_feature_maps_and_saliency_on_demand(models_page):
+    page = models_page
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    expect(page.locator("#explanation")).to_be_hidden()
+    button = page.get_by_role("button", name="What the network sees")
+    button.click()
+    expect(button).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("#explain-images figure")).to_have_count(4, timeout=WAIT_MS)
+    sizes = loaded_images(page, "#explain-images")
+    assert sizes[0][:2] == [28, 28] and "saliency" in sizes[0][2]
+    assert [alt for _, _, alt in sizes[1:]] == [
+        "the 32 feature maps of layer conv1", "the 64 feature maps of layer conv2",
+        "the 64 feature maps of layer conv3"]
+    expect(page.locator("#explain-images figcaption").first).to_have_text('Pixels that moved "7" most')
+    # open, it follows the reading: an uploaded 2 is explained in its turn
+    buffer = io.BytesIO()
+    Image.fromarray(255 - load_arrays("mnist").test_images[1]).save(buffer, "PNG")  # a 2
+    page.set_input_files("#file", files=[{"name": "two.png", "mimeType": "image/png",
+                                          "buffer": buffer.getvalue()}])
+    expect(page.locator("#digit")).to_have_text("2", timeout=WAIT_MS)
+    expect(page.locator("#explain-images figcaption").first).to_have_text(
+        'Pixels that moved "2" most', timeout=WAIT_MS)
+    button.press("Enter")  # closed again, by keyboard
+    expect(page.locator("#explanation")).to_be_hidden()
+    page.get_by_role("button", name="Clear").click()
+
+
+def test_the_page_shows_the_softmax_regression_s_templates(models_page):
+    page = models_page
+    page.get_by_label("Model", exact=True).select_option("softmax-regression")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    page.get_by_role("button", name="What the network sees").click()
+    expect(page.locator("#explain-images .templates figure")).to_have_count(10, timeout=WAIT_MS)
+    sizes = loaded_images(page, "#explain-images .templates")
+    assert all(size[:2] == [28, 28] for size in sizes)
+    expect(page.locator("#explain-images .templates figure.top figcaption")).to_have_text("7")
+    expect(page.locator("#explain-status")).to_contain_text("no convolutions")

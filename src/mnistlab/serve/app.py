@@ -9,6 +9,8 @@
   side is read as a number;
 - several models (`mnistlab serve --model A --model B`): `?model=NAME` picks one for
   `/api/predict` and `/api/model` (the first is the default), `GET /api/models` lists them;
+- `POST /api/explain`: the same bodies as predict; for one digit, each convolutional layer's
+  feature maps and a saliency map over the input, as PNG images (`explaining.py`);
 - `GET /api/health`, `GET /api/model`, and the OpenAPI docs at `/docs`;
 - with `collect=DIR` (`mnistlab serve --collect DIR`) only, `POST /api/collect?label=<class>`:
   an image (as `/api/predict` takes them, JSON aside) stored as it is in `DIR/train/<class>/`,
@@ -62,6 +64,7 @@ from mnistlab.serve.collect import EXTENSIONS, MAX_BYTES, MAX_FILES, Collector
 from mnistlab.serve.errors import (
     COLLECT_ONLY,
     ERRORS,
+    EXPLAIN_ONLY,
     PREDICT_ONLY,
     BadJsonError,
     BodyTooLargeError,
@@ -73,6 +76,7 @@ from mnistlab.serve.errors import (
     add_error_handlers,
     documented_errors,
 )
+from mnistlab.serve.explaining import Explainer, ExplainResponse
 from mnistlab.serve.models import (
     EXAMPLE_PIXELS,
     CollectResponse,
@@ -282,6 +286,60 @@ async def predict(request: Request) -> Response:
     return json_response(prediction(probs, images, k))
 
 
+async def explain(request: Request) -> Response:
+    served = chosen(request)
+    index = parse_digit(request.query_params.get("digit"))
+    try:
+        images = await read_images(request)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if index >= len(images):
+        raise InvalidRequestError(f"digit={index}, but the image holds {len(images)} "
+                                  f"digit{'s' if len(images) > 1 else ''} (digit counts from 0)")
+    return json_response(await request.app.state.explainer.explain(served.name, images[index]))
+
+
+def parse_digit(text: str | None) -> int:
+    """`?digit=`: which digit of a number to explain, from 0 (left) to at most 99."""
+    if text is None:
+        return 0
+    if not (text.isascii() and text.isdigit()) or int(text) > 99:
+        raise InvalidRequestError(f"digit must be a whole number from 0, got {text[:20]!r}")
+    return int(text)
+
+
+EXPLAIN_ERRORS = documented_errors({
+    400: "malformed body (bad JSON, broken multipart, empty)",
+    413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
+    415: "a content type that is not an image, multipart or JSON",
+    422: "as for /api/predict; besides, a `digit` the image does not hold, or a model served "
+         "from an ONNX file (`not_explainable`: explanations need PyTorch)",
+    500: "the model failed on this image",
+    503: f"the explanation did not come within {MODEL_TIMEOUT:g} s",
+}, leave_out=COLLECT_ONLY)
+
+
+def explain_route(served: dict[str, ServedModel]) -> dict[str, Any]:
+    return dict(
+        path="/api/explain", endpoint=explain, methods=["POST"],
+        summary="What the network sees of one digit: feature maps and a saliency map",
+        description=(
+            "The same bodies as /api/predict. For one digit (`?digit=N` of a number, from 0; "
+            "the first by default): each convolutional layer's outputs (one PNG mosaic per "
+            "layer), and a saliency map over the 28x28 input (the gradient of the winning "
+            "class's logit with respect to each pixel). For a softmax regression, its weight "
+            "templates, one per class, instead of layers. Computed with PyTorch whatever "
+            "backend predicts."),
+        response_model=ExplainResponse,
+        responses=EXPLAIN_ERRORS,
+        openapi_extra={"requestBody": PREDICT_BODY, "parameters": [
+            model_parameter(list(served)),
+            {"name": "digit", "in": "query", "required": False,
+             "description": "which digit of a number, from 0 (left)",
+             "schema": {"type": "integer", "minimum": 0, "maximum": 99, "default": 0}}]},
+    )
+
+
 def model_parameter(names: list[str]) -> dict[str, Any]:
     """The OpenAPI description of `?model=`, naming the models served."""
     return {"name": "model", "in": "query", "required": False,
@@ -330,7 +388,7 @@ PREDICT_ERRORS = documented_errors({
     500: "the model failed on these images (NaN probabilities, say): the model's fault, not "
          "the request's",
     503: f"the model did not answer within {MODEL_TIMEOUT:g} s (the request is freed)",
-}, leave_out=COLLECT_ONLY)
+}, leave_out=COLLECT_ONLY + EXPLAIN_ONLY)
 
 
 def predict_route(served: dict[str, ServedModel]) -> dict[str, Any]:
@@ -425,6 +483,7 @@ async def lifespan(app: FastAPI):
     yield
     for served in app.state.models.values():
         served.batcher.close()
+    app.state.explainer.close()
 
 
 def create_app(predictors: Predictor | Mapping[str, Predictor], *, top_k: int = 3,
@@ -457,12 +516,14 @@ def create_app(predictors: Predictor | Mapping[str, Predictor], *, top_k: int = 
     # each model's description, validated once here
     state.about = {name: ModelResponse.model_validate(
         describe(m, public_info(m.predictor.info), m is default)) for name, m in served.items()}
+    state.explainer = Explainer({name: m.predictor for name, m in served.items()},
+                                model_timeout)
     state.catalogue = ModelsResponse(default=default.name, models=list(state.about.values()))
     app.add_middleware(CatchAll)
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
-    for route in [predict_route(served), *model_routes(list(served))]:
+    for route in [predict_route(served), explain_route(served), *model_routes(list(served))]:
         app.add_api_route(**route)
     if collector is not None:
         app.add_api_route(**collect_route(collector.classes))

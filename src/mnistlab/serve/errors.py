@@ -73,6 +73,10 @@ class UnknownModelError(RequestError):
     """`?model=NAME` that names none of the models the server serves (`GET /api/models`)."""
 
 
+class NotExplainableError(RequestError):
+    """`POST /api/explain` for a model served from an ONNX file: explanations need PyTorch."""
+
+
 class CollectionFullError(Exception):
     """`--collect`: this server process has stored as many images (or bytes) as it may
     (`collect.MAX_FILES`, `collect.MAX_BYTES`). A limit of the server, not a bad request."""
@@ -106,6 +110,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     ImageError: (422, "bad_image"),  # any other image error (e.g. ImageFileError, a new kind)
     UnknownLabelError: (422, "unknown_label"),
     UnknownModelError: (422, "unknown_model"),
+    NotExplainableError: (422, "not_explainable"),
     ModelTimeoutError: (503, "model_timeout"),
     # the model failed on images it accepted (NaN for these, an ONNX graph's own error): the
     # server's fault, never the client's, said plainly instead of an anonymous 500
@@ -117,7 +122,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
 # the types only `POST /api/collect` raises, and those it never does (it takes no JSON and
 # runs no model): what each route documents
 COLLECT_ONLY = (UnknownLabelError, CollectionFullError, StorageError)
-PREDICT_ONLY = (BadJsonError, BadPixelsError, ModelTimeoutError, InferenceError, UnknownModelError)
+PREDICT_ONLY = (BadJsonError, BadPixelsError, ModelTimeoutError, InferenceError, UnknownModelError,
+                NotExplainableError)
+EXPLAIN_ONLY = (NotExplainableError,)  # what /api/predict never answers
 
 OTHER_CODES = ("not_found", "method_not_allowed", "internal", "shutting_down")  # 404, 405, 500, 503
 # answered by the server's HTTP protocol (server.BoundedHttpProtocol) before any route: 431, 408

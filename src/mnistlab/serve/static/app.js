@@ -3,6 +3,9 @@
 // for the final stroke), and the server's answer shown as bars (every class's probability, the
 // most likely marked), a number and the 28x28 input. The strokes are kept, so that the last one
 // can be undone (the pad is redrawn from the others), each with the brush size it was drawn with.
+// "What the network sees" asks api/explain, on demand, for the reading shown: the feature maps
+// of each convolutional layer and a saliency map (for a softmax regression, its templates);
+// while it is open, it follows the newest reading once each stroke ends.
 // A menu picks the model (GET api/models lists them); "Compare all" reads each drawing with
 // every model at once and shows their readings side by side.
 // With `mnistlab serve --collect DIR` (the page's <body data-collect>), each one-digit reading
@@ -113,7 +116,7 @@ pad.addEventListener("pointermove", (event) => {
 function endStroke(event) {
   if (!drawing || event.pointerId !== drawing.id) return;
   drawing = null;
-  schedule(true);
+  schedule(true); // its answer refreshes an open explanation
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
@@ -203,6 +206,8 @@ async function ask(model, body, type) {
   }
 }
 
+let lastRead = null; // the body and type of the reading shown: what an explanation explains
+
 async function predict(body, type, mine) {
   const chosen = current();
   if (!chosen) return;
@@ -212,8 +217,11 @@ async function predict(body, type, mine) {
   const readings = await Promise.all(asked.map((m) => ask(m, body, type)));
   if (mine !== seq) return;
   const reading = readings[asked.indexOf(chosen)];
-  if (reading.answer) show(reading.answer);
-  else if (reading.empty) showNothing(reading.error);
+  lastRead = { body, type, model: chosen };
+  if (reading.answer) {
+    show(reading.answer);
+    if (explanationOpen() && !drawing) explainReading();
+  } else if (reading.empty) showNothing(reading.error);
   else showError(reading.error);
   // an image the chosen model cannot read (empty, broken) is one the others cannot read either
   if (comparing && reading.answer) showComparison(asked, readings);
@@ -252,6 +260,7 @@ function setStatus(text, error = false) {
 }
 
 function showNothing(text) {
+  closeExplanation();
   $("comparison").hidden = true;
   $("single").hidden = true;
   $("multi").hidden = true;
@@ -353,6 +362,92 @@ function show(answer) {
   // with several digits each has its own small picture; with one, a large one
   $("seen-figure").hidden = many;
   if (!many) paint($("seen"), answer.digits[0].input);
+}
+
+// ---- explanations: what the network sees ---------------------------------------------------
+
+let explaining = 0; // bumped for every explanation asked: only the newest is shown
+let explainBusy = false; // one request at a time; one more is asked when it ends, if wanted
+let explainWanted = false;
+const explanationOpen = () => $("explain").getAttribute("aria-expanded") === "true";
+
+function closeExplanation() {
+  explaining++;
+  explainWanted = false;
+  $("explain").setAttribute("aria-expanded", "false");
+  $("explanation").hidden = true;
+  $("explain-images").replaceChildren();
+}
+
+function figure(src, caption, alt, scale) {
+  const f = document.createElement("figure");
+  const img = new Image();
+  img.alt = alt;
+  img.src = src;
+  img.addEventListener("load", () => { img.width = img.naturalWidth * scale; }, { once: true });
+  const c = document.createElement("figcaption");
+  c.textContent = caption;
+  f.append(img, c);
+  return f;
+}
+
+function showExplanation(answer, model) {
+  const names = model.class_names.map(String);
+  const winner = names[answer.digit] ?? String(answer.digit);
+  const parts = [figure(answer.saliency, `Pixels that moved "${winner}" most`,
+    `saliency map: the input pixels that moved ${winner} most, brightest`, 4)];
+  for (const layer of answer.layers) {
+    // a mosaic of every map: small maps drawn larger, so that each is a few pixels at least
+    const scale = Math.max(1, Math.min(3, Math.round(84 / (layer.height * layer.columns) * 2)));
+    parts.push(figure(layer.image, `${layer.name}: ${layer.channels} maps, ${layer.height}×${layer.width}`,
+      `the ${layer.channels} feature maps of layer ${layer.name}`, scale));
+  }
+  if (answer.templates) {
+    const grid = document.createElement("div");
+    grid.className = "templates";
+    grid.setAttribute("aria-label", "each class's weights: blue counts for it, red against");
+    answer.templates.forEach((src, i) => {
+      const f = figure(src, names[i] ?? String(i), `the weights of class ${names[i] ?? i}`, 2);
+      f.classList.toggle("top", i === answer.digit);
+      grid.append(f);
+    });
+    parts.push(grid);
+  }
+  $("explain-images").replaceChildren(...parts);
+  $("explain-status").textContent = answer.templates
+    ? `${model.name} has no convolutions: each class's weights (blue for, red against) are what it matches the image with.`
+    : `${model.name}'s convolutional layers, first to last: what each filter responds to in this image.`;
+}
+
+$("explain").addEventListener("click", () => {
+  if (explanationOpen()) { closeExplanation(); return; }
+  $("explain").setAttribute("aria-expanded", "true");
+  $("explanation").hidden = false;
+  $("explain-status").textContent = "Looking inside the network…";
+  explainReading();
+});
+
+async function explainReading() {
+  if (!lastRead) return;
+  if (explainBusy) { explainWanted = true; return; }
+  explainBusy = true;
+  explainWanted = false;
+  const mine = ++explaining;
+  const { body, type, model } = lastRead;
+  try {
+    const init = { method: "POST", body };
+    if (type) init.headers = { "Content-Type": type };
+    const response = await fetch("api/explain?model=" + encodeURIComponent(model.name), init);
+    const answer = await response.json().catch(() => null);
+    if (mine !== explaining) return;
+    if (response.ok) showExplanation(answer, model);
+    else $("explain-status").textContent = (answer && answer.detail) || `The server answered ${response.status}.`;
+  } catch (err) {
+    if (mine === explaining) $("explain-status").textContent = "The server did not answer: " + err.message;
+  } finally {
+    explainBusy = false;
+    if (explainWanted && explanationOpen()) explainReading();
+  }
 }
 
 // ---- the models: the menu and the comparison ------------------------------------------------
