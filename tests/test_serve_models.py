@@ -1,6 +1,7 @@
 """Several models served at once: `GET /api/models`, `?model=NAME` on predict and model, and
 `mnistlab serve --model A --model B`, ONNX Runtime by default."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from test_serve import HOSTILE, chunks, png
 
 from mnistlab.data.registry import load_arrays
 from mnistlab.inference.predictor import Predictor
+from mnistlab.serve import app as serve_app
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES
 from mnistlab.serve.served import model_name, unique_names
@@ -129,6 +131,17 @@ def test_the_schema_documents_the_models(client):
     assert parameters["model"]["schema"]["enum"] == NAMES
     assert parameters["top_k"]["schema"]["maximum"] == 10
     assert "/api/models" in spec["paths"]
+
+
+def test_each_worker_serves_the_models_serve_names(monkeypatch):
+    # `serve --workers N` hands its models to each worker process as a JSON list
+    monkeypatch.setenv(serve_app.ENV_MODEL, json.dumps(["softmax-regression", "keras-cnn"]))
+    monkeypatch.setenv(serve_app.ENV_BACKEND, "torch")
+    app = serve_app.app_from_environment()
+    with TestClient(app) as c:
+        answer = c.get("/api/models").json()
+    assert [(m["name"], m["backend"]) for m in answer["models"]] == [
+        ("softmax-regression", "torch"), ("keras-cnn", "torch")]
 
 
 def free_port() -> int:
