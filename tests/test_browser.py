@@ -113,7 +113,7 @@ def test_page_reads_a_drawn_one_while_it_is_drawn(page):
     expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
     page.mouse.up()
     expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
-    expect(page.locator("#bars li")).to_have_count(3)
+    expect(page.locator("#bars li")).to_have_count(10)  # every class's probability
     expect(page.locator("#seen-figure")).to_be_visible()
     page.get_by_role("button", name="Clear").click()
     expect(page.locator("#single")).to_be_hidden()
@@ -132,7 +132,7 @@ def test_page_reads_a_number_written_side_by_side(page):
     one(pad, cx=0.3)
     seven(pad, cx=0.6)
     expect(page.locator("#number")).to_have_text("17", timeout=WAIT_MS)
-    expect(page.locator("#digits li")).to_have_count(2)
+    expect(page.locator("#digits > li")).to_have_count(2)
     expect(page.locator("#single")).to_be_hidden()
 
 
@@ -182,6 +182,111 @@ def test_page_says_when_an_upload_is_not_an_image(page):
                                           "buffer": b"not a picture at all"}])
     expect(page.locator("#status")).to_have_class("status muted error", timeout=WAIT_MS)
     expect(page.locator("#single")).to_be_hidden()
+
+
+# ---- every probability, undo, brush, keyboard, phone width ------------------------------------
+
+
+def ink(page) -> int:
+    """How many of the pad's pixels are dark."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('pad');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++;
+        return n;
+    }""")
+
+
+def test_each_reading_shows_every_class_s_probability_the_top_one_marked(page):
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    bars = page.locator("#bars li")
+    expect(bars).to_have_count(10)
+    assert [bars.nth(i).locator(".label").inner_text() for i in range(10)] == [str(i) for i in range(10)]
+    expect(page.locator("#bars li.top")).to_have_count(1)
+    expect(page.locator("#bars li.top .label")).to_have_text("7")
+    expect(page.locator("#bars li.top")).to_have_attribute("aria-label", re.compile(r"^7: .*\(most likely\)$"))
+    widths = [float(bars.nth(i).locator(".bar > span").get_attribute("style").split(":")[1].strip(" %;"))
+              for i in range(10)]
+    assert abs(sum(widths) - 100) < 1.5 and max(widths) == widths[7]
+    # a number: each digit has its own ten bars, its top one marked
+    page.get_by_role("button", name="Clear").click()
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    seven(pad, cx=0.6)
+    expect(page.locator("#number")).to_have_text("17", timeout=WAIT_MS)
+    expect(page.locator("#digits li .bars li")).to_have_count(20)
+    expect(page.locator("#digits li .bars li.top .label")).to_have_text(["1", "7"])
+
+
+def test_undo_takes_back_the_last_stroke_and_reads_again(page):
+    expect(page.get_by_role("button", name="Undo")).to_be_disabled()
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    alone = ink(page)
+    seven(pad, cx=0.6)
+    expect(page.locator("#number")).to_have_text("17", timeout=WAIT_MS)
+    page.get_by_role("button", name="Undo").click()  # the 7's stem: its bar is left
+    page.get_by_role("button", name="Undo").click()  # the bar
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    expect(page.locator("#multi")).to_be_hidden()
+    assert ink(page) == alone  # the pad redrawn exactly as it was after the 1
+    page.locator("#pad").focus()
+    page.keyboard.press("Control+z")  # by keyboard too: the last stroke, the pad now empty
+    expect(page.locator("#status")).to_have_text("Draw a digit to start.")
+    expect(page.locator("#single")).to_be_hidden()
+    assert ink(page) == 0
+    expect(page.get_by_role("button", name="Undo")).to_be_disabled()
+
+
+def test_the_brush_size_sets_the_stroke_s_width(page):
+    slider = page.get_by_label("Brush")
+    slider.fill("1")
+    one(Pad(page), cx=0.3)
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    thin = ink(page)
+    page.get_by_role("button", name="Clear").click()
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")  # by keyboard: to the broadest
+    expect(slider).to_have_attribute("aria-valuetext", "broadest")
+    one(Pad(page), cx=0.3)
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    assert ink(page) > 2.5 * thin
+
+
+def test_the_controls_are_reached_by_keyboard_with_a_visible_focus(page):
+    one(Pad(page))
+    expect(page.locator("#digit")).to_have_text("1", timeout=WAIT_MS)
+    page.locator("#pad").focus()
+    seen = []
+    for _ in range(4):
+        page.keyboard.press("Tab")
+        focused = page.evaluate("""() => { const e = document.activeElement;
+            const s = getComputedStyle(e); return [e.id, s.outlineStyle, s.outlineWidth]; }""")
+        seen.append(focused[0])
+        assert focused[1] != "none" and focused[2] != "0px", focused
+    assert seen[:3] == ["undo", "clear", "brush"] and seen[3] == "file"
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")  # on Undo
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text("Draw a digit to start.")
+
+
+def test_the_page_fits_a_phone_s_width(browser, server):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, has_touch=True,
+                                  is_mobile=True, device_scale_factor=2)
+    page = context.new_page()
+    page.goto(server + "/")
+    expect(page.locator("#model")).not_to_have_text("model: loading…", timeout=WAIT_MS)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360  # no sideways scrolling
+    box = page.locator("#pad").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 360 and box["width"] > 300
+    for name in ("Undo", "Clear"):
+        assert page.get_by_role("button", name=name).bounding_box()["height"] >= 36  # a finger's
+    context.close()
 
 
 # ---- corrections (mnistlab serve --collect DIR) ---------------------------------------------
@@ -281,3 +386,123 @@ def test_page_offers_no_corrections_when_the_server_does_not_collect(page):
     expect(page.locator("#correct")).to_be_hidden()
     expect(page.locator("#collect-where")).to_be_hidden()
     assert page.locator("#classes button").count() == 0
+
+
+# ---- several models: the menu and the comparison --------------------------------------------
+
+MODELS = ["keras-cnn", "softmax-regression", "default"]
+
+
+@pytest.fixture(scope="module")
+def models_server():
+    predictors = {"keras-cnn": Predictor.load("keras-cnn", backend="onnx"),
+                  "softmax-regression": Predictor.load("softmax-regression", backend="onnx"),
+                  "default": Predictor.load("default")}
+    with running_server(create_app(predictors)) as url:
+        yield url
+
+
+@pytest.fixture
+def models_page(browser, models_server):
+    with opened(browser, models_server) as page:
+        yield page
+
+
+def test_the_model_menu_lists_the_models_and_picks_one(models_page):
+    page = models_page
+    menu = page.get_by_label("Model", exact=True)
+    expect(menu.locator("option")).to_have_count(3)
+    assert menu.locator("option").all_inner_texts() == [
+        "keras-cnn (keras-cnn, 99.00%, onnx)", "softmax-regression (softmax, 91.68%, onnx)",
+        "default (mnistlab-cnn, 99.74%, torch)"]
+    expect(page.locator("#model")).to_contain_text("keras-cnn (keras-cnn, test accuracy 99.00%, "
+                                                   "predictions by ONNX Runtime)")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    first = page.locator("#confidence").inner_text()
+    menu.focus()
+    page.keyboard.press("ArrowDown")  # by keyboard: the next model, read again at once
+    expect(page.locator("#model")).to_contain_text("softmax-regression")
+    expect(page.locator("#confidence")).not_to_have_text(first, timeout=WAIT_MS)
+
+
+def test_compare_shows_every_model_s_reading_of_one_drawing(models_page):
+    page = models_page
+    compare = page.get_by_role("button", name="Compare all")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    expect(page.locator("#comparison")).to_be_hidden()
+    compare.click()
+    expect(compare).to_have_attribute("aria-pressed", "true")
+    cards = page.locator("#compare-grid .card")
+    expect(cards).to_have_count(3, timeout=WAIT_MS)
+    expect(cards.locator("h3")).to_have_text(MODELS)
+    expect(cards.locator(".reading")).to_have_text([re.compile(r"^7\d")] * 3)
+    expect(cards.first).to_have_class("card chosen")
+    for i in range(3):
+        expect(cards.nth(i).locator(".bars li")).to_have_count(10)
+        expect(cards.nth(i).locator(".bars li.top .label")).to_have_text("7")
+    sure = cards.locator(".reading small").all_inner_texts()
+    assert len(set(sure)) == 3, sure  # three models, three probabilities
+    # a number drawn while comparing: each model reads it, each digit with its bars
+    page.get_by_role("button", name="Clear").click()
+    expect(page.locator("#comparison")).to_be_hidden()
+    pad = Pad(page)
+    one(pad, cx=0.3)
+    seven(pad, cx=0.6)
+    expect(cards.locator(".reading")).to_have_text([re.compile(r"^17\d")] * 3, timeout=WAIT_MS)
+    expect(cards.nth(1).locator(".bars")).to_have_count(2)
+    compare.press("Enter")  # off again, by keyboard
+    expect(page.locator("#comparison")).to_be_hidden()
+
+
+# ---- what the network sees -------------------------------------------------------------------
+
+
+def loaded_images(page, selector):
+    """The natural sizes of the images under `selector`, once every one has loaded."""
+    page.wait_for_function(f"""() => [...document.querySelectorAll('{selector} img')]
+        .every(i => i.complete && i.naturalWidth > 0)""", timeout=WAIT_MS)
+    return page.evaluate(f"""() => [...document.querySelectorAll('{selector} img')]
+        .map(i => [i.naturalWidth, i.naturalHeight, i.alt])""")
+
+
+def test_the_page_shows_a_cnn_s_feature_maps_and_saliency_on_demand(models_page):
+    page = models_page
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    expect(page.locator("#explanation")).to_be_hidden()
+    button = page.get_by_role("button", name="What the network sees")
+    button.click()
+    expect(button).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("#explain-images figure")).to_have_count(4, timeout=WAIT_MS)
+    sizes = loaded_images(page, "#explain-images")
+    assert sizes[0][:2] == [28, 28] and "saliency" in sizes[0][2]
+    assert [alt for _, _, alt in sizes[1:]] == [
+        "the 32 feature maps of layer conv1", "the 64 feature maps of layer conv2",
+        "the 64 feature maps of layer conv3"]
+    expect(page.locator("#explain-images figcaption").first).to_have_text('Pixels that moved "7" most')
+    # open, it follows the reading: an uploaded 2 is explained in its turn
+    buffer = io.BytesIO()
+    Image.fromarray(255 - load_arrays("mnist").test_images[1]).save(buffer, "PNG")  # a 2
+    page.set_input_files("#file", files=[{"name": "two.png", "mimeType": "image/png",
+                                          "buffer": buffer.getvalue()}])
+    expect(page.locator("#digit")).to_have_text("2", timeout=WAIT_MS)
+    expect(page.locator("#explain-images figcaption").first).to_have_text(
+        'Pixels that moved "2" most', timeout=WAIT_MS)
+    button.press("Enter")  # closed again, by keyboard
+    expect(page.locator("#explanation")).to_be_hidden()
+    page.get_by_role("button", name="Clear").click()
+
+
+def test_the_page_shows_the_softmax_regression_s_templates(models_page):
+    page = models_page
+    page.get_by_label("Model", exact=True).select_option("softmax-regression")
+    seven(Pad(page))
+    expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
+    page.get_by_role("button", name="What the network sees").click()
+    expect(page.locator("#explain-images .templates figure")).to_have_count(10, timeout=WAIT_MS)
+    sizes = loaded_images(page, "#explain-images .templates")
+    assert all(size[:2] == [28, 28] for size in sizes)
+    expect(page.locator("#explain-images .templates figure.top figcaption")).to_have_text("7")
+    expect(page.locator("#explain-status")).to_contain_text("no convolutions")

@@ -225,8 +225,8 @@ def test_health_model_docs_and_page(client, predictor):
     r = client.get("/api/model")
     assert r.status_code == 200
     # everything the predictor says of itself, but where the server keeps its files
-    assert r.json() == {**json.loads(json.dumps(predictor.info)),
-                        "checkpoint": "pretrained/default/model.safetensors"}
+    assert r.json() == {**json.loads(json.dumps(predictor.info)), "name": "default",
+                        "default": True, "checkpoint": "pretrained/default/model.safetensors"}
     assert str(Path(predictor.info["checkpoint"]).parent) not in r.text
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()

@@ -30,6 +30,7 @@ from mnistlab.serve.app import MAX_BODY_BYTES
 from mnistlab.serve.errors import (
     COLLECT_ONLY,
     ERRORS,
+    EXPLAIN_ONLY,
     PREDICT_ONLY,
     BadJsonError,
     BodyTooLargeError,
@@ -37,9 +38,11 @@ from mnistlab.serve.errors import (
     InvalidRequestError,
     MalformedRequestError,
     ModelTimeoutError,
+    NotExplainableError,
     RequestError,
     StorageError,
     UnknownLabelError,
+    UnknownModelError,
     UnsupportedMediaTypeError,
     answer_error,
     status_of,
@@ -125,6 +128,8 @@ TRIGGERS = {
     UnreadableImageError: [png(b"\x89PNG\r\n\x1a\n not really"), dict(
         content=b"GIF89a" + bytes(40), headers={"Content-Type": "image/gif"})],
     UnsupportedImageError: [png(b"hello, I am text"), png(encoded(np.zeros((28, 28)), "TIFF"))],
+    UnknownModelError: [dict(params={"model": "nope"}, json={"pixels": [[0] * 28] * 28}),
+                        dict(params={"model": ""}, content=b"\0", headers={"Content-Type": "text/x"})],
 }
 CASES = [(kind, i, kwargs) for kind, requests in TRIGGERS.items() for i, kwargs in enumerate(requests)]
 
@@ -155,6 +160,8 @@ def test_the_table_is_the_documented_contract():
         UnsupportedImageError: (422, "bad_image"),
         ImageError: (422, "bad_image"),
         UnknownLabelError: (422, "unknown_label"),
+        UnknownModelError: (422, "unknown_model"),
+        NotExplainableError: (422, "not_explainable"),
         ModelTimeoutError: (503, "model_timeout"),
         InferenceError: (500, "model_error"),
         CollectionFullError: (507, "collection_full"),
@@ -166,9 +173,10 @@ def test_every_type_of_the_table_is_met_by_a_request():
     bases = {ImageError, RequestError}  # the fallbacks for types the table does not list
     # a model that does not answer in time, or that fails on some images, needs a model of its
     # own: tests/test_hostile_server.py and tests/test_hostile_models.py; the errors of
-    # `--collect` are met in tests/test_serve_collect.py
+    # `--collect` are met in tests/test_serve_collect.py, those of /api/explain alone in
+    # tests/test_serve_explain.py
     assert set(TRIGGERS) == set(ERRORS) - bases - {ModelTimeoutError, InferenceError} \
-        - set(COLLECT_ONLY)
+        - set(COLLECT_ONLY) - set(EXPLAIN_ONLY)
 
 
 @pytest.mark.parametrize("kind", sorted(ERRORS, key=lambda k: k.__name__), ids=lambda k: k.__name__)
@@ -230,7 +238,8 @@ def test_health_and_model_answers_are_the_documented_models(client, predictor):
                                     model=predictor.info["model"]).model_dump_json()
     r = client.get("/api/model")
     assert ModelResponse.model_validate_json(r.content).model_dump_json() == r.text
-    assert list(r.json()) == list(predictor.info)  # the predictor's keys, in its order
+    # its name and whether it is the default, then the predictor's keys, in its order
+    assert list(r.json()) == ["name", "default", *predictor.info]
 
 
 def test_openapi_documents_the_same_classes(client):
@@ -246,14 +255,17 @@ def test_openapi_documents_the_same_classes(client):
     for model in (PredictResponse, HealthResponse, ModelResponse):
         assert set(components[model.__name__]["properties"]) == set(model.model_fields)
     # every error /api/predict can answer is documented for it, with the codes the table gives
-    # it; those of /api/collect alone are not
+    # it; those of /api/collect or /api/explain alone are not
     responses = spec["paths"]["/api/predict"]["post"]["responses"]
     for kind, (status, code) in ERRORS.items():
-        if kind in COLLECT_ONLY:
+        if kind in COLLECT_ONLY + EXPLAIN_ONLY:
             assert f"`{code}`" not in responses.get(str(status), {}).get("description", "")
             continue
         assert f"`{code}`" in responses[str(status)]["description"]
         assert schema("/api/predict", "post", str(status)) == {"$ref": "#/components/schemas/ErrorResponse"}
+    explain = spec["paths"]["/api/explain"]["post"]["responses"]
+    assert "`not_explainable`" in explain["422"]["description"]
+    assert schema("/api/explain", "post", "200") == {"$ref": "#/components/schemas/ExplainResponse"}
 
 
 def test_openapi_documents_the_errors_of_collect(predictor, tmp_path):

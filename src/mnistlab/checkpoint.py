@@ -78,17 +78,32 @@ def save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
 
 
 DEFAULT_NAME = "default"
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 # the model that ships inside the package, so that prediction works with no training
-DEFAULT_DIR = Path(__file__).resolve().parent / "pretrained" / DEFAULT_NAME
+DEFAULT_DIR = PRETRAINED_DIR / DEFAULT_NAME
+# every model shipped, by name: `default`, and the tutorials' models small enough to ship
+# (a few hundred KB to a few MB each), so that a learner can compare them with no training
+SHIPPED_MODELS = (DEFAULT_NAME, "softmax-regression", "keras-cnn")
+
+
+def shipped_dir(target: str | Path) -> Path | None:
+    """The folder of the shipped model `target` names, or None. A path of that name that
+    exists wins: a run folder called `default` is that folder, as it always was."""
+    name = str(target)
+    if name in SHIPPED_MODELS and not Path(name).exists():
+        return PRETRAINED_DIR / name
+    return None
 
 
 def resolve_checkpoint(target: str | Path) -> Path:
-    """A run folder, a .safetensors file or `default` (the shipped model) to the model file."""
-    if str(target) == DEFAULT_NAME and not Path(target).exists():  # a folder named so wins
-        path = DEFAULT_DIR / MODEL_FILE
+    """A run folder, a .safetensors file or a shipped model's name (`default`, ...) to the
+    model file."""
+    folder = shipped_dir(target)
+    if folder is not None:
+        path = folder / MODEL_FILE
         if not path.is_file():
-            raise CheckpointError(f"this installation has no default model ({path} is missing); "
-                                  "name a run folder or a .safetensors file instead")
+            raise CheckpointError(f"this installation has no shipped model {target!r} ({path} "
+                                  "is missing); name a run folder or a .safetensors file instead")
         return path
     path = Path(target)
     if path.is_dir():

@@ -65,17 +65,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from mnistlab.checkpoint import SHIPPED_MODELS
     from mnistlab.models import MODELS, build_model, format_summary
     from mnistlab.recipebook import load_recipe, recipe_names
 
     name = args.name
+    # a model's name first, then a recipe's: `summary keras-cnn` is the architecture (with its
+    # default arguments), though a shipped model and a recipe are named so too
     if name in MODELS:  # the model with its default arguments
         model, title = build_model(name, init="pytorch"), name
     elif name in recipe_names() or name.endswith(".toml"):  # the model a recipe trains
         recipe = load_recipe(name)
         model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
         title = f"{recipe.model.name} (recipe {recipe.name})"
-    elif name == "default" or Path(name).exists():  # the model a checkpoint holds
+    elif name in SHIPPED_MODELS or Path(name).exists():  # the model a checkpoint holds
         mnistlab.load(name, device="cpu").summary()
         return 0
     else:
@@ -259,18 +262,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend(args: argparse.Namespace) -> str:
-    """--backend as given, else ONNX Runtime for an .onnx file and PyTorch for the rest."""
-    if args.backend:
-        return args.backend
-    return "onnx" if str(args.model).lower().endswith(".onnx") else "torch"
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from mnistlab.serve.server import serve
 
-    serve(args.model, host=args.host, port=args.port, backend=_backend(args), workers=args.workers,
-          threads=args.threads, top_k=args.top_k, collect=args.collect)
+    # ONNX Runtime unless told otherwise: twice PyTorch's throughput here (docs/SERVING.md)
+    serve(args.model or ["default"], host=args.host, port=args.port,
+          backend=args.backend or "onnx", workers=args.workers, threads=args.threads,
+          top_k=args.top_k, collect=args.collect)
     return 0
 
 
@@ -415,7 +413,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    _model_options(p)
+    _model_options(p, many=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=_positive, default=1,
@@ -445,8 +443,9 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
 
 # What several commands take, each worded once.
 
-CHECKPOINT = "a run folder, a model .safetensors file or 'default' (the shipped model)"
-RUN_DIR = "a run folder or 'default' (the shipped model)"
+SHIPPED = "'default', 'keras-cnn' or 'softmax-regression' (the shipped models)"
+CHECKPOINT = f"a run folder, a model .safetensors file or {SHIPPED}"
+RUN_DIR = f"a run folder or {SHIPPED}"
 
 
 def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> None:
@@ -456,16 +455,28 @@ def _checkpoint_argument(p: argparse.ArgumentParser, *, many: bool = False) -> N
         p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT)
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    """What `predict` and `serve` share: the model, what runs it, and how many guesses it lists."""
-    p.add_argument("--model", default="default", metavar="CHECKPOINT",
-                   help="a run folder, a model .safetensors file, an .onnx file or 'default' "
-                        "(the shipped model)")
-    p.add_argument("--backend", choices=["torch", "onnx"],
-                   help="run the model with PyTorch or ONNX Runtime (default: onnx for an .onnx "
-                        "file, torch otherwise)")
-    p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
-                   help="candidates listed per digit, 1-10 (default 3)")
+def _model_options(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """What `predict` and `serve` share: the model (`serve`: several, the first the default),
+    what runs it, and how many guesses it lists."""
+    what = f"a run folder, a model .safetensors file, an .onnx file or {SHIPPED}"
+    if many:
+        p.add_argument("--model", action="append", metavar="CHECKPOINT",
+                       help=f"{what}; given several times, each is served and the first is the "
+                            "default (default: default)")
+        p.add_argument("--backend", choices=["torch", "onnx"],
+                       help="compute predictions with PyTorch or ONNX Runtime (default onnx; "
+                            "explanations always use PyTorch)")
+    else:
+        p.add_argument("--model", default="default", metavar="CHECKPOINT", help=what)
+        p.add_argument("--backend", choices=["torch", "onnx"],
+                       help="run the model with PyTorch or ONNX Runtime (default: onnx for an "
+                            ".onnx file, torch otherwise)")
+    if many:  # a request may ask for up to its model's classes (`?top_k=`)
+        p.add_argument("--top-k", type=_positive, default=3, metavar="K",
+                       help="candidates listed per digit, at most the model's classes (default 3)")
+    else:
+        p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+                       help="candidates listed per digit, 1-10 (default 3)")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:

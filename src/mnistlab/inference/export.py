@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mnistlab.checkpoint import DEFAULT_NAME, load_model, resolve_checkpoint
+from mnistlab.checkpoint import load_model, resolve_checkpoint, shipped_dir
 from mnistlab.data.splits import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes
@@ -46,9 +46,10 @@ class ExportReport:
 
 
 def default_output(target: str | Path) -> Path:
-    """Beside the checkpoint; the shipped model's file goes to the current folder instead."""
-    if str(target) == DEFAULT_NAME and not Path(target).exists():
-        return Path("mnistlab-default.onnx")
+    """Beside the checkpoint; a shipped model's file goes to the current folder instead
+    (`mnistlab-default.onnx`, `mnistlab-keras-cnn.onnx`, ...): the package is not written into."""
+    if shipped_dir(target) is not None:
+        return Path(f"mnistlab-{target}.onnx")
     return resolve_checkpoint(target).with_suffix(".onnx")
 
 

@@ -56,6 +56,10 @@ class Predictor:
         self.batch_size = batch_size
         self._stop_runs = stop_runs  # stops the backend's runs in flight, where it can
         self._interruptions = 0  # a call began before an interrupt when this changed since
+        # the PyTorch model and its input's (scale, mean, std), when built from a checkpoint:
+        # what explanations need (gradients, layer outputs), whichever backend predicts
+        self.module: torch.nn.Module | None = None
+        self.normalisation: tuple[float, float, float] | None = None
 
     def interrupt(self) -> None:
         """Stop every inference in progress as soon as the backend allows: each such call of
@@ -104,9 +108,13 @@ class Predictor:
         dev = next(model.parameters()).device
         info = _info(meta, path, backend, str(dev), count_parameters(model))
         if backend == "onnx":
-            return cls.from_onnx(onnxio.model_to_onnx(model, meta), str(path), threads=threads,
-                                 info=info)
-        return cls(_torch_runner(model, meta, dev, str(path)), info)
+            predictor = cls.from_onnx(onnxio.model_to_onnx(model, meta), str(path),
+                                      threads=threads, info=info)
+        else:
+            predictor = cls(_torch_runner(model, meta, dev, str(path)), info)
+        predictor.module = model
+        predictor.normalisation = input_normalisation(meta, path)[:3]
+        return predictor
 
     @classmethod
     def _from_onnx_file(cls, path: Path, threads: int | None = None) -> Predictor:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mnistlab
-from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME, class_names
+from mnistlab.checkpoint import class_names, shipped_dir
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import data_folder, data_line
@@ -143,7 +143,7 @@ def _page(run: Run, analysis: Analysis | None, filters: Filters | None, pngs: di
                "complete" if complete else f"unfinished: step {meta.get('step')} of {meta.get('total_steps')}"],
         notes=_measure_notes(run, analysis) + run.notes,
         footer=f"Written by mnistlab {mnistlab.__version__} on {time.strftime('%Y-%m-%d %H:%M')}. "
-               f"Write it again with: mnistlab report {DEFAULT_NAME if run.folder == DEFAULT_DIR else run.folder}"
+               f"Write it again with: mnistlab report {run.name if shipped_dir(run.name) == run.folder else run.folder}"
                + (f" --out {dest}" if out is not None else ""),
     )
     page.tiles = _tiles(run, analysis)

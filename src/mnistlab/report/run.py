@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 import mnistlab
-from mnistlab.checkpoint import DEFAULT_DIR, DEFAULT_NAME, MODEL_FILE, load_model
+from mnistlab.checkpoint import MODEL_FILE, load_model, shipped_dir
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import read_limited
 from mnistlab.training.engine import METRICS_FILE
@@ -108,9 +108,10 @@ class Run:
 
 
 def resolve_run_dir(target: str | os.PathLike) -> Path:
-    """A run folder, or `default` for the shipped model's folder."""
-    if str(target) == DEFAULT_NAME and not Path(target).exists():
-        return DEFAULT_DIR
+    """A run folder, or a shipped model's name (`default`, ...) for its folder."""
+    shipped = shipped_dir(target)
+    if shipped is not None:
+        return shipped
     folder = Path(target)
     if not folder.exists():
         raise ReportError(f"{target}: no such run folder")
@@ -126,7 +127,7 @@ def resolve_run_dir(target: str | os.PathLike) -> Path:
 def open_run(target: str | os.PathLike, device: str = "cpu") -> Run:
     folder = resolve_run_dir(target)
     model, meta = load_model(folder, device)
-    name = DEFAULT_NAME if folder == DEFAULT_DIR else folder.resolve().name
+    name = str(target) if shipped_dir(target) == folder else folder.resolve().name
     run = Run(folder, name, model, meta, None)
     path = folder / METRICS_FILE
     if path.exists():  # a folder or a FIFO in its place is refused by read_metrics

@@ -7,6 +7,10 @@
   content type) or JSON `{"pixels": [[...28 numbers...] x 28]}`; answers the digit, its
   probability, the top k, and the 28x28 image the model saw; an image of several digits side by
   side is read as a number;
+- several models (`mnistlab serve --model A --model B`): `?model=NAME` picks one for
+  `/api/predict` and `/api/model` (the first is the default), `GET /api/models` lists them;
+- `POST /api/explain`: the same bodies as predict; for one digit, each convolutional layer's
+  feature maps and a saliency map over the input, as PNG images (`explaining.py`);
 - `GET /api/health`, `GET /api/model`, and the OpenAPI docs at `/docs`;
 - with `collect=DIR` (`mnistlab serve --collect DIR`) only, `POST /api/collect?label=<class>`:
   an image (as `/api/predict` takes them, JSON aside) stored as it is in `DIR/train/<class>/`,
@@ -18,10 +22,11 @@ the status and code given by the error's type in one table (`errors.ERRORS`); an
 clean 500 in the same shape, and the server goes on serving. Every answer is a model of
 `models.py`, the same classes the OpenAPI docs describe.
 
-The routes are module functions, reading the predictor, the batcher and the prepared answers
-from `request.app.state`; `create_app` only sets those and registers them.
+The routes are module functions, reading the served models (`served.ServedModel`: a predictor
+and its batcher) and the prepared answers from `request.app.state`; `create_app` only sets those
+and registers them.
 
-The model runs in one thread of its own (`batcher.Batcher`): requests that arrive while it is busy are
+Each model runs in one thread of its own (`batcher.Batcher`): requests that arrive while it is busy are
 answered together by its next call, so the event loop never waits for the model and concurrent
 clients share model calls. No request waits for the model longer than `model_timeout` seconds
 (then: 503 `model_timeout`, and the stuck call is interrupted). Small pictures are prepared on the event loop (a thread hop costs more
@@ -36,6 +41,7 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,30 +59,36 @@ from mnistlab.inference.errors import BadPixelsError, ImageError, UnreadableImag
 from mnistlab.inference.images import FORMATS
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import MAX_IMAGE_BYTES, decode_image, from_pixels, read_digits
-from mnistlab.serve.batcher import MODEL_TIMEOUT, Batcher
+from mnistlab.serve.batcher import MODEL_TIMEOUT
 from mnistlab.serve.collect import EXTENSIONS, MAX_BYTES, MAX_FILES, Collector
 from mnistlab.serve.errors import (
     COLLECT_ONLY,
+    ERRORS,
+    EXPLAIN_ONLY,
     PREDICT_ONLY,
     BadJsonError,
     BodyTooLargeError,
     CatchAll,
     InvalidRequestError,
     MalformedRequestError,
+    UnknownModelError,
     UnsupportedMediaTypeError,
     add_error_handlers,
     documented_errors,
 )
+from mnistlab.serve.explaining import Explainer, ExplainResponse
 from mnistlab.serve.models import (
     EXAMPLE_PIXELS,
     CollectResponse,
     HealthResponse,
     ModelResponse,
+    ModelsResponse,
     PixelsRequest,
     PredictResponse,
     json_response,
     prediction,
 )
+from mnistlab.serve.served import ServedModel, choose, describe, parse_top_k, serve_models
 
 log = logging.getLogger("mnistlab.serve")
 
@@ -230,17 +242,14 @@ def collectable(data: bytes) -> str:
         return EXTENSIONS[image.format]
 
 
-def parse_top_k(request: Request, default: int) -> int:
-    text = request.query_params.get("top_k")
-    if text is None:
-        return default
-    # isdigit alone admits '²', which int() refuses: ASCII digits only
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 10:
-        raise InvalidRequestError(f"top_k must be a whole number from 1 to 10, got {text!r}")
-    return int(text)
+# ---- the routes: each reads the app's models and answers from app.state --------------------
 
 
-# ---- the routes: each reads the app's predictor, batcher and answers from app.state ---------
+def chosen(request: Request) -> ServedModel:
+    """The model a request's `?model=` names, else the default."""
+    state = request.app.state
+    return choose(state.models, state.default, request.query_params.get("model"))
+
 
 
 router = APIRouter()
@@ -258,21 +267,98 @@ async def health(request: Request) -> Response:
     return json_response(request.app.state.health)
 
 
-@router.get("/api/model", summary="The loaded model: architecture, accuracy, input format",
-            response_model=ModelResponse)
 async def model(request: Request) -> Response:
-    return json_response(request.app.state.about)
+    return json_response(request.app.state.about[chosen(request).name])
+
+
+async def models(request: Request) -> Response:
+    return json_response(request.app.state.catalogue)
 
 
 async def predict(request: Request) -> Response:
-    state = request.app.state
-    k = parse_top_k(request, state.top_k)
+    served = chosen(request)
+    k = parse_top_k(request.query_params.get("top_k"), served)
     try:
         images = await read_images(request)
     except ClientDisconnect:
         return Response(status_code=400)  # nobody is listening any more
-    probs = await state.batcher.probabilities(images)
+    probs = await served.batcher.probabilities(images)
     return json_response(prediction(probs, images, k))
+
+
+async def explain(request: Request) -> Response:
+    served = chosen(request)
+    index = parse_digit(request.query_params.get("digit"))
+    try:
+        images = await read_images(request)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if index >= len(images):
+        raise InvalidRequestError(f"digit={index}, but the image holds {len(images)} "
+                                  f"digit{'s' if len(images) > 1 else ''} (digit counts from 0)")
+    return json_response(await request.app.state.explainer.explain(served.name, images[index]))
+
+
+def parse_digit(text: str | None) -> int:
+    """`?digit=`: which digit of a number to explain, from 0 (left) to at most 99."""
+    if text is None:
+        return 0
+    if not (text.isascii() and text.isdigit()) or int(text) > 99:
+        raise InvalidRequestError(f"digit must be a whole number from 0, got {text[:20]!r}")
+    return int(text)
+
+
+EXPLAIN_ERRORS = documented_errors({
+    400: "malformed body (bad JSON, broken multipart, empty)",
+    413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
+    415: "a content type that is not an image, multipart or JSON",
+    422: "as for /api/predict; besides, a `digit` the image does not hold, or a model served "
+         "from an ONNX file (`not_explainable`: explanations need PyTorch)",
+    500: "the model failed on this image",
+    503: f"the explanation did not come within {MODEL_TIMEOUT:g} s",
+}, leave_out=COLLECT_ONLY)
+
+
+def explain_route(served: dict[str, ServedModel]) -> dict[str, Any]:
+    return dict(
+        path="/api/explain", endpoint=explain, methods=["POST"],
+        summary="What the network sees of one digit: feature maps and a saliency map",
+        description=(
+            "The same bodies as /api/predict. For one digit (`?digit=N` of a number, from 0; "
+            "the first by default): each convolutional layer's outputs (one PNG mosaic per "
+            "layer), and a saliency map over the 28x28 input (the gradient of the winning "
+            "class's logit with respect to each pixel). For a softmax regression, its weight "
+            "templates, one per class, instead of layers. Computed with PyTorch whatever "
+            "backend predicts."),
+        response_model=ExplainResponse,
+        responses=EXPLAIN_ERRORS,
+        openapi_extra={"requestBody": PREDICT_BODY, "parameters": [
+            model_parameter(list(served)),
+            {"name": "digit", "in": "query", "required": False,
+             "description": "which digit of a number, from 0 (left)",
+             "schema": {"type": "integer", "minimum": 0, "maximum": 99, "default": 0}}]},
+    )
+
+
+def model_parameter(names: list[str]) -> dict[str, Any]:
+    """The OpenAPI description of `?model=`, naming the models served."""
+    return {"name": "model", "in": "query", "required": False,
+            "description": f"the model to use (GET /api/models); default: {names[0]}",
+            "schema": {"type": "string", "enum": names, "default": names[0]}}
+
+
+def model_routes(names: list[str]) -> list[dict[str, Any]]:
+    """`add_api_route`'s arguments for /api/model and /api/models."""
+    unknown = documented_errors({422: "`model` names none of the models served"},
+                                leave_out=tuple(k for k in ERRORS if k is not UnknownModelError))
+    return [
+        dict(path="/api/model", endpoint=model, methods=["GET"],
+             summary="A served model: architecture, accuracy, backend, classes",
+             response_model=ModelResponse, responses=unknown,
+             openapi_extra={"parameters": [model_parameter(names)]}),
+        dict(path="/api/models", endpoint=models, methods=["GET"],
+             summary="Every model served, the default first", response_model=ModelsResponse),
+    ]
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -297,16 +383,18 @@ PREDICT_ERRORS = documented_errors({
     413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
     415: "a content type that is not an image, multipart or JSON",
     422: "not a readable image, bad pixels, an empty image (no digit found: never a guess), "
-         "a multipart body without a field `file`, or a `top_k` outside 1-10",
+         "a multipart body without a field `file`, a `top_k` outside 1 to the model's number "
+         "of classes, or a `model` not served",
     500: "the model failed on these images (NaN probabilities, say): the model's fault, not "
          "the request's",
     503: f"the model did not answer within {MODEL_TIMEOUT:g} s (the request is freed)",
-}, leave_out=COLLECT_ONLY)
+}, leave_out=COLLECT_ONLY + EXPLAIN_ONLY)
 
 
-def predict_route(top_k: int) -> dict[str, Any]:
-    """`add_api_route`'s arguments for /api/predict, whose documented top_k default is the
-    application's."""
+def predict_route(served: dict[str, ServedModel]) -> dict[str, Any]:
+    """`add_api_route`'s arguments for /api/predict, whose documented `top_k` and `model` are
+    the application's."""
+    default = next(iter(served.values()))
     return dict(
         path="/api/predict", endpoint=predict, methods=["POST"],
         summary="Read the digit (or the number) in an image, or in 28x28 pixels",
@@ -319,14 +407,18 @@ def predict_route(top_k: int) -> dict[str, Any]:
             "An image is turned into MNIST's form (grayscale, light on dark, centred, 28x28); "
             "several digits side by side are read as a number (`number`, `digits`; then "
             "`digit` is null). An image with no ink is a 422 with `error: empty_image`: "
-            "no digit is guessed. `?top_k=N` (1-10) sets how many candidates are listed."
+            "no digit is guessed. `?top_k=N` (1 to the model's number of classes) sets how "
+            "many candidates are listed; `?model=NAME` picks one of the models served "
+            "(`GET /api/models`), the first by default."
         ),
         response_model=PredictResponse,
         responses=PREDICT_ERRORS,
         openapi_extra={"requestBody": PREDICT_BODY, "parameters": [{
             "name": "top_k", "in": "query", "required": False,
-            "description": "how many candidates to list",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 10, "default": top_k}}]},
+            "description": "how many candidates to list, at most the model's classes",
+            "schema": {"type": "integer", "minimum": 1,
+                       "maximum": max(m.classes for m in served.values()),
+                       "default": default.top_k}}, model_parameter(list(served))]},
     )
 
 
@@ -389,17 +481,24 @@ def collect_route(classes: tuple[str, ...]) -> dict[str, Any]:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     yield
-    app.state.batcher.close()
+    for served in app.state.models.values():
+        served.batcher.close()
+    app.state.explainer.close()
 
 
-def create_app(predictor: Predictor, *, top_k: int = 3, model_timeout: float = MODEL_TIMEOUT,
+def create_app(predictors: Predictor | Mapping[str, Predictor], *, top_k: int = 3,
+               model_timeout: float = MODEL_TIMEOUT,
                collect: str | os.PathLike | None = None) -> FastAPI:
-    """The web page and the HTTP API over one loaded predictor; a request waits for the model
-    at most `model_timeout` seconds, then is answered 503 `model_timeout`. With `collect`, a
-    folder (created if missing), corrections are stored there (`POST /api/collect`); a folder
-    that cannot be written, or class names that cannot be folder names, are a MnistlabError."""
-    if not 1 <= top_k <= 10:
-        raise ValueError(f"top_k must be from 1 to 10, got {top_k}")
+    """The web page and the HTTP API over one loaded predictor, or several by name (the first
+    is the default); a request waits for its model at most `model_timeout` seconds, then is
+    answered 503 `model_timeout`. With `collect`, a folder (created if missing), corrections
+    of the default model's readings are stored there (`POST /api/collect`); a folder that
+    cannot be written, or class names that cannot be folder names, are a MnistlabError."""
+    if not 1 <= top_k:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    served = serve_models(predictors, top_k, model_timeout)
+    default = next(iter(served.values()))
+    predictor = default.predictor
     collector = None if collect is None else Collector(collect, predictor.info["class_names"])
     app = FastAPI(
         title="mnistlab",
@@ -408,18 +507,24 @@ def create_app(predictor: Predictor, *, top_k: int = 3, model_timeout: float = M
         lifespan=lifespan,
     )
     state = app.state
-    state.predictor, state.top_k = predictor, top_k
-    state.batcher = Batcher(predictor, timeout=model_timeout)
+    state.models, state.default = served, default
+    state.predictor, state.batcher = predictor, default.batcher  # the default's, as before
     state.collector = collector
     state.page = page_html(collector)
     state.health = HealthResponse(status="ok", model_loaded=predictor is not None,
                                   model=predictor.info.get("model"))
-    state.about = ModelResponse.model_validate(public_info(predictor.info))
+    # each model's description, validated once here
+    state.about = {name: ModelResponse.model_validate(
+        describe(m, public_info(m.predictor.info), m is default)) for name, m in served.items()}
+    state.explainer = Explainer({name: m.predictor for name, m in served.items()},
+                                model_timeout)
+    state.catalogue = ModelsResponse(default=default.name, models=list(state.about.values()))
     app.add_middleware(CatchAll)
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
-    app.add_api_route(**predict_route(top_k))
+    for route in [predict_route(served), explain_route(served), *model_routes(list(served))]:
+        app.add_api_route(**route)
     if collector is not None:
         app.add_api_route(**collect_route(collector.classes))
     return app
@@ -487,15 +592,18 @@ ENV_COLLECT = "MNISTLAB_SERVE_COLLECT"
 
 
 def app_from_environment() -> FastAPI:
-    """`create_app` over the model named by MNISTLAB_SERVE_MODEL (default `default`), with
-    MNISTLAB_SERVE_BACKEND, _TOP_K, _THREADS and _COLLECT: what each worker process runs."""
-    from mnistlab.serve.server import freeze_loaded_objects, set_threads
+    """`create_app` over the models named by MNISTLAB_SERVE_MODEL (a JSON list of targets, or
+    one target; default the shipped model), with MNISTLAB_SERVE_BACKEND, _TOP_K, _THREADS and
+    _COLLECT: what each worker process runs."""
+    from mnistlab.serve.server import freeze_loaded_objects, load_models, set_threads
 
     threads = int(os.environ.get(ENV_THREADS, "1"))
     set_threads(threads)
-    predictor = Predictor.load(os.environ.get(ENV_MODEL, "default"),
-                               backend=os.environ.get(ENV_BACKEND, "torch"), threads=threads)
-    app = create_app(predictor, top_k=int(os.environ.get(ENV_TOP_K, "3")),
+    text = os.environ.get(ENV_MODEL, "default")
+    # `serve` writes a JSON list; one target alone, as earlier versions wrote it, is one model
+    targets = json.loads(text) if text.startswith("[") else [text]
+    predictors = load_models(targets, os.environ.get(ENV_BACKEND, "onnx"), threads)
+    app = create_app(predictors, top_k=int(os.environ.get(ENV_TOP_K, "3")),
                      collect=os.environ.get(ENV_COLLECT) or None)
     freeze_loaded_objects()
     return app

@@ -62,11 +62,19 @@ class UnsupportedMediaTypeError(RequestError):
 
 class InvalidRequestError(RequestError):
     """A well-formed request without what it needs: no multipart field `file`, or a `top_k`
-    outside 1-10."""
+    outside 1 to the model's number of classes."""
 
 
 class UnknownLabelError(RequestError):
     """A correction (`POST /api/collect`) whose label is none of the model's class names."""
+
+
+class UnknownModelError(RequestError):
+    """`?model=NAME` that names none of the models the server serves (`GET /api/models`)."""
+
+
+class NotExplainableError(RequestError):
+    """`POST /api/explain` for a model served from an ONNX file: explanations need PyTorch."""
 
 
 class CollectionFullError(Exception):
@@ -101,6 +109,8 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     UnsupportedImageError: (422, "bad_image"),
     ImageError: (422, "bad_image"),  # any other image error (e.g. ImageFileError, a new kind)
     UnknownLabelError: (422, "unknown_label"),
+    UnknownModelError: (422, "unknown_model"),
+    NotExplainableError: (422, "not_explainable"),
     ModelTimeoutError: (503, "model_timeout"),
     # the model failed on images it accepted (NaN for these, an ONNX graph's own error): the
     # server's fault, never the client's, said plainly instead of an anonymous 500
@@ -112,7 +122,9 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
 # the types only `POST /api/collect` raises, and those it never does (it takes no JSON and
 # runs no model): what each route documents
 COLLECT_ONLY = (UnknownLabelError, CollectionFullError, StorageError)
-PREDICT_ONLY = (BadJsonError, BadPixelsError, ModelTimeoutError, InferenceError)
+PREDICT_ONLY = (BadJsonError, BadPixelsError, ModelTimeoutError, InferenceError, UnknownModelError,
+                NotExplainableError)
+EXPLAIN_ONLY = (NotExplainableError,)  # what /api/predict never answers
 
 OTHER_CODES = ("not_found", "method_not_allowed", "internal", "shutting_down")  # 404, 405, 500, 503
 # answered by the server's HTTP protocol (server.BoundedHttpProtocol) before any route: 431, 408

@@ -66,14 +66,23 @@ class ModelResponse(BaseModel):
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
+    name: str = Field(description="what `?model=` picks it by")
+    default: bool = Field(description="whether requests without `?model=` get it")
     model: str | None = Field(description="the architecture, e.g. mnistlab-cnn")
     args: dict[str, Any] = Field(description="its arguments")
     parameters: int | None
     checkpoint: str | None = Field(description="the file, without the server's folders")
-    backend: str = Field(description="torch or onnx")
+    backend: str = Field(description="what computes its predictions: torch or onnx")
     device: str
     test_accuracy: float | None = Field(description="on MNIST's 10,000 test images, when known")
     class_names: list[str]
+
+
+class ModelsResponse(BaseModel):
+    """Every model the server serves (`mnistlab serve --model A --model B`)."""
+
+    default: str = Field(description="the name of the model used without `?model=`")
+    models: list[ModelResponse] = Field(description="each model, the default first")
 
 
 class CollectResponse(BaseModel):
