@@ -43,3 +43,10 @@ def recipe_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """MNIST's test images (uint8, N x 28 x 28) and labels, as numpy arrays."""
+    data = load_arrays("mnist")
+    return data.test_images, data.test_labels

@@ -13,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
@@ -31,12 +30,6 @@ def predictor():
 def client(predictor):
     with TestClient(create_app(predictor)) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    data = load_arrays("mnist")
-    return data.test_images, data.test_labels
 
 
 def png(pixels: np.ndarray, paper: bool = True) -> bytes:

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_serve import HOSTILE, chunks, png
 
-from mnistlab.data.registry import load_arrays
 from mnistlab.inference.export import export_onnx
 from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
@@ -30,12 +29,6 @@ def predictors():
 def client(predictors):
     with TestClient(create_app(predictors)) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    data = load_arrays("mnist")
-    return data.test_images, data.test_labels
 
 
 def image(url: str) -> np.ndarray:

@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 from test_serve import HOSTILE, chunks, png
 
-from mnistlab.data.registry import load_arrays
 from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import app as serve_app
 from mnistlab.serve import create_app
@@ -33,12 +32,6 @@ def predictors():
 def client(predictors):
     with TestClient(create_app(predictors)) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def mnist():
-    data = load_arrays("mnist")
-    return data.test_images, data.test_labels
 
 
 def test_the_models_are_listed_in_order_the_first_the_default(client):
