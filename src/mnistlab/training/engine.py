@@ -39,7 +39,7 @@ from mnistlab.training.ema import WeightAverage
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.optim import lr_factor, make_optimizer
 from mnistlab.training.progress import Progress, format_duration
-from mnistlab.training.start import describe, plan_start, start_from
+from mnistlab.training.start import Start, describe, plan_start, start_from
 from mnistlab.training.step import Totals, TrainStep, can_use_cuda_graph
 
 METRICS_FILE = rundir.METRICS_FILE
@@ -189,13 +189,19 @@ class Trainer:
         return cls(recipe, run_dir, seed=meta["seed"], data_dir=meta.get("data_dir"),
                    resume_from=saved, **kwargs)
 
-    def _relabelled(self, split: Split | None) -> Split | None:
-        """`split` with labels indexing the model's classes (where a fine-tuned model keeps
-        classes the data lacks)."""
-        if split is None:
-            return None
-        return load_split(split.name, self.recipe.data.dataset, self.data_dir, self.device,
+    def _split(self, name: str) -> Split:
+        """A split of the run's data on its device, its labels indexing the model's classes
+        (a fine-tuned model may keep classes the data lacks)."""
+        return load_split(name, self.recipe.data.dataset, self.data_dir, self.device,
                           classes=self._start.class_names)
+
+    def _plan_start(self) -> Start:
+        if self._resume_from:  # its model's classes as recorded; the weights are in the state
+            saved = self._resume_from[1]
+            start = plan_start(self.recipe, self.data_dir, recorded=saved.get("class_names"))
+            start.record = saved.get("init") if isinstance(saved.get("init"), dict) else None
+            return start
+        return plan_start(self.recipe, self.data_dir, self.init)
 
     @property
     def _classes(self) -> int:
@@ -208,24 +214,17 @@ class Trainer:
 
     def run(self) -> RunResult:
         self._started = time.perf_counter()
-        recipe, train_cfg = self.recipe, self.recipe.train
-        # the data first: a dataset that cannot be loaded leaves no run folder behind
-        train = load_split(train_cfg.split, recipe.data.dataset, self.data_dir, self.device)
-        validation = (load_split("validation", recipe.data.dataset, self.data_dir, self.device)
-                      if train_cfg.split == "train" else None)
+        # the data first (its classes set the model's), then the model it starts from and
+        # the teachers: any of them that cannot be loaded leaves no run folder behind
+        self._start = self._plan_start()
+        self.recipe = self._start.recipe  # with the model this run trains (its classes)
+        train_cfg = self.recipe.train
+        train = self._split(train_cfg.split)
+        validation = self._split("validation") if train_cfg.split == "train" else None
         if train_cfg.batch_size > len(train):
             raise MnistlabError(f"batch size {train_cfg.batch_size} is larger than the "
                                 f"{len(train)} training images")
-        if self._resume_from:  # its model's classes as recorded; the weights are in the state
-            saved = self._resume_from[1]
-            self._start = plan_start(recipe, self.data_dir, recorded=saved.get("class_names"))
-            self._start.record = saved.get("init") if isinstance(saved.get("init"), dict) else None
-        else:
-            self._start = plan_start(recipe, self.data_dir, self.init)
-        self.recipe = self._start.recipe  # with the model this run trains (its classes)
-        # before the run folder: a teacher that cannot be loaded leaves nothing behind
         self._teachers = load_teachers(self.recipe.distill, self._start.class_names, self.device)
-        train, validation = (self._relabelled(split) for split in (train, validation))
         self._check_length(len(train))
         if self.device.type == "cpu":
             keep_freed_memory()  # each step reuses the last one's memory: no page faults
@@ -456,8 +455,7 @@ class Trainer:
     def _test(self, loop: _Loop, train_seconds: float) -> Metrics:
         """Test the final model, log and save it as complete."""
         recipe = self.recipe
-        test = load_split("test", recipe.data.dataset, self.data_dir, self.device,
-                          classes=self._start.class_names)
+        test = self._split("test")
         metrics = compute_metrics(loop.final(), test.images, test.labels, num_classes=self._classes,
                                   dropout_at_test=recipe.quirks.dropout_at_test)
         self._log({"event": "test", "step": loop.steps_done, "loss": metrics.loss,
