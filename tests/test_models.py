@@ -2,6 +2,7 @@
 
 import json
 import math
+import platform
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from mnistlab.models import (
     summarize,
 )
 from mnistlab.models.init import glorot_bound
-from mnistlab.models.layers import Conv2dTFSame, tf_same_padding
+from mnistlab.models.layers import Conv2dTFSame, Dropout, Linear, tf_same_padding
 
 EXPECTED_PARAMS = {
     "softmax": 784 * 10 + 10,
@@ -195,6 +196,59 @@ def test_conv2d_tf_same_pads_bottom_right():
     assert conv(x).shape == (2, 4, 14, 14)
     with pytest.raises(ValueError):
         Conv2dTFSame(1, 4, 5, padding=2)
+
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gives_nn_linears_values_and_gradients(bias):
+    torch.manual_seed(0)
+    layer = Linear(3136, 1024, bias=bias)
+    x = torch.randn(50, 3136, requires_grad=True)
+    grad = torch.randn(50, 1024)
+    y = layer(x)
+    # on x86 the products are oneDNN's (the reason for the layer), elsewhere PyTorch's own
+    assert ("OneDnnLinear" in type(y.grad_fn).__name__) == X86
+    y.backward(grad)
+    ours = [x.grad, layer.weight.grad] + ([layer.bias.grad] if bias else [])
+    x_ref = x.detach().clone().requires_grad_()
+    reference = nn.Linear(3136, 1024, bias=bias)
+    reference.load_state_dict(layer.state_dict())
+    y_ref = reference(x_ref)
+    y_ref.backward(grad)
+    theirs = [x_ref.grad, reference.weight.grad] + ([reference.bias.grad] if bias else [])
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_leaves_bf16_autocast_and_other_shapes_to_nn_linear():
+    layer = Linear(8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(3, 8))
+    assert y.dtype == torch.bfloat16 and "OneDnn" not in type(y.grad_fn).__name__
+    y = layer(torch.randn(2, 3, 8))  # not a batch of vectors
+    assert y.shape == (2, 3, 4) and "OneDnn" not in type(y.grad_fn).__name__
+    assert isinstance(layer, nn.Linear) and list(layer.state_dict()) == ["weight", "bias"]
+
+
+def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_scales_it():
+    torch.manual_seed(0)
+    layer = Dropout(0.3)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = layer(x)
+    kept_units = y.detach()[y != 0]
+    torch.testing.assert_close(kept_units, torch.full_like(kept_units, 1 / 0.7))
+    kept = len(kept_units) / y.numel()
+    assert abs(kept - 0.7) < 0.005  # 400,000 draws: 5 standard deviations is 0.0036
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient passes where the unit was kept
+    torch.manual_seed(0)
+    torch.testing.assert_close(layer(x), y)  # the seed fixes the mask
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert isinstance(layer, nn.Dropout)
 
 
 # -- init schemes ----------------------------------------------------------------------------

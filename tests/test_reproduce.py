@@ -2,7 +2,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from mnistlab.recipebook import load_recipe
 from mnistlab.reproduction import Outcome, markdown_table
+from mnistlab.training.estimate import estimate
 
 
 def test_verdicts_and_table():
@@ -21,6 +25,7 @@ def test_reproduce_end_to_end_on_a_shortened_schedule(tmp_path):
                "--steps", "20", "--seeds", "2", "--out", str(tmp_path / "out"), "--device", "cpu"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("reproducing 2 recipes, 2 seeds each: expect about ")
     report = json.loads((tmp_path / "out" / "reproduction.json").read_text())
     softmax, opengenus = report["outcomes"]
     assert softmax["recipe"] == "softmax-regression" and softmax["claim"] == 0.91
@@ -36,6 +41,20 @@ def test_reproduce_end_to_end_on_a_shortened_schedule(tmp_path):
     # run again into the same folder: finished runs are read back, not trained again
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
+    assert again.stdout.startswith(f"every run in {tmp_path / 'out'} has finished")
     assert not any(f"training {name} (" in again.stdout for name in ("softmax-regression", "opengenus-cnn"))
     assert json.loads((tmp_path / "out" / "reproduction.json").read_text())["outcomes"][0]["accuracies"] \
         == softmax["accuracies"]
+
+
+@pytest.mark.parametrize("name, updates, validations", [
+    ("softmax-regression", 1000, 1),  # 1,000 steps of 50 end inside the first epoch
+    ("deep-mnist-as-printed", 200, 19),  # 20,000 iterations of 50, an update every hundredth
+    ("keras-cnn", 5 * 938, 0),  # 5 epochs of 60,000 in batches of 64; no validation split
+])
+def test_estimate_times_the_recipes_own_steps_and_counts_its_whole_run(name, updates, validations):
+    got = estimate(load_recipe(name), "cpu")
+    assert got.recipe == name and got.steps == updates
+    assert got.eval_images == validations * 5000 + 10_000  # each validation, then the test
+    assert 0 < got.step_seconds < 5 and 0 < got.image_seconds < 0.01
+    assert got.seconds == pytest.approx(updates * got.step_seconds + got.eval_images * got.image_seconds)

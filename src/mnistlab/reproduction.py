@@ -19,7 +19,8 @@ from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.fileio import atomic_write_text
 from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
-from mnistlab.training.progress import Progress
+from mnistlab.training.estimate import estimate
+from mnistlab.training.progress import Progress, format_duration
 from mnistlab.training.state import STATE_FILE
 
 TUTORIAL_RECIPES = (
@@ -70,12 +71,15 @@ class Outcome:
 def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
               steps: int | None = None, quiet: bool = False) -> list[Outcome]:
     printer = Progress(1, quiet=quiet)
+    recipes = [load_recipe(name).with_length(steps=steps) for name in names]
+    if not quiet:
+        printer.line(_expected_time(recipes, seeds, out, device))
+    started = time.perf_counter()
     outcomes = []
-    for name in names:
-        recipe = load_recipe(name).with_length(steps=steps)
+    for recipe in recipes:
         outcome = None
         for seed in range(seeds):
-            run_dir = out / "runs" / recipe.name / f"seed-{seed}"
+            run_dir = _run_dir(out, recipe, seed)
             accuracy, seconds, run_device = _finished(run_dir) or _train(recipe, run_dir, seed, device, quiet)
             if outcome is None:
                 outcome = Outcome(recipe.name, recipe.claim.tutorial if recipe.claim else "",
@@ -91,7 +95,32 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
             _write(out, outcomes + [outcome], seeds)
         outcomes.append(outcome)
     _write(out, outcomes, seeds)
+    printer.line(f"reproduced in {format_duration(time.perf_counter() - started)}")
     return outcomes
+
+
+def _expected_time(recipes: list[Recipe], seeds: int, out: Path, device: str) -> str:
+    """How long the runs left to train should take, from a few steps of each timed here."""
+    parts, total = [], 0.0
+    for recipe in recipes:
+        left = sum(_finished(_run_dir(out, recipe, seed)) is None for seed in range(seeds))
+        if left:
+            seconds = left * estimate(recipe, device).seconds
+            total += seconds
+            parts.append(f"{recipe.name} {_roughly(seconds)}")
+    if not parts:
+        return f"every run in {out} has finished: reading them back"
+    runs = f"{len(recipes)} recipe{'s' * (len(recipes) > 1)}, {seeds} seed{'s' * (seeds > 1)} each"
+    return (f"reproducing {runs}: expect about {_roughly(total)} of training and testing "
+            f"({', '.join(parts)}; timed from a few steps of each here)")
+
+
+def _roughly(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
+
+
+def _run_dir(out: Path, recipe: Recipe, seed: int) -> Path:
+    return out / "runs" / recipe.name / f"seed-{seed}"
 
 
 def _finished(run_dir: Path) -> tuple[float, float, str] | None:

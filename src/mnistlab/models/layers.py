@@ -1,4 +1,5 @@
-"""Layers PyTorch lacks: TensorFlow's SAME padding for strided convolutions.
+"""Layers PyTorch lacks: TensorFlow's SAME padding for strided convolutions, and a dense layer
+and a dropout that run at full speed on the CPU.
 
 TF's SAME makes the output ceil(size / stride) long and pads whatever that needs, splitting the
 padding with the smaller half BEFORE and the larger half AFTER (the extra row goes at the bottom,
@@ -8,6 +9,9 @@ With stride 1 and an odd kernel the split is even and this equals `padding=k // 
 """
 
 from __future__ import annotations
+
+import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -42,3 +46,82 @@ class Conv2dTFSame(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", padding=SAME (TensorFlow)"
+
+
+class Linear(nn.Linear):
+    """nn.Linear, computed by oneDNN on an x86 CPU in float32.
+
+    PyTorch's CPU build multiplies float32 matrices with MKL, which on AMD processors runs its
+    AVX2 code: on a Zen 5 core, Deep MNIST's 3136x1024 layer at batch 50 took 1.9 ms forward
+    where oneDNN, which PyTorch also ships (its convolutions run on it), takes 0.9 ms, and the
+    two products of the backward pass gain as much (docs/BENCHMARKS.md). The weights and their
+    names are nn.Linear's, so checkpoints, ONNX export and every `isinstance` check see no
+    difference. Elsewhere (a GPU, bfloat16 autocast, ONNX export, torch.compile, inputs that
+    are not a batch of vectors) it is nn.Linear.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_onednn(x, self.weight):
+            return _OneDnnLinear.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    # torch.compile traces nn.Linear (first: the other tests are not for it to trace)
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 2
+            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not torch.onnx.is_in_onnx_export() and _onednn_linear_works())
+
+
+def _onednn_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias) by oneDNN's inner product; views (a transpose) are read as they are."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+@functools.cache
+def _onednn_linear_works() -> bool:
+    """Whether this PyTorch has oneDNN's inner product and it agrees with nn.Linear; x86 only,
+    where MKL's products are the slow ones (other CPUs keep PyTorch's own choice)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        a, b = torch.randn(3, 5), torch.randn(4, 5)
+        return bool(torch.allclose(_onednn_product(a, b), a @ b.T, atol=1e-5))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    """y = x @ W.T + b with all three products (forward, dx, dW) by oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_x = _onednn_product(grad, weight.T) if needs_x else None  # grad @ W
+        grad_weight = _onednn_product(grad.T, x.T) if needs_weight else None  # grad.T @ x
+        grad_bias = grad.sum(0) if ctx.has_bias and needs_bias else None
+        return grad_x, grad_weight, grad_bias
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, its mask drawn from torch.rand on the CPU.
+
+    PyTorch's CPU dropout draws its mask with bernoulli_, which took 0.48 ms for Deep MNIST's
+    50x1024 activations on a Zen 5 core, where torch.rand and a comparison take 0.1 ms: 3% of
+    the tutorial's step. The same distribution (each unit kept with probability 1 - p, scaled by
+    1 / (1 - p)), from another draw of the random stream. Elsewhere it is nn.Dropout.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not torch.compiler.is_compiling() and self.training and 0 < self.p < 1
+                and not self.inplace and x.device.type == "cpu" and not torch.onnx.is_in_onnx_export()):
+            keep = torch.rand(x.shape, dtype=torch.float32) >= self.p
+            return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+        return super().forward(x)

@@ -30,7 +30,7 @@ from torch import nn
 from mnistlab.errors import MnistlabError, did_you_mean
 from mnistlab.models.args import Arg
 from mnistlab.models.init import init_weights
-from mnistlab.models.layers import Conv2dTFSame
+from mnistlab.models.layers import Conv2dTFSame, Dropout, Linear
 
 # -----------------------------------------------------------------------------
 # Deep MNIST for Experts: softmax regression.
@@ -42,7 +42,7 @@ class Softmax(nn.Module):
     def __init__(self, *, classes: int = 10) -> None:
         super().__init__()
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(28 * 28, classes)
+        self.fc = Linear(28 * 28, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(x))
@@ -67,9 +67,9 @@ class DeepCNN(nn.Module):
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
         self.pool2 = nn.MaxPool2d(2)  # 7x7
         self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(7 * 7 * 64, 1024)
-        self.dropout = nn.Dropout(dropout)  # TF's keep_prob is 1 - dropout
-        self.fc2 = nn.Linear(1024, classes)
+        self.fc1 = Linear(7 * 7 * 64, 1024)
+        self.dropout = Dropout(dropout)  # TF's keep_prob is 1 - dropout
+        self.fc2 = Linear(1024, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU after the pool instead of before: the same function and gradient (max-pooling
@@ -99,9 +99,9 @@ class StridedCNN(nn.Module):
         self.conv2 = Conv2dTFSame(32, 64, 5, stride=2, bias=False)  # 4x4
         self.pool2 = nn.MaxPool2d(2)  # 2x2
         self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(2 * 2 * 64, 1024)
-        self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(1024, classes)
+        self.fc1 = Linear(2 * 2 * 64, 1024)
+        self.dropout = Dropout(dropout)
+        self.fc2 = Linear(1024, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.conv1(x))
@@ -125,8 +125,8 @@ class KerasCNN(nn.Module):
         self.pool2 = nn.MaxPool2d(2)  # 5x5 (floor, as Keras)
         self.conv3 = nn.Conv2d(64, 64, 3)  # 3x3
         self.flatten = nn.Flatten()  # 576
-        self.fc1 = nn.Linear(3 * 3 * 64, 64)
-        self.fc2 = nn.Linear(64, classes)
+        self.fc1 = Linear(3 * 3 * 64, 64)
+        self.fc2 = Linear(64, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # ReLU after the pool, as in DeepCNN: same result, a quarter of the work.
@@ -185,8 +185,8 @@ class MnistlabCNN(nn.Module):
         self.block2 = ConvBlock(w0, w1, convs=convs)  # 14x14 -> 7x7
         self.block3 = ConvBlock(w1, w2, ceil_mode=True, convs=convs)  # 7x7 -> 4x4, keeping the last row
         self.flatten = nn.Flatten()
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(w2 * 4 * 4, classes)
+        self.dropout = Dropout(dropout)
+        self.fc = Linear(w2 * 4 * 4, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(x)))
@@ -243,9 +243,9 @@ class FastCNN(nn.Module):
         for _ in widths[1:]:
             side = math.ceil(side / 2)
         features = widths[-1] * side * side
-        self.hidden = nn.Linear(features, hidden) if hidden else None
-        self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden or features, classes)
+        self.hidden = Linear(features, hidden) if hidden else None
+        self.dropout = Dropout(dropout)
+        self.fc = Linear(hidden or features, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.crop:
@@ -282,7 +282,7 @@ class ValidCNN(nn.Module):
                        f"bn{i}": nn.BatchNorm2d(w_out), f"relu{i}": nn.ReLU()}
         self.convs = nn.Sequential(OrderedDict(layers))
         side = 28 - len(widths) * (kernel - 1)
-        self.fc = nn.Linear(widths[-1] * side * side, classes, bias=False)
+        self.fc = Linear(widths[-1] * side * side, classes, bias=False)
         self.bn = nn.BatchNorm1d(classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
