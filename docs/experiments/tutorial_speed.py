@@ -1,0 +1,341 @@
+"""Each tutorial recipe's training speed in mnistlab against its own framework's, on this CPU.
+
+    .venv/bin/python docs/experiments/tutorial_speed.py [--recipes deep-mnist,keras-cnn]
+        [--rounds 3] [--scale 1] [--tf-env ~/.cache/mnistlab/tf-env] [--json PATH]
+
+The TensorFlow side is docs/experiments/tutorial_speed_tf.py, run in a TensorFlow environment
+of its own (made at --tf-env on first use: tensorflow-cpu, never a dependency of mnistlab);
+the mnistlab side is `mnistlab.train(recipe, steps=N, device="cpu")`'s train_seconds, in a
+process of its own. Both train in fp32 at the recipe's batch size for the same N steps,
+alternately, --rounds times; the table gives each side's median.
+
+Each side's rate is the recipe's training arithmetic (one forward and backward of the mnistlab
+model, counted by torch's FlopCounterMode: convolutions and matrix products) per update,
+times the updates, over the time. The peak is the faster of two large fp32 matrix products
+measured here: MKL's sgemm (torch.mm) and oneDNN's (torch's mkldnn_linear).
+
+Timing: TF's `seconds` excludes its first run of each session.run (graph optimisation) and
+Keras' tracing (see tutorial_speed_tf.py); mnistlab's train_seconds runs from its first step
+to its last, the first included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TF_REQUIREMENT = "tensorflow-cpu==2.21.0"
+TF_SCRIPT = Path(__file__).with_name("tutorial_speed_tf.py")
+
+# Steps per run at --scale 1: a full schedule where that is short, else enough for a stable time.
+STEPS = {
+    "softmax-regression": 1000,  # its whole schedule
+    "deep-mnist": 1000,
+    "deep-mnist-as-printed": 20000,  # iterations, its whole schedule (200 updates)
+    "opengenus-cnn": 400,
+    "strided-cnn": 2000,
+    "keras-cnn": 938,  # one epoch of 60,000 at 64
+}
+
+
+class Failed(SystemExit):
+    """One clear line on stderr, exit status 1."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(f"tutorial_speed: {line}")
+
+
+# -----------------------------------------------------------------------------
+# The TensorFlow environment.
+
+
+def tf_python(env: Path) -> Path:
+    """The TensorFlow environment's Python, making the environment first if it has none."""
+    python = env / "bin" / "python"
+    if not python.exists():
+        print(f"creating a TensorFlow environment at {env} ({TF_REQUIREMENT})", file=sys.stderr)
+        _check([sys.executable, "-m", "venv", str(env)], f"python -m venv {env} failed")
+    if not _has_tensorflow(python):
+        _check([str(python), "-m", "pip", "install", "--quiet", TF_REQUIREMENT],
+               f"pip install {TF_REQUIREMENT} into {env} failed")
+        if not _has_tensorflow(python):
+            raise Failed(f"{env} has no tensorflow after pip install {TF_REQUIREMENT}")
+    return python
+
+
+def _has_tensorflow(python: Path) -> bool:
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is None)"
+    return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+
+
+def _check(command: list[str], message: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()
+        raise Failed(f"{message}: {last[-1] if last else f'exit status {done.returncode}'}")
+
+
+# -----------------------------------------------------------------------------
+# The machine: its CPU and its fp32 peak.
+
+
+def cpu_info() -> dict:
+    """/proc/cpuinfo's first model name and cpu family, and the CPUs this process may use."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            fields.setdefault(key, value)  # the first CPU's; they are all alike here
+    except OSError:  # not Linux: the table says unknown
+        pass
+    return {"model_name": fields.get("model name", platform.processor() or "unknown"),
+            "cpu_family": fields.get("cpu family", "unknown"),
+            "cpus": len(os.sched_getaffinity(0))}
+
+
+def median_gflops(product, flops: float, repeats: int) -> float:
+    """The median rate of `product()` over `repeats` calls, after one untimed call (oneDNN
+    builds its kernel then; MKL packs its buffers)."""
+    product()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product()
+        seconds.append(time.perf_counter() - start)
+    return flops / statistics.median(seconds) / 1e9
+
+
+def measure_peak(n: int, repeats: int) -> dict:
+    """fp32 n x n by n x n products through MKL (torch.mm) and oneDNN (mkldnn_linear, which
+    multiplies by the transposed weight: the same arithmetic). The faster one is the peak."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    flops = 2.0 * n**3
+    mkl = median_gflops(lambda: torch.mm(a, b), flops, repeats)
+    a_dnn, b_dnn = a.to_mkldnn(), b.to_mkldnn()
+    onednn = median_gflops(lambda: torch.ops.aten.mkldnn_linear(a_dnn, b_dnn), flops, repeats)
+    return {"n": n, "repeats": repeats, "mkl_sgemm_gflops": mkl, "onednn_sgemm_gflops": onednn,
+            "peak_gflops": max(mkl, onednn), "threads": torch.get_num_threads()}
+
+
+# -----------------------------------------------------------------------------
+# The recipes: their batch, their updates, their arithmetic.
+
+
+def _inner_product_flops(input_shape, weight_shape, *_args, **_kwargs) -> int:
+    """oneDNN's inner product (a @ w.T + bias), which FlopCounterMode does not know."""
+    return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
+
+
+def training_flops(recipe) -> int:
+    """One update's arithmetic: a forward and backward of the recipe's mnistlab model on a batch,
+    as FlopCounterMode counts it (matrix products and convolutions, which both frameworks
+    perform alike; the elementwise rest and the optimizer are not counted).
+
+    mnistlab may run a layer through an op FlopCounterMode has no formula for (its dense
+    layers call oneDNN directly), which would count as nothing: the known ones get a formula,
+    and every layer with a weight matrix must then count at least what its weights imply
+    (forward and weight gradient: 4 x batch x weights), or this stops rather than understate."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mnistlab.models import build_model
+
+    model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
+    batch = recipe.train.batch_size
+    images, labels = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with torch.no_grad():  # a first call outside the count: layers may probe their backend then
+        model(images)
+    formulas = {torch.ops.mkldnn._linear_pointwise: _inner_product_flops}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    by_module = counter.get_flop_counts()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not name or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        counted = sum(by_module.get(f"{type(model).__name__}.{name}", {}).values())
+        if counted < 4 * batch * weight.numel():
+            raise Failed(f"{recipe.name}: FlopCounterMode counted {counted:,} FLOPs for layer "
+                         f"{name} ({type(module).__name__}), fewer than its weights imply: it "
+                         "runs an op without a flop formula; add one to training_flops")
+    return counter.get_total_flops()
+
+
+def recipe_facts(name: str, steps: int) -> dict:
+    from mnistlab.recipebook import load_recipe
+
+    recipe = load_recipe(name)
+    update_every = recipe.quirks.update_every  # Deep MNIST as printed trains every 100th
+    return {"steps": steps, "batch_size": recipe.train.batch_size,
+            "updates": math.ceil(steps / update_every), "flops_per_update": training_flops(recipe)}
+
+
+# -----------------------------------------------------------------------------
+# The two sides, each in a process of its own.
+
+
+def run_json(command: list[str], what: str) -> dict:
+    """Run a side; its last stdout line is its JSON. A failure is one line with its last error."""
+    with tempfile.TemporaryDirectory() as cwd:  # nothing it writes lands in the repository
+        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        errors = done.stderr.strip().splitlines()
+        raise Failed(f"{what} failed (exit status {done.returncode}): "
+                     f"{errors[-1] if errors else 'no output'}")
+    return json.loads(lines[-1])
+
+
+def time_tf(python: Path, recipe: str, steps: int, data: Path) -> dict:
+    return run_json([str(python), str(TF_SCRIPT), recipe, "--steps", str(steps), "--data", str(data)],
+                    f"TensorFlow's {recipe}")
+
+
+def time_mnistlab(recipe: str, steps: int) -> dict:
+    return run_json([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side", recipe,
+                     "--steps", str(steps)], f"mnistlab's {recipe}")
+
+
+def mnistlab_side(recipe: str, steps: int) -> None:
+    """The mnistlab side's process: train, print one JSON line."""
+    import torch
+
+    import mnistlab
+
+    with tempfile.TemporaryDirectory() as out:
+        run = mnistlab.train(recipe, steps=steps, device="cpu", quiet=True, report=False,
+                             out=Path(out) / "run")
+    print(json.dumps({"recipe": recipe, "steps": run.result.steps_done, "seconds": run.train_seconds,
+                      "mnistlab_version": mnistlab.__version__, "torch_version": torch.__version__,
+                      "threads": torch.get_num_threads()}))
+
+
+# -----------------------------------------------------------------------------
+# The report.
+
+
+def side_cell(seconds: float, facts: dict, peak: float) -> str:
+    gflops = facts["flops_per_update"] * facts["updates"] / seconds / 1e9
+    ms = seconds / facts["steps"] * 1e3
+    # three significant figures: the recipes' steps run from a fraction of a ms to 100 ms
+    return (f"{seconds:.3g} s ({ms:.3g} ms/step, {gflops:.3g} GFLOP/s, "
+            f"{100 * gflops / peak:.3g}% of peak)")
+
+
+def table(results: dict, peak: dict, cpu: dict, found: dict) -> str:
+    rows = [
+        f"CPU: {cpu['model_name']} (cpu family {cpu['cpu_family']}), {cpu['cpus']} CPUs; "
+        f"torch threads {peak['threads']}; TensorFlow's pools at their defaults ({tf_threads(results)})",
+        f"fp32 peak: {peak['peak_gflops']:.1f} GFLOP/s (oneDNN sgemm {peak['onednn_sgemm_gflops']:.1f}, "
+        f"MKL sgemm {peak['mkl_sgemm_gflops']:.1f}; {peak['n']}x{peak['n']} products, "
+        f"median of {peak['repeats']})",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
+        "",
+        "| recipe | steps x batch | TF median | mnistlab median | TF / mnistlab |",
+        "|---|---|---|---|---|",
+    ]
+    fastest = 0.0
+    for name, r in results.items():
+        tf_s = statistics.median(x["seconds"] for x in r["tf"])
+        ml_s = statistics.median(x["seconds"] for x in r["mnistlab"])
+        rows.append(f"| {name} | {r['steps']:,} x {r['batch_size']} "
+                    f"| {side_cell(tf_s, r, peak['peak_gflops'])} "
+                    f"| {side_cell(ml_s, r, peak['peak_gflops'])} | {tf_s / ml_s:.3g}x |")
+        fastest = max(fastest, r["flops_per_update"] * r["updates"] / min(tf_s, ml_s) / 1e9)
+    if fastest > peak["peak_gflops"]:  # the machine was busier while the peak was measured
+        rows.append(f"\nnote: a side ran at {fastest:.3g} GFLOP/s, above the measured peak: "
+                    "the peak was measured in a slow spell; rerun on a quiet machine")
+    return "\n".join(rows)
+
+
+def tf_threads(results: dict) -> str:
+    """The TF side's report of its pools (0: sized by TensorFlow, one thread per CPU)."""
+    t = next(iter(results.values()))["tf"][0]["threads"]
+    return f"intra-op {t['intra_op']}, inter-op {t['inter_op']}, of {t['cpus']} CPUs"
+
+
+def versions(results: dict) -> dict:
+    import torch
+
+    import mnistlab
+
+    found = {"python": platform.python_version(), "torch": torch.__version__,
+             "mnistlab": mnistlab.__version__}
+    for r in results.values():
+        for x in r["tf"]:
+            found["tensorflow"] = x["tf_version"]
+            if "keras_version" in x:
+                found["keras"] = x["keras_version"]
+    return found
+
+
+# -----------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(STEPS),
+                        help="comma-separated; default: all six tutorial recipes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
+    parser.add_argument("--tf-env", type=Path, default=Path.home() / ".cache/mnistlab/tf-env")
+    parser.add_argument("--json", type=Path, help="write every round's figures here")
+    parser.add_argument("--peak-size", type=int, default=4096)
+    parser.add_argument("--peak-repeats", type=int, default=5)
+    parser.add_argument("--mnistlab-side", metavar="RECIPE", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in args.recipes if r not in STEPS]
+    if unknown:
+        parser.error(f"unknown recipe {unknown[0]!r}: expected some of {', '.join(STEPS)}")
+    if args.rounds < 1 or args.scale <= 0:
+        parser.error("--rounds must be at least 1 and --scale above 0")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.mnistlab_side:
+        mnistlab_side(args.mnistlab_side, args.steps)
+        return
+
+    import mnistlab
+
+    python = tf_python(args.tf_env.expanduser())
+    data = Path(mnistlab.__file__).parent / "data" / "mnist"
+    cpu = cpu_info()
+    peak = measure_peak(args.peak_size, args.peak_repeats)
+    results = {name: {**recipe_facts(name, max(1, round(STEPS[name] * args.scale))),
+                      "tf": [], "mnistlab": []}
+               for name in args.recipes}
+    # rounds outermost, the sides alternating: a slow spell of the machine touches both
+    for round_ in range(1, args.rounds + 1):
+        for name, r in results.items():
+            r["tf"].append(time_tf(python, name, r["steps"], data))
+            r["mnistlab"].append(time_mnistlab(name, r["steps"]))
+            print(f"round {round_}/{args.rounds} {name}: TF {r['tf'][-1]['seconds']:.2f} s, "
+                  f"mnistlab {r['mnistlab'][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+
+    found = versions(results)
+    print(table(results, peak, cpu, found))
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu, "peak": peak, "versions": found,
+                                         "scale": args.scale, "rounds": args.rounds,
+                                         "recipes": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
