@@ -198,6 +198,15 @@ def test_conv2d_tf_same_pads_bottom_right():
         Conv2dTFSame(1, 4, 5, padding=2)
 
 
+def test_conv2d_tf_same_with_even_padding_lets_the_convolution_pad():
+    torch.manual_seed(0)
+    conv = Conv2dTFSame(3, 4, 5, stride=2)  # 7 -> 4 pads 2 on every side: no copy needed
+    x = torch.rand(2, 3, 7, 7).requires_grad_()
+    y = conv(x)
+    torch.testing.assert_close(y, F.conv2d(F.pad(x, (2, 2, 2, 2)), conv.weight, conv.bias, stride=2))
+    assert y.shape == (2, 4, 4, 4) and "ConstantPad" not in str(y.grad_fn.next_functions)
+
+
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
@@ -223,13 +232,15 @@ def test_linear_gives_nn_linears_values_and_gradients(bias):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_linear_leaves_bf16_autocast_and_other_shapes_to_nn_linear():
-    layer = Linear(8, 4)
+def test_linear_leaves_bf16_autocast_small_products_and_other_shapes_to_nn_linear():
+    layer = Linear(3136, 1024)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(torch.randn(3, 8))
+        y = layer(torch.randn(50, 3136))
     assert y.dtype == torch.bfloat16 and "OneDnn" not in type(y.grad_fn).__name__
-    y = layer(torch.randn(2, 3, 8))  # not a batch of vectors
-    assert y.shape == (2, 3, 4) and "OneDnn" not in type(y.grad_fn).__name__
+    y = layer(torch.randn(2, 3, 3136))  # not a batch of vectors
+    assert y.shape == (2, 3, 1024) and "OneDnn" not in type(y.grad_fn).__name__
+    y = Linear(784, 10)(torch.randn(50, 784))  # too small to gain: oneDNN's overhead would cost
+    assert "OneDnn" not in type(y.grad_fn).__name__
     assert isinstance(layer, nn.Linear) and list(layer.state_dict()) == ["weight", "bias"]
 
 
