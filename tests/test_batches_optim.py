@@ -1,8 +1,11 @@
+import copy
+
+import pytest
 import torch
 
-from mnistlab.recipebook.recipe import ScheduleSection
+from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
 from mnistlab.training.batches import BatchPlan
-from mnistlab.training.optim import KerasRMSprop, lr_factor
+from mnistlab.training.optim import KerasRMSprop, lr_factor, make_optimizer
 
 
 def test_epochs_cover_every_example_once_with_a_smaller_last_batch():
@@ -56,3 +59,32 @@ def test_schedules():
     assert abs(lr_factor(onecycle, 99, 100) - (0.1 + 0.9 / 80)) < 1e-9
     cosine = ScheduleSection(name="cosine", final=0.0)
     assert lr_factor(cosine, 0, 100) == 1.0 and lr_factor(cosine, 50, 100) == 0.5
+
+
+@pytest.mark.parametrize("name, weight_decay", [("adam", 0.0), ("adam", 1e-3), ("adamw", 0.05)])
+def test_direct_fused_step_matches_torch_optim_bit_for_bit(name, weight_decay):
+    """make_optimizer's Adam and AdamW call the fused kernel directly after the first step:
+    the weights and moments must be exactly torch.optim's, a frozen weight included."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    theirs = copy.deepcopy(ours)
+    spec = OptimizerSection(name=name, lr=1e-2, weight_decay=weight_decay)
+    mine = make_optimizer(ours, spec)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    reference = cls(theirs.parameters(), lr=1e-2, betas=tuple(spec.betas), eps=spec.eps,
+                    weight_decay=weight_decay, fused=True)
+    for step in range(6):
+        x = torch.randn(4, 6)
+        for model, optimizer in ((ours, mine), (theirs, reference)):
+            if step == 4:  # a weight stops training: its gradient is None from now on
+                model[0].weight.requires_grad_(False)
+                model[0].weight.grad = None
+            optimizer.zero_grad(set_to_none=True)
+            model(x).square().sum().backward()
+            optimizer.step()
+        # steps 1 to 3 went direct; from step 4 a weight has no gradient: torch.optim's step
+        assert (mine._direct_groups() is not None) == (step < 4)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(mine.state.values(), reference.state.values()):
+        assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_avg_sq"))

@@ -260,6 +260,9 @@ def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_scales_it():
     layer.eval()
     assert torch.equal(layer(x), x)
     assert isinstance(layer, nn.Dropout)
+    # the mask is drawn to 16 bits: a p too small for them keeps every unit
+    assert torch.equal(Dropout(1e-6)(x), x * (1 / (1 - 1e-6)))
+    assert (Dropout(0.999)(x) != 0).float().mean() < 0.002
 
 
 # -- init schemes ----------------------------------------------------------------------------
