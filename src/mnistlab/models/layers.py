@@ -76,7 +76,7 @@ MIN_ONEDNN_PRODUCT = 1 << 21
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # torch.compile traces nn.Linear (first: the other tests are not for it to trace)
+    # under torch.compile the layer is nn.Linear; asked first, so that it traces none of the rest
     return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 2
             and x.shape[0] * weight.numel() >= MIN_ONEDNN_PRODUCT
             and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
