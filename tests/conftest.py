@@ -4,6 +4,7 @@ import pytest
 
 from mnistlab.data.idx import write_idx
 from mnistlab.data.registry import load_arrays
+from mnistlab.inference.predictor import Predictor
 
 
 def pytest_addoption(parser):
@@ -50,3 +51,9 @@ def mnist():
     """MNIST's test images (uint8, N x 28 x 28) and labels, as numpy arrays."""
     data = load_arrays("mnist")
     return data.test_images, data.test_labels
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The shipped default model's predictor (PyTorch), one per test module."""
+    return Predictor.load("default")

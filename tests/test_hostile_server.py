@@ -162,11 +162,6 @@ def report(port: int, seconds: float, pid: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    return Predictor.load("default")
-
-
-@pytest.fixture(scope="module")
 def mnist_images():
     return load_arrays("mnist").test_images
 

@@ -17,11 +17,6 @@ DEFAULT_MODEL = load_model("default")[1]["model"]["name"]
 
 
 @pytest.fixture(scope="module")
-def predictor():
-    return Predictor.load("default")
-
-
-@pytest.fixture(scope="module")
 def mnist():
     return load_arrays("mnist")
 

@@ -14,16 +14,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnistlab.errors import MnistlabError
-from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES, MAX_JSON_BYTES, public_info
 from mnistlab.serve.loadtest import loadtest
 from mnistlab.serve.server import running_server
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return Predictor.load("default")
 
 
 @pytest.fixture(scope="module")

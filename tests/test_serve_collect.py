@@ -27,7 +27,6 @@ from mnistlab.inference.errors import (
     UnreadableImageError,
     UnsupportedImageError,
 )
-from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES
 from mnistlab.serve.collect import Collector, folder_problem
@@ -41,11 +40,6 @@ from mnistlab.serve.errors import (
     UnsupportedMediaTypeError,
 )
 from mnistlab.serve.models import CollectResponse
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return Predictor.load("default")
 
 
 @pytest.fixture

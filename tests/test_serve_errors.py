@@ -24,7 +24,6 @@ from mnistlab.inference.errors import (
     UnreadableImageError,
     UnsupportedImageError,
 )
-from mnistlab.inference.predictor import Predictor
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES
 from mnistlab.serve.errors import (
@@ -48,11 +47,6 @@ from mnistlab.serve.errors import (
     status_of,
 )
 from mnistlab.serve.models import HealthResponse, ModelResponse, PredictResponse
-
-
-@pytest.fixture(scope="module")
-def predictor():
-    return Predictor.load("default")
 
 
 @pytest.fixture(scope="module")
