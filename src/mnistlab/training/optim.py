@@ -65,10 +65,9 @@ class _DirectFusedStep:
             decoupled = isinstance(self, torch.optim.AdamW) or group.get("decoupled_weight_decay")
             kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
             kernel(params, [p.grad for p in params], [state["exp_avg"] for state in states],
-                         [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
-                         lr=group["lr"], beta1=beta1, beta2=beta2,
-                         weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-                         grad_scale=None, found_inf=None)
+                   [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
+                   lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                   eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
         return None
 
     def _direct_groups(self):
