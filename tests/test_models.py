@@ -23,7 +23,14 @@ from mnistlab.models import (
     summarize,
 )
 from mnistlab.models.init import glorot_bound
-from mnistlab.models.layers import Conv2dTFSame, Dropout, Linear, tf_same_padding
+from mnistlab.models.layers import (
+    Conv2dTFSame,
+    Dropout,
+    Linear,
+    tf_same_padding,
+    to_onednn_layout,
+    to_plain_layout,
+)
 
 EXPECTED_PARAMS = {
     "softmax": 784 * 10 + 10,
@@ -263,6 +270,47 @@ def test_dropout_keeps_each_unit_with_probability_one_minus_p_and_scales_it():
     # the mask is drawn to 16 bits: a p too small for them keeps every unit
     assert torch.equal(Dropout(1e-6)(x), x * (1 / (1 - 1e-6)))
     assert (Dropout(0.999)(x) != 0).float().mean() < 0.002
+
+
+@pytest.mark.parametrize("name", ["deep-cnn", "keras-cnn"])
+def test_training_in_onednn_layout_gives_the_plain_layouts_values_and_gradients(name, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(name, **({"dropout": 0.0} if name == "deep-cnn" else {}))
+    model = model.to(memory_format=torch.channels_last).train()
+    for layer in model.modules():  # no bias of 0: an output of exactly 0 would make ReLU's
+        if isinstance(layer, nn.Conv2d):  # gradient hang on the last bit of a sum
+            nn.init.uniform_(layer.bias, 0.1, 0.2)
+    x = torch.randn(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (16,))
+    assert to_onednn_layout(x, training=True).is_mkldnn == X86  # the layout these models use
+
+    def logits_and_gradients():
+        model.zero_grad(set_to_none=True)
+        logits = model(x)
+        F.cross_entropy(logits, labels).backward()
+        return [logits] + [p.grad for p in model.parameters()]
+
+    ours = logits_and_gradients()
+    monkeypatch.setattr("mnistlab.models.layers._onednn_layout_works", lambda: False)
+    assert not to_onednn_layout(x, training=True).is_mkldnn
+    for a, b in zip(ours, logits_and_gradients()):
+        assert not a.is_mkldnn
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_onednn_layout_only_for_float32_training_batches_on_the_cpu():
+    x = torch.randn(4, 1, 28, 28)
+    assert not to_onednn_layout(x, training=False).is_mkldnn  # evaluation, prediction
+    assert not to_onednn_layout(x.double(), training=True).is_mkldnn
+    assert not to_onednn_layout(x.flatten(1), training=True).is_mkldnn
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not to_onednn_layout(x, training=True).is_mkldnn
+    assert to_plain_layout(x) is x
+    batch = to_onednn_layout(x, training=True)
+    torch.testing.assert_close(to_plain_layout(batch), x)
+    model = build_model("deep-cnn").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).shape == (4, 10)
 
 
 # -- init schemes ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Where a recipe's CPU training step spends its time, inside the real engine.
 
-    python docs/experiments/profile_cpu.py deep-mnist [--steps 160] [--wall]
+    python docs/experiments/profile_cpu.py deep-mnist [--steps 160] [--wall] [--plain-layout]
 
 Trains the recipe (into a temporary folder) and profiles steps 100 to 150 of the run, after
 oneDNN has built its kernels and the allocator holds its memory. By default with
@@ -12,6 +12,9 @@ gradient took 2.5 ms under it and 0.1 ms without: the memory it hands out is tou
 the first time), so `--wall` times each operator instead by the wall clock around its call
 (a dispatch mode; the Python between operators is not counted): the figures to trust for
 where a step's time goes.
+
+`--plain-layout` keeps the convolutions on PyTorch's own tensors, where the tutorial CNNs
+train on oneDNN's (models/layers.py, to_onednn_layout): the figures to compare.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mnistlab
+from mnistlab.models import layers
 from mnistlab.recipebook import load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
@@ -42,7 +46,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=SKIP + WARMUP + ACTIVE + 10)
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--wall", action="store_true", help="wall-clock time per operator")
+    parser.add_argument("--plain-layout", action="store_true",
+                        help="convolutions on PyTorch's own tensors, not oneDNN's")
     args = parser.parse_args()
+    if args.plain_layout:
+        layers._onednn_layout_works = lambda: False
     (wall_clock if args.wall else with_profiler)(args)
 
 
@@ -60,7 +68,8 @@ def train(recipe_name: str, steps: int, on_step) -> tuple[float, float]:
 def header(args, train_seconds: float, wall: float) -> str:
     return (f"{args.recipe}: {args.steps} steps, {train_seconds:.2f} s training, {wall:.2f} s in "
             f"all (mnistlab {mnistlab.__version__}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads)")
+            f"{torch.get_num_threads()} threads"
+            f"{', PyTorch layout' if args.plain_layout else ''})")
 
 
 def with_profiler(args) -> None:
