@@ -105,8 +105,8 @@ class StridedCNN(nn.Module):
         self.fc2 = Linear(1024, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # PyTorch's own layout: at batch 50 its tensors are too small for oneDNN's to pay
-        # (2,000 steps took 4.3-4.9 s in oneDNN's, 4.1 s in PyTorch's)
+        # PyTorch's own layout: at batch 50 these tensors are too small for oneDNN's to pay
+        # for its conversions: 2,000 steps trained slower in it
         x = self.pool1(self.conv1(x))
         x = self.pool2(self.conv2(x))
         x = F.relu(self.fc1(self.flatten(x)))
