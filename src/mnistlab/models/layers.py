@@ -76,11 +76,21 @@ MIN_ONEDNN_PRODUCT = 1 << 21
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # under torch.compile the layer is nn.Linear; asked first, so that it traces none of the rest
-    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 2
-            and x.shape[0] * weight.numel() >= MIN_ONEDNN_PRODUCT
-            and x.dtype == weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.onnx.is_in_onnx_export() and _onednn_linear_works())
+    return (_eager_cpu_float32(x) and x.dim() == 2 and weight.dtype == torch.float32
+            and x.shape[0] * weight.numel() >= MIN_ONEDNN_PRODUCT and _onednn_linear_works())
+
+
+def _eager_cpu_float32(x: torch.Tensor) -> bool:
+    """Whether `x` is computed eagerly on the CPU in float32: not traced (torch.compile, ONNX
+    export), not under autocast. torch.compile is asked first, so that it traces none of the rest."""
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export())
+
+
+def _x86_with_onednn() -> bool:
+    """oneDNN's kernels are chosen on x86 only, where MKL's products are the slow ones (other
+    CPUs keep PyTorch's own choice)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
 
 
 def _onednn_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,9 +100,8 @@ def _onednn_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None 
 
 @functools.cache
 def _onednn_linear_works() -> bool:
-    """Whether this PyTorch has oneDNN's inner product and it agrees with nn.Linear; x86 only,
-    where MKL's products are the slow ones (other CPUs keep PyTorch's own choice)."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    """Whether this PyTorch has oneDNN's inner product and it agrees with nn.Linear (x86 only)."""
+    if not _x86_with_onednn():
         return False
     try:
         a, b = torch.randn(3, 5), torch.randn(4, 5)
@@ -167,9 +176,7 @@ def to_onednn_layout(x: torch.Tensor, training: bool) -> torch.Tensor:
     between any two kernels. Evaluation, a GPU, bfloat16 autocast, ONNX export and
     torch.compile keep PyTorch's own tensors.
     """
-    if (training and not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dim() == 4
-            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.onnx.is_in_onnx_export() and _onednn_layout_works()):
+    if training and _eager_cpu_float32(x) and x.dim() == 4 and _onednn_layout_works():
         return x.to_mkldnn()
     return x
 
@@ -182,8 +189,8 @@ def to_plain_layout(x: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _onednn_layout_works() -> bool:
     """Whether this PyTorch trains a convolution, a max-pool and a ReLU on oneDNN's tensors
-    with nn.Conv2d's results; x86 only, like Linear."""
-    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+    with nn.Conv2d's results (x86 only, like Linear)."""
+    if not _x86_with_onednn():
         return False
     try:
         generator = torch.Generator().manual_seed(0)
