@@ -5,6 +5,8 @@
 #   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time;
 #                                                             DISTILL=1 also distils the members)
 #   OUT=$OUT bash docs/experiments/gpu_check.sh api          (about a minute)
+#   OUT=$OUT bash docs/experiments/gpu_check.sh fast         (the GPU tests, then fast in bigger
+#                                                             batches: docs/experiments/fast_gpu.py)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
 # `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); `api` checks that
@@ -19,13 +21,17 @@ py=python3
 nvidia-smi -L
 $py -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
 
-speed() {
+gpu_tests() {
   echo "== tests on the GPU"
-  local graphs_ok compile_ok eager=""
   timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_splits.py -k "not compiled"
   graphs_ok=$?
   timeout 150 $py -m pytest -q -p no:cacheprovider tests/test_gpu.py -k compiled
   compile_ok=$?
+}
+
+speed() {
+  local eager=""
+  gpu_tests
   [ "$graphs_ok" = 0 ] || { eager="--eager"; echo "GPU tests failed: the runs below are eager"; }
   echo "== bench"
   for recipe in fast fast-99.2; do
@@ -59,9 +65,16 @@ print(model, repr(model.evaluate()))
 PY
 }
 
+fast() {
+  gpu_tests
+  echo "== fast in bigger batches, chosen on validation, then benched on test"
+  timeout "${SECONDS_LEFT:-360}" $py docs/experiments/fast_gpu.py --json "$OUT/fast-gpu.json"
+}
+
 case "${1:-all}" in
   speed) speed ;;
   accuracy) accuracy ;;
   api) api ;;
+  fast) fast ;;
   *) speed; accuracy; api ;;
 esac
