@@ -27,6 +27,7 @@ from mnistlab.models.layers import (
     Conv2dTFSame,
     Dropout,
     Linear,
+    stock_pytorch,
     tf_same_padding,
     to_onednn_layout,
     to_plain_layout,
@@ -311,6 +312,24 @@ def test_onednn_layout_only_for_float32_training_batches_on_the_cpu():
     model = build_model("deep-cnn").train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x).shape == (4, 10)
+
+
+def test_stock_pytorch_computes_as_pytorchs_own_modules():
+    """bench's baseline (PyTorch's example) runs mnistlab's models on PyTorch's own kernels."""
+    x, batch = torch.randn(4, 1, 28, 28), torch.randn(64, 3136)
+    linear, dropout = Linear(3136, 1024), Dropout(0.5)
+    with stock_pytorch():
+        assert not to_onednn_layout(x, training=True).is_mkldnn
+        y = linear(batch.requires_grad_())
+        assert "OneDnn" not in type(y.grad_fn).__name__
+        torch.testing.assert_close(y, F.linear(batch, linear.weight, linear.bias), rtol=0, atol=0)
+        torch.manual_seed(0)
+        ours = dropout(batch)
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours, F.dropout(batch, 0.5), rtol=0, atol=0)  # bernoulli's mask
+    # outside the block, mnistlab's kernels again (where this machine has them)
+    assert to_onednn_layout(x, training=True).is_mkldnn == X86
+    assert ("OneDnn" in type(linear(batch).grad_fn).__name__) == X86
 
 
 # -- init schemes ----------------------------------------------------------------------------

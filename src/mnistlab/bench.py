@@ -22,6 +22,7 @@ from mnistlab.checkpoint import load_model
 from mnistlab.data.splits import as_input, load_split
 from mnistlab.device import resolve_device, wait_for
 from mnistlab.models import build_model
+from mnistlab.models.layers import stock_pytorch
 from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.freeze import Freezer
@@ -142,6 +143,7 @@ class _OneImageAtATime(Dataset):
         return self.images[i].unsqueeze(0).float().div(255.0), self.labels[i]
 
 
+@stock_pytorch()  # PyTorch's own products, layout and dropout, as the example gets them
 def baseline_rate(recipe: Recipe, device: torch.device, steps: int) -> float:
     """Training images per second of the plain eager DataLoader loop, same model and optimiser."""
     data = load_split(recipe.train.split, recipe.data.dataset)  # on the CPU, as a Dataset is

@@ -10,8 +10,11 @@ With stride 1 and an odd kernel the split is even and this equals `padding=k // 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import platform
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +78,21 @@ class Linear(nn.Linear):
 MIN_ONEDNN_PRODUCT = 1 << 21
 
 
+_STOCK = contextvars.ContextVar("mnistlab_stock_pytorch", default=False)
+
+
+@contextlib.contextmanager
+def stock_pytorch() -> Iterator[None]:
+    """Within this block the layers below compute as PyTorch's own modules do: MKL's products,
+    PyTorch's tensor layout, bernoulli dropout. PyTorch's MNIST example, which `mnistlab bench`
+    takes as its baseline, trains so."""
+    token = _STOCK.set(True)
+    try:
+        yield
+    finally:
+        _STOCK.reset(token)
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_eager_cpu_float32(x) and x.dim() == 2 and weight.dtype == torch.float32
             and x.shape[0] * weight.numel() >= MIN_ONEDNN_PRODUCT and _onednn_linear_works())
@@ -82,9 +100,11 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _eager_cpu_float32(x: torch.Tensor) -> bool:
     """Whether `x` is computed eagerly on the CPU in float32: not traced (torch.compile, ONNX
-    export), not under autocast. torch.compile is asked first, so that it traces none of the rest."""
+    export), not under autocast, not within stock_pytorch(). torch.compile is asked first, so
+    that it traces none of the rest."""
     return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export())
+            and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export()
+            and not _STOCK.get())
 
 
 def _x86_with_onednn() -> bool:
@@ -141,8 +161,8 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.compiler.is_compiling() and self.training and 0 < self.p < 1
-                and not self.inplace and x.device.type == "cpu" and not torch.onnx.is_in_onnx_export()):
+        if (not torch.compiler.is_compiling() and self.training and 0 < self.p < 1 and not self.inplace
+                and x.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not _STOCK.get()):
             # the scale applied as a float, as PyTorch's dropout does: a bfloat16 1 / 0.9 would
             # shrink every kept unit by 0.16%
             return x.mul(_keep_mask(x, self.p)).mul_(1 / (1 - self.p))
