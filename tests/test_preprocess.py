@@ -133,6 +133,31 @@ def test_noisy_photo_of_a_digit():
     assert similarity(out, to_mnist(drawn_zero(size=240))) > 0.9
 
 
+def test_faint_digit_on_grainy_paper_is_read():
+    # grey ink 55 levels from the paper, under noise of sd 11: plain to a person, and once
+    # refused as empty (its strongest ink was under 9 standard deviations of the noise)
+    rng = np.random.default_rng(0)
+    paper = np.asarray(drawn_zero(size=120, ink=180, paper=235), dtype=float)
+    photo = np.clip(paper + rng.normal(0, 11, paper.shape), 0, 255).astype(np.uint8)
+    out = to_mnist(Image.fromarray(photo))
+    assert_mnist_like(out)
+    assert similarity(out, to_mnist(drawn_zero(size=120))) > 0.8
+
+
+@pytest.mark.parametrize("size", [64, 512])
+def test_grainy_paper_alone_is_empty(size):
+    photo = np.random.default_rng(2).normal(200, 11, (size, size)).clip(0, 255).astype(np.uint8)
+    with pytest.raises(EmptyImageError, match="empty"):
+        to_mnist(Image.fromarray(photo))
+
+
+def test_a_speck_of_dust_is_not_a_digit():
+    paper = np.full((64, 64), 240, dtype=np.uint8)
+    paper[30:32, 40] = 0  # two dark pixels
+    with pytest.raises(EmptyImageError, match="empty"):
+        to_mnist(Image.fromarray(paper))
+
+
 def test_mnist_digits_come_back_as_they_were():
     images = load_arrays("mnist").test_images[:50]
     for x in images:
