@@ -202,7 +202,7 @@ def _find_ink(image: Image.Image) -> _Ink:
     # measures the noise too where `noise` cannot: a picture of noise alone looks cropped
     # tight, half "ink", to _background
     visible = max(MIN_CONTRAST, math.ceil(2 * max(noise, _grain(a))))
-    if visible > 255 or ink_hist[visible:].sum() < MIN_INK_PIXELS:
+    if ink_hist[visible:].sum() < MIN_INK_PIXELS:  # none at all when visible is past 255
         raise EmptyImageError("no digit found (empty image)")
     threshold = max(_otsu(ink_hist), int(noise))
     strong_hist = ink_hist.copy()

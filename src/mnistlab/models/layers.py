@@ -98,13 +98,18 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.shape[0] * weight.numel() >= MIN_ONEDNN_PRODUCT and _onednn_linear_works())
 
 
-def _eager_cpu_float32(x: torch.Tensor) -> bool:
-    """Whether `x` is computed eagerly on the CPU in float32: not traced (torch.compile, ONNX
-    export), not under autocast, not within stock_pytorch(). torch.compile is asked first, so
+def _own_cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether mnistlab's own CPU kernels may compute `x`: on the CPU, not traced
+    (torch.compile, ONNX export), not within stock_pytorch(). torch.compile is asked first, so
     that it traces none of the rest."""
-    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not torch.onnx.is_in_onnx_export()
-            and not _STOCK.get())
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and not torch.onnx.is_in_onnx_export() and not _STOCK.get())
+
+
+def _eager_cpu_float32(x: torch.Tensor) -> bool:
+    """Whether `x` is computed eagerly on the CPU in float32, not under autocast, by mnistlab's
+    own kernels."""
+    return _own_cpu_kernels(x) and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
 def _x86_with_onednn() -> bool:
@@ -161,8 +166,7 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not torch.compiler.is_compiling() and self.training and 0 < self.p < 1 and not self.inplace
-                and x.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not _STOCK.get()):
+        if self.training and 0 < self.p < 1 and not self.inplace and _own_cpu_kernels(x):
             # the scale applied as a float, as PyTorch's dropout does: a bfloat16 1 / 0.9 would
             # shrink every kept unit by 0.16%
             return x.mul(_keep_mask(x, self.p)).mul_(1 / (1 - self.p))
