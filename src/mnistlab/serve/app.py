@@ -88,7 +88,14 @@ from mnistlab.serve.models import (
     json_response,
     prediction,
 )
-from mnistlab.serve.served import ServedModel, choose, describe, parse_top_k, serve_models
+from mnistlab.serve.served import (
+    ServedModel,
+    choose,
+    describe,
+    parse_top_k,
+    serve_models,
+    whole_number,
+)
 
 log = logging.getLogger("mnistlab.serve")
 
@@ -114,10 +121,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it is known to pass `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not (declared.strip().isascii() and declared.strip().isdigit()):
-            raise MalformedRequestError(f"Content-Length {declared!r} is not a byte count")
-        if int(declared) > limit:
-            raise BodyTooLargeError(f"the request body is {int(declared):,} bytes; "
+        size = whole_number(declared.strip())
+        if size is None:
+            raise MalformedRequestError(f"Content-Length {declared[:20]!r} is not a byte count")
+        if size > limit:
+            raise BodyTooLargeError(f"the request body is {declared.strip()[:20]} bytes; "
                                     f"the limit is {limit:,}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -148,8 +156,12 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
+class _NotANumber(ValueError):
+    """NaN or Infinity in a JSON body."""
+
+
 def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a pixel value")
+    raise _NotANumber(f"{name} is not a pixel value")
 
 
 def pixels_from_json(body: bytes) -> np.ndarray:
@@ -157,8 +169,13 @@ def pixels_from_json(body: bytes) -> np.ndarray:
         payload = json.loads(body, parse_constant=_reject_constant)
     except RecursionError:
         raise BadJsonError("the JSON body is nested too deeply") from None
-    except ValueError as e:  # also UnicodeDecodeError
+    except (_NotANumber, json.JSONDecodeError) as e:
         raise BadJsonError(f"the body is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise BadJsonError("the body is not valid JSON: it is not UTF-8 text") from None
+    except ValueError:  # Python reads no integer of more than 4,300 digits
+        raise BadJsonError("the body is not valid JSON: it holds a number too long to "
+                           "be a pixel value") from None
     if not isinstance(payload, dict) or "pixels" not in payload:
         raise BadPixelsError('expected a JSON object {"pixels": [[28 numbers] x 28 rows]}')
     rows = payload["pixels"]
@@ -200,7 +217,7 @@ PIXELS = 'JSON {"pixels": ...}'
 
 
 def unsupported(ctype: str, accepted: str) -> UnsupportedMediaTypeError:
-    what = f"Content-Type {ctype!r}" if ctype else "no Content-Type"
+    what = f"Content-Type {ctype[:100]!r}" if ctype else "no Content-Type"
     return UnsupportedMediaTypeError(f"{what}: send {accepted}")
 
 
@@ -303,9 +320,10 @@ def parse_digit(text: str | None) -> int:
     """`?digit=`: which digit of a number to explain, from 0 (left) to at most 99."""
     if text is None:
         return 0
-    if not (text.isascii() and text.isdigit()) or int(text) > 99:
-        raise InvalidRequestError(f"digit must be a whole number from 0, got {text[:20]!r}")
-    return int(text)
+    digit = whole_number(text)
+    if digit is None or digit > 99:
+        raise InvalidRequestError(f"digit must be a whole number from 0 to 99, got {text[:20]!r}")
+    return digit
 
 
 EXPLAIN_ERRORS = documented_errors({

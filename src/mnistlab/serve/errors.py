@@ -177,9 +177,12 @@ def documented_errors(meaning: dict[int, str], leave_out: tuple[type[Exception],
 
 
 async def answer_error(request: Request, error: Exception) -> Response:
-    """The exception handler for every type in the table."""
+    """The exception handler for every type in the table. A body refused as too large closes
+    the connection: uvicorn would otherwise read the rest of it, and throw it away, for as
+    long as the client sends (gigabytes a minute)."""
     status, code = status_of(error) or (500, "internal")
-    return error_response(status, code, str(error))
+    closing = {"connection": "close"} if isinstance(error, BodyTooLargeError) else None
+    return error_response(status, code, str(error), closing)
 
 
 async def answer_http_error(request: Request, error: StarletteHTTPException) -> Response:

@@ -85,15 +85,30 @@ def choose(models: dict[str, ServedModel], default: ServedModel, name: str | Non
     return served
 
 
+# past this many significant digits a count is read as this many: int() refuses strings of more
+# than 4,300 digits, and nothing a request counts comes near 10**18
+MOST_DIGITS = 18
+
+
+def whole_number(text: str) -> int | None:
+    """`text` as a whole number when it is ASCII digits only (leading zeros allowed), else None;
+    a number of more than MOST_DIGITS significant digits reads as 10**MOST_DIGITS."""
+    # isdigit alone admits '²', which int() refuses: ASCII digits only
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= MOST_DIGITS else 10**MOST_DIGITS
+
+
 def parse_top_k(text: str | None, served: ServedModel) -> int:
     """`?top_k=`: 1 up to the model's number of classes; the server's own without it."""
     if text is None:
         return served.top_k
-    # isdigit alone admits '²', which int() refuses: ASCII digits only
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= served.classes:
+    top_k = whole_number(text)
+    if top_k is None or not 1 <= top_k <= served.classes:
         raise InvalidRequestError(f"top_k must be a whole number from 1 to {served.classes} "
-                                  f"(the classes of model {served.name}), got {text!r}")
-    return int(text)
+                                  f"(the classes of model {served.name}), got {text[:20]!r}")
+    return top_k
 
 
 def describe(served: ServedModel, public: Mapping[str, Any], default: bool) -> dict[str, Any]:

@@ -135,6 +135,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                                   headers={"connection": "close"})
         await response(scope, receive, send)
 
+    def send_400_response(self, msg: str) -> None:
+        """What httptools cannot parse (a Content-Length that is no number, a bad chunk, an
+        unknown method, ...): 400 in our JSON shape, where uvicorn answers plain text; closed."""
+        self._refuse(400, "bad_request", "the request is not well-formed HTTP/1.1 (its request "
+                     "line, a header or the body's framing)")
+
     def _head_limits(self) -> str:
         return (f"the request line and headers must be at most {self.max_head_bytes:,} bytes "
                 f"in at most {self.max_headers} fields")
@@ -161,7 +167,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         """Answer `status` outside any request, and close the connection."""
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:  # never inside another answer
+        # never inside another answer (a request whose body broke off is answered here: the
+        # application then sees the client gone)
+        if self.cycle is None or not self.cycle.response_started or self.cycle.response_complete:
             self.transport.write(_raw_answer(status, code, detail))
         self.transport.close()
 
