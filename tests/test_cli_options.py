@@ -1,6 +1,7 @@
 """The options that several `mnistlab` commands take: the same words, the same checks everywhere."""
 
 import argparse
+import os
 
 import pytest
 
@@ -115,3 +116,19 @@ def test_a_bad_option_value_ends_in_one_error_line(capsys, args, message):
     last = err.splitlines()[-1]
     assert last.startswith(f"mnistlab {args[0]}: error: {message}")
     assert err.endswith("\n") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "100000"], "workers must be from 1 to {most} (4 per CPU of this machine), "
+                              "got 100,000"),
+    (["--threads", "1000000000"], "threads must be from 1 to {most} (4 per CPU of this machine), "
+                                  "got 1,000,000,000"),
+    (["--top-k", "11"], "top_k must be from 1 to 10 (the classes the model served read), got 11"),
+    (["--model", "default", "--model", "keras-cnn", "--top-k", "12"],
+     "top_k must be from 1 to 10 (the classes the models served read), got 12"),
+])
+def test_serve_refuses_what_it_cannot_use_before_it_starts(capsys, args, message):
+    # an address no socket binds: had the check let it through, this is the error instead
+    assert main(["serve", "--host", "256.0.0.1", *args]) == 1
+    most = 4 * (os.cpu_count() or 1)
+    assert capsys.readouterr().err == f"mnistlab: error: {message.format(most=most)}\n"

@@ -231,6 +231,29 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+# Workers, and each worker's model threads, per CPU at most: more only wait for a core, and a
+# mistyped count (100000 workers) would start processes until the machine runs out of memory.
+MOST_PER_CPU = 4
+
+
+def check_processes(workers: int, threads: int) -> None:
+    """One clear error for a worker or thread count this machine cannot use."""
+    most = MOST_PER_CPU * (os.cpu_count() or 1)
+    for name, value in (("workers", workers), ("threads", threads)):
+        if not 1 <= value <= most:
+            raise MnistlabError(f"{name} must be from 1 to {most} ({MOST_PER_CPU} per CPU of this "
+                                f"machine), got {value:,}")
+
+
+def check_top_k(top_k: int, predictors: dict[str, Any]) -> None:
+    """`top_k` is capped at each model's classes; more than any served model reads is a
+    mistake, not a cap."""
+    most = max(len(p.info["class_names"]) for p in predictors.values())
+    if not 1 <= top_k <= most:
+        raise MnistlabError(f"top_k must be from 1 to {most} (the classes the "
+                            f"model{'s' if len(predictors) > 1 else ''} served read), got {top_k:,}")
+
+
 def load_models(targets: list[str], backend: str, threads: int) -> dict[str, Any]:
     """A predictor for each target (run folder, file, shipped name), by the name `?model=`
     picks it by (`served.model_name`), in order: the first is the default."""
@@ -255,9 +278,11 @@ def serve(models: str | list[str] = "default", *, host: str = "127.0.0.1", port:
     from mnistlab.serve.collect import Collector
 
     targets = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    check_processes(workers, threads)
     set_threads(threads)
     # load once here, also with several workers: a bad checkpoint is one line, before any worker
     predictors = load_models(targets, backend, threads)
+    check_top_k(top_k, predictors)
     first = next(iter(predictors.values()))
     if collect is not None:  # the folder and the class names, checked here for every worker
         Collector(collect, first.info["class_names"])
