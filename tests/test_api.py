@@ -210,3 +210,17 @@ def test_ensemble_takes_runs_and_folders(tmp_path, small_mnist):
     assert repr(together).startswith("Ensemble(2 models on test: accuracy ")
     comparison = mnistlab.compare(runs, tmp_path / "both")
     assert comparison.page.is_file() and len(comparison.rows) == 2
+
+
+def test_resuming_a_finished_run_tests_it_again_and_keeps_its_record(tmp_path):
+    run = mnistlab.train("softmax-regression", steps=60, device="cpu", quiet=True, report=False,
+                         out=tmp_path / "run")
+    meta, log = tmp_path / "run" / "model.json", tmp_path / "run" / "metrics.jsonl"
+    recorded = json.loads(meta.read_text())["metrics"]
+    assert set(recorded) == {"train_seconds", "validation", "test"}
+    again = mnistlab.resume(run.run_dir, device="cpu", quiet=True, report=False)
+    assert (again.test_accuracy, again.validation_accuracy, again.train_seconds) == (
+        run.test_accuracy, run.validation_accuracy, run.train_seconds)
+    # the model file rewritten with the same figures, and one test in the log, not two
+    assert json.loads(meta.read_text())["metrics"] == recorded
+    assert [json.loads(line)["event"] for line in log.read_text().splitlines()].count("test") == 1

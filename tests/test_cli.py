@@ -74,11 +74,16 @@ def test_train_then_evaluate(tmp_path, small_mnist):
     text = mnistlab("evaluate", run).stdout
     assert "per-class accuracy" in text and "confusion matrix" in text
     # resuming a finished run trains nothing: it says so, and tests the same model again
+    recorded = json.loads((run / "model.json").read_text())["metrics"]
     again = mnistlab("train", "--resume", run, "--device", "cpu", "--no-report")
     assert again.returncode == 0, again.stderr
     assert f"{run} has trained all 40 steps: testing it again" in again.stdout
     accuracy = next(line for line in out.stdout.splitlines() if line.startswith("test accuracy"))
     assert accuracy in again.stdout and "images/s" not in again.stdout
+    # and loses nothing it had recorded: validation, test and time, one test in the log
+    assert json.loads((run / "model.json").read_text())["metrics"] == recorded
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in log].count("test") == 1
 
 
 @pytest.mark.parametrize("args, message", [

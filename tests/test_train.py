@@ -146,9 +146,12 @@ def test_weights_are_grouped_by_the_step_they_freeze_at():
 
 def test_a_diverging_loss_stops_the_run(tmp_path, small_mnist, recipe_file):
     text = SMALL.replace("lr = 2e-3", "lr = 1e6").replace('name = "adam"', 'name = "sgd"')
-    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)"):
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf)") as stopped:
         Trainer(load_recipe(recipe_file(text)), tmp_path / "run", device="cpu",
                 data_dir=str(small_mnist), **QUIET).run()
+    # it diverged before its first checkpoint: none is promised
+    assert str(stopped.value).endswith(f"no checkpoint was saved before it (its log is in "
+                                       f"{tmp_path / 'run'})")
 
 
 def test_deep_mnist_as_printed_updates_only_every_hundredth_iteration(tmp_path):

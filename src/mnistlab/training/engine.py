@@ -144,6 +144,7 @@ class _Loop:
     start_step: int  # where this session began: 0, or where the resumed run had stopped
     steps_done: int
     earlier_train_seconds: float  # a resumed run's, before this session
+    train_seconds: float  # the run's training time, as its last checkpoint recorded it
     session_start: float = 0.0  # when this session's steps began (time.perf_counter)
     images_done: int = 0  # by this process, in this session
     paused: float = 0.0  # time spent validating and saving, which is not training time
@@ -299,7 +300,7 @@ class Trainer:
         return _Loop(model=model, optimizer=optimizer, plan=plan, ema=ema, freezer=freezer,
                      train_step=train_step, window=window, progress=progress,
                      validation=validation, start_step=start_step, steps_done=start_step,
-                     earlier_train_seconds=train_seconds)
+                     earlier_train_seconds=train_seconds, train_seconds=train_seconds)
 
     def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  ema: WeightAverage | None, total_steps: int) -> tuple[int, float]:
@@ -359,7 +360,7 @@ class Trainer:
                     self.on_step(self, done)
                 stop = self._stop_agreed(log_point)
                 if epoch_end or stop:
-                    self._checkpoint(loop, elapsed, validate=epoch_end)
+                    self._checkpoint(loop, validate=epoch_end)
                 if stop:
                     break
 
@@ -384,9 +385,11 @@ class Trainer:
         loop.last_loss, loop.last_acc = loop.window.read(self.world)
         done = loop.steps_done
         if not math.isfinite(loop.last_loss):
-            raise TrainingDiverged(
-                f"the training loss became {loop.last_loss} by step {done}: the run diverged "
-                f"(try a lower learning rate); the last good checkpoint is in {self.run_dir}")
+            kept = (f"no checkpoint was saved before it (its log is in {self.run_dir})"
+                    if self._saved_step is None else
+                    f"the last good checkpoint, of step {self._saved_step}, is in {self.run_dir}")
+            raise TrainingDiverged(f"the training loss became {loop.last_loss} by step {done}: the "
+                                   f"run diverged (try a lower learning rate); {kept}")
         self._log({"event": "train", "step": done, "epoch": done / loop.plan.steps_per_epoch,
                    "loss": loop.last_loss, "accuracy": loop.last_acc, "lr": loop.lr})
 
@@ -403,13 +406,17 @@ class Trainer:
         # points
         return log_point and distributed.any_process(self._stop.is_set(), self.world, self.device)
 
-    def _checkpoint(self, loop: _Loop, elapsed: float, *, validate: bool) -> None:
+    def _checkpoint(self, loop: _Loop, *, validate: bool) -> None:
         """Validate (at an epoch's end) and save; the time this takes is not training time."""
         wait_for(self.device)  # the GPU's queued steps are training time
         pause_start = time.perf_counter()
+        # compiling and capturing the graph are set apart: they are paid once, not per step
+        loop.train_seconds = loop.earlier_train_seconds + (
+            pause_start - loop.session_start - loop.paused
+            - loop.train_step.capture_seconds - loop.train_step.compile_seconds)
         if validate:
             loop.last_validation = self._end_epoch(loop)
-        self._save(loop, loop.earlier_train_seconds + elapsed)
+        self._save(loop, loop.train_seconds)
         loop.paused += time.perf_counter() - pause_start
 
     # ---- the end ---------------------------------------------------------------------------
@@ -417,12 +424,11 @@ class Trainer:
     def _finish(self, loop: _Loop) -> RunResult:
         """After the last step: the replicas compared, then, unless the run was stopped early,
         the test and the final save."""
-        wait_for(self.device)
         train_step, world = loop.train_step, self.world
-        # compiling and capturing the graph are set apart: they are paid once, not per step
-        elapsed = (time.perf_counter() - loop.session_start - loop.paused
-                   - train_step.capture_seconds - train_step.compile_seconds)
-        train_seconds = loop.earlier_train_seconds + elapsed
+        # the time the last step's checkpoint recorded (a run ends or stops with one), so that
+        # the model file and the training state agree; a finished run resumed adds none
+        train_seconds = loop.train_seconds
+        elapsed = train_seconds - loop.earlier_train_seconds
         result = RunResult(
             run_dir=self.run_dir, recipe=self.recipe, device=str(self.device),
             steps_done=loop.steps_done, total_steps=loop.plan.total_steps,
@@ -439,6 +445,12 @@ class Trainer:
             loop.progress.line(f"stopped at step {loop.steps_done}/{loop.plan.total_steps}; "
                                f"checkpoint saved. Continue with: mnistlab train --resume {self.run_dir}")
             return result
+        if loop.steps_done == loop.start_step and loop.validation is not None:
+            # a finished run tested again: its validation figures, computed again on the same
+            # final model, stay in the model file it rewrites
+            loop.last_validation = result.validation = compute_metrics(
+                loop.final(), loop.validation.images, loop.validation.labels,
+                num_classes=self._classes)
         result.test = self._test(loop, train_seconds)
         return result
 
@@ -611,9 +623,10 @@ class _Window:
 
 
 def _records_until(data: bytes, step: int) -> tuple[list[str], int]:
-    """The log's lines recording steps up to `step`, and how many lines were damaged (not a
-    JSON object with a whole-number step); the last line, cut short by a crash, is dropped
-    without counting."""
+    """The log's lines recording steps up to `step`, but a test's (a finished run resumed is
+    tested again, and logs the test anew), and how many lines were damaged (not a JSON object
+    with a whole-number step); the last line, cut short by a crash, is dropped without
+    counting."""
     lines = data.split(b"\n")
     if lines[-1]:
         lines.pop()  # no newline after it: a write the process did not finish
@@ -629,7 +642,7 @@ def _records_until(data: bytes, step: int) -> tuple[list[str], int]:
         at = record.get("step") if isinstance(record, dict) else None
         if not isinstance(at, int) or isinstance(at, bool):
             damaged += 1
-        elif at <= step:
+        elif at <= step and record.get("event") != "test":
             kept.append(line)
     return kept, damaged
 
