@@ -78,6 +78,42 @@ def test_drawn_digits_are_read(predictor):
     assert probs.argmax(1).tolist() == [0, 1]
 
 
+def light_one_on_nothing(mode, background, ink, size=64):
+    """A clear "1", light ink on a fully transparent background (a dark-mode canvas's export)."""
+    image = Image.new(mode, (size, size), background)
+    ImageDraw.Draw(image).line([(size // 2, 10), (size // 2, size - 10)], fill=ink, width=6)
+    return image
+
+
+@pytest.mark.parametrize("picture", [
+    light_one_on_nothing("RGBA", (0, 0, 0, 0), (255, 255, 255, 255)),
+    light_one_on_nothing("RGBA", (255, 255, 255, 0), (255, 255, 255, 255)),
+    light_one_on_nothing("LA", (0, 0), (255, 255)),
+    light_one_on_nothing("LA", (255, 0), (255, 255)),
+    light_one_on_nothing("RGBA", (0, 0, 0, 0), (0, 0, 0, 255)),  # dark ink: read before, too
+], ids=["rgba-on-black", "rgba-on-white", "la-on-black", "la-on-white", "black-ink"])
+def test_a_one_on_a_transparent_canvas_is_read_as_1(picture, tmp_path, capsys):
+    import mnistlab
+    from mnistlab.cli import main
+
+    assert mnistlab.load("default").predict(picture)[0].text == "1"
+    path = tmp_path / "one.png"
+    picture.save(path)
+    assert main(["predict", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: 1 (")
+
+
+def test_a_28x28x4_array_of_white_ink_on_transparency_is_read():
+    import mnistlab
+
+    for background in (0, 255):  # transparent black, transparent white
+        array = np.full((28, 28, 4), background, dtype=np.uint8)
+        array[..., 3] = 0
+        array[4:24, 13:16] = 255  # an opaque white stroke: a 1
+        reading = mnistlab.load("default").predict(array)[0]
+        assert reading.text == "1" and reading.confidence > 0.5
+
+
 def test_concurrent_calls_agree(predictor, mnist):
     images = mnist.test_images[:64]
     expected = predictor.probabilities(images)

@@ -89,6 +89,57 @@ def test_transparent_canvas_is_flattened_onto_white():
     assert cols[-1] - cols[0] < 8  # a 1 stays a narrow upright stroke
 
 
+def drawn_one(mode, background, ink, size=64):
+    """A "1": one upright stroke, drawn in `ink` on `background` (both with alpha)."""
+    image = Image.new(mode, (size, size), background)
+    ImageDraw.Draw(image).line([(size // 2, size * 10 // 64), (size // 2, size * 54 // 64)],
+                               fill=ink, width=max(2, size * 6 // 64))
+    return image
+
+
+@pytest.mark.parametrize("mode, background, ink", [
+    ("RGBA", (0, 0, 0, 0), (255, 255, 255, 255)),  # transparent black: a dark-mode canvas
+    ("RGBA", (255, 255, 255, 0), (255, 255, 255, 255)),  # transparent white
+    ("RGBA", (0, 0, 0, 0), (255, 230, 0, 255)),  # yellow: light ink, in colour
+    ("LA", (0, 0), (255, 255)),
+    ("LA", (255, 0), (255, 255)),
+], ids=["rgba-on-black", "rgba-on-white", "rgba-yellow", "la-on-black", "la-on-white"])
+def test_light_ink_on_a_transparent_canvas_is_found(mode, background, ink):
+    image = decode_image(encode(drawn_one(mode, background, ink)))
+    # the transparent background goes onto black, where the light ink shows
+    assert image.mode == "L" and image.getpixel((0, 0)) == 0 and image.getpixel((32, 32)) > 200
+    out = to_mnist(image)
+    assert_mnist_like(out)
+    cols = np.flatnonzero(out.any(0))
+    assert cols[-1] - cols[0] < 8  # a 1 stays a narrow upright stroke
+
+
+def test_ink_drawn_only_in_alpha_reads_as_the_digit_itself():
+    """MNIST digits as white ink whose shape is all in the alpha channel: flattened onto black,
+    each is its own grey levels again, so it makes exactly what the digit itself makes."""
+    mnist = load_arrays("mnist")
+    for x in mnist.test_images[:5]:
+        white = np.full_like(x, 255)
+        pictures = [Image.fromarray(np.dstack([white, white, white, x]), "RGBA"),
+                    Image.fromarray(np.dstack([white, x]), "LA")]
+        for picture in pictures:
+            assert np.array_equal(to_mnist(picture), to_mnist(Image.fromarray(x)))
+
+
+def test_a_light_page_with_transparent_margins_still_goes_onto_white():
+    """A scan rotated into a larger transparent picture: the opaque page covers most of it and
+    holds its own background, so the corners become paper, not black ink around the page."""
+    page = Image.new("RGBA", (300, 400), (250, 250, 250, 255))
+    ImageDraw.Draw(page).line([(150, 80), (150, 320)], fill=(20, 20, 20, 255), width=20)
+    rotated = page.rotate(12, expand=True, resample=Image.Resampling.BICUBIC)
+    image = decode_image(encode(rotated))
+    assert image.getpixel((0, 0)) == 255
+    out = to_mnist(image)
+    assert_mnist_like(out)
+    cols = np.flatnonzero(out.any(0))
+    assert cols[-1] - cols[0] < 10  # the stroke, not the page
+
+
 def test_exif_orientation_is_honoured():
     upright = Image.new("L", (120, 240), 255)
     ImageDraw.Draw(upright).line([(60, 20), (60, 220)], fill=0, width=16)  # tall stroke

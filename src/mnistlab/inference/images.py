@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import read_limited
@@ -52,7 +52,8 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Decode an encoded image to grayscale (mode "L"), upright, transparency on white."""
+    """Decode an encoded image to grayscale (mode "L"), upright, transparency flattened as
+    `to_grayscale` does."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UnsupportedImageError(f"expected the bytes of an image file, "
                                     f"got {type(data).__name__}")
@@ -150,11 +151,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
-    """Any Pillow image to mode "L", transparent parts flattened onto white.
-
-    White, because a drawing on a transparent canvas (a web page, most drawing apps) is dark ink
-    on nothing, and paper is white: flattening onto black would hide black ink.
-    """
+    """Any Pillow image to mode "L", transparent parts flattened onto white, or onto black where
+    they are the background of light ink (see `_flatten`)."""
     mode = image.mode
     if mode == "L":
         return image
@@ -166,10 +164,37 @@ def to_grayscale(image: Image.Image) -> Image.Image:
             top = 1.0
         return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("L")
+        return _flatten(image if mode == "RGBA" else image.convert("RGBA"))
     return image.convert("L")
+
+
+def _flatten(rgba: Image.Image) -> Image.Image:
+    """A picture with transparency to mode "L": its transparent part filled so the ink shows.
+
+    Transparency is nothing, not a colour, so what fills it is a choice, and the ink must stand
+    out from it. When the transparent part covers most of the picture, it is the background and
+    the opaque part is the ink drawn on it (a canvas, a drawing app's export): the fill must
+    contrast with that ink, so light ink (alpha-weighted mean grey level 128 or more: white
+    strokes from a dark-mode app) goes onto black, and dark ink (a web page's canvas) onto white.
+    When the opaque part covers most of it, it holds its own background (a scan with transparent
+    corners after rotating, a screenshot's rounded corners), and the margins go onto white, as
+    paper is: onto black they would be the ink. So does a picture whose alpha does not vary,
+    which holds no shape of its own.
+    """
+    alpha = rgba.getchannel("A")
+    low, high = alpha.getextrema()
+    if low == 255:  # opaque: the colours are the picture; no composite needed
+        return rgba.convert("L")
+    if low != high:
+        levels = np.arange(256, dtype=np.int64)
+        opacity = int(np.dot(alpha.histogram(), levels))  # the sum of alpha, from 256 counts
+        if 2 * opacity < 255 * rgba.width * rgba.height:  # the transparent part is the background
+            on_black = ImageChops.multiply(rgba.convert("L"), alpha)  # grey * alpha / 255
+            # the sum of grey * alpha over the sum of alpha: the ink's mean level, 128 or more
+            if 255 * int(np.dot(on_black.histogram(), levels)) >= 128 * opacity:
+                return on_black
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("L")
 
 
 def _reason(e: BaseException) -> str:

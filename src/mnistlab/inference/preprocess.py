@@ -6,7 +6,8 @@ their aspect ratio (the anti-aliasing of that scaling gives the grey levels), th
 MNIST knows nothing else: light ink on black, about 20 pixels tall, centred by mass. The steps
 here rebuild exactly that from any picture:
 
-1. grayscale, with transparency flattened onto white (`images.to_grayscale`);
+1. grayscale, with transparency flattened onto white, or onto black where it is the
+   background of light ink (`images.to_grayscale`);
 2. find the background (the median of the border) and which way the ink goes from it, so that
    dark-on-light and light-on-dark pictures both end up light ink on a zero background;
 3. Otsu's threshold separates ink from background noise; pixels within the border's noise level
