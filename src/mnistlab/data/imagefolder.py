@@ -40,7 +40,7 @@ HELD_OUT = 7  # without test/, one image in seven of each class is the test spli
 # 10,000 of 70,000
 SHUFFLE_SEED = 0  # the order of the training images (the validation split is their tail)
 PARALLEL_FROM = 1000  # images; fewer are made ready faster than processes start
-CACHE_VERSION = 2  # raise when what `to_mnist` makes changes: cached arrays are then remade
+CACHE_VERSION = 3  # raise when what `to_mnist` makes changes: cached arrays are then remade
 WARNED_PATHS = 3  # bad images named in the warning; the rest are counted
 
 
