@@ -229,4 +229,10 @@ def test_small_command_line_values_out_of_range_are_one_line(workdir, capsys):
                          ("http://10.1.2.3:8000", "only targets this machine")]:
         refused(capsys, ["loadtest", url, "--seconds", "1"], message)
     refused(capsys, ["loadtest", "--image", "/dev/zero", "--seconds", "1"], "not a regular file")
+    # a results file that could not be written is refused before the minutes of work
+    (workdir / "results").mkdir()
+    refused(capsys, ["loadtest", "--json", "results"], "cannot write results: it is a folder")
+    refused(capsys, ["bench", "fast", "--json", "no/such.json"],
+            "cannot write no/such.json: no folder no")
+    (workdir / "results").rmdir()
     assert list(workdir.iterdir()) == []

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,17 @@ def test_loadtest_against_a_real_server(predictor):
     assert 0 < result.p50_ms <= result.p99_ms
     with pytest.raises(MnistlabError, match="this machine"):
         loadtest("http://192.0.2.1:8000", seconds=1)
+
+
+def test_loadtest_says_at_once_what_it_cannot_measure(predictor):
+    with running_server(create_app(predictor)) as url:
+        start = time.monotonic()  # refused by the first request, not after the test's 30 s
+        with pytest.raises(MnistlabError, match=r"answered 422 to the payload \(not a PNG, JPEG"):
+            loadtest(url, body=b"not an image", content_type="image/png", seconds=30)
+        assert time.monotonic() - start < 10
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(MnistlabError, match=r"cannot load-test http://127.0.0.1:\d+/api/predict: "
+                                            r".*is `mnistlab serve` running there\?"):
+        loadtest(f"http://127.0.0.1:{port}", seconds=30)

@@ -219,8 +219,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mnistlab.bench import bench, format_bench
-    from mnistlab.fileio import atomic_write_text
+    from mnistlab.fileio import atomic_write_text, check_writable
 
+    if args.json:
+        check_writable(args.json)
     result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
                    cuda_graphs=not args.eager, compile=args.compile)
     print(format_bench(result))
@@ -273,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from mnistlab.fileio import atomic_write_text
+    from mnistlab.fileio import atomic_write_text, check_writable
     from mnistlab.serve.loadtest import (
         format_result,
         load_image_file,
@@ -282,6 +284,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         result_json,
     )
 
+    if args.json:
+        check_writable(args.json)
     if args.image:
         body, kind, name = load_image_file(args.image), None, args.image
     else:

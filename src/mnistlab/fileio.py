@@ -118,6 +118,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """One clear error now for a file a long command writes at its end (a benchmark's, a load
+    test's results), rather than after its minutes of work: a folder in its place, or no folder
+    to hold it."""
+    path = Path(path)
+    if path.is_dir():
+        raise MnistlabError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise MnistlabError(f"cannot write {path}: no folder {path.parent}")
+    if not os.access(path.parent, os.W_OK):
+        raise MnistlabError(f"cannot write {path}: the folder {path.parent} is not writable")
+
+
 def write_error(path: Path, e: OSError) -> MnistlabError:
     """`cannot write PATH: REASON`, saying what to do when the disk is full."""
     text = f"cannot write {path}: {e.strerror or e}"

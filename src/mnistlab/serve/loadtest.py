@@ -10,6 +10,7 @@ from the server it measures. Only loopback addresses are accepted as targets.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import ipaddress
 import json
@@ -198,6 +199,7 @@ def loadtest(url: str, *, seconds: float = 30, concurrency: int = 32, warmup: fl
     host_header = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = (f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: {content_type}\r\n"
                f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n").encode() + body
+    _check_answers(host, port, path, body, content_type, f"http://{host_header}{path}")
     latencies, errors, seconds = asyncio.run(_run(host, port, request, seconds, warmup, concurrency))
     ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return LoadResult(
@@ -208,6 +210,30 @@ def loadtest(url: str, *, seconds: float = 30, concurrency: int = 32, warmup: fl
         p99_ms=float(np.percentile(ms, 99)), max_ms=float(ms.max()),
         error_samples=sorted(set(errors))[:5],
     )
+
+
+def _check_answers(host: str, port: int, path: str, body: bytes, content_type: str,
+                   url: str) -> None:
+    """One request first: a server that is not there, or that refuses the payload, is one clear
+    error, not a load test that counts thousands of failures."""
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("POST", path, body, {"Content-Type": content_type})
+        response = connection.getresponse()
+        status, answer = response.status, response.read(4096)
+    except (OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise MnistlabError(f"cannot load-test {url}: {reason} (is `mnistlab serve` running "
+                            "there?)") from None
+    finally:
+        connection.close()
+    if status != 200:
+        try:
+            detail = json.loads(answer)["detail"]
+        except (ValueError, KeyError, TypeError):
+            detail = answer[:200].decode("utf-8", "replace")
+        raise MnistlabError(f"{url} answered {status} to the payload ({detail}): nothing to "
+                            "measure")
 
 
 def format_result(r: LoadResult) -> str:
