@@ -221,3 +221,11 @@ def test_hostile_training_states_are_refused(tmp_path, small_mnist, capsys):
         err = capsys.readouterr().err
         assert err.startswith("mnistlab: error: ") and err.count("\n") == 1, (what, err)
         assert message in err, (what, err)
+
+
+def test_an_onnx_file_where_a_checkpoint_is_needed_is_named_so(tmp_path):
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(200))  # an ONNX file's first bytes
+    with pytest.raises(CheckpointError, match=r"model.onnx: an ONNX file; this needs the model's "
+                                              r"checkpoint \(a run folder or a .safetensors file\)"):
+        load_model(exported)

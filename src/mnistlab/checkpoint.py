@@ -327,6 +327,9 @@ def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         length = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
     except Exception as e:  # safetensors raises its own error types for every malformed file
+        if path.suffix.lower() == ".onnx":  # an exported model where its checkpoint is needed
+            raise CheckpointError(f"{path}: an ONNX file; this needs the model's checkpoint (a "
+                                  "run folder or a .safetensors file)") from None
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
     try:
         meta = parse_meta(header[META_KEY])

@@ -556,7 +556,9 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise MnistlabError(f"cannot create the run folder {self.run_dir}: {e.strerror or e}") from None
+            why = ("something that is not a folder is in its place"
+                   if os.path.lexists(self.run_dir) and not self.run_dir.is_dir() else e.strerror or e)
+            raise MnistlabError(f"cannot create the run folder {self.run_dir}: {why}") from None
         lock = None
         try:
             lock = rundir.RunLock(self.run_dir)
