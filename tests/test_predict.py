@@ -276,3 +276,10 @@ def test_batches_run_at_a_few_padded_sizes_with_the_same_answers():
     together = predictor.probabilities(images)
     alone = np.concatenate([predictor.probabilities(images[i:i + 1]) for i in range(len(images))])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_a_number_of_one_digit_is_said_so():
+    from mnistlab.inference.reading import DigitReading, Reading, format_reading
+
+    one = Reading([DigitReading("7", 0.9, [("7", 0.9)])], True, np.zeros((1, 28, 28), np.uint8))
+    assert format_reading("a.png", one) == "a.png: 7  (1 digit: 7 90.0%)"

@@ -12,7 +12,8 @@ from mnistlab.errors import MnistlabError
 from mnistlab.metrics import compute_metrics
 from mnistlab.models import build_model
 from mnistlab.recipebook import load_recipe
-from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged
+from mnistlab.training.batches import BatchPlan
+from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged, _epochs
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.progress import Progress
 from mnistlab.training.state import STATE_FILE, read_training_state
@@ -108,7 +109,7 @@ def test_a_frozen_part_stops_training_and_the_rest_goes_on(tmp_path, small_mnist
     said = io.StringIO()
     whole = Trainer(recipe, tmp_path / "whole", seed=3, device="cpu", data_dir=str(small_mnist),
                     progress=Progress(1, live=False, out=said)).run()
-    assert "stem stops training at step 22/44 (freeze_after)" in said.getvalue()
+    assert "the weights of stem stop training at step 22/44 (freeze_after)" in said.getvalue()
     half, end = weights(tmp_path / "half"), weights(tmp_path / "whole")
     weight_names = [name for name, _ in build_model("fast-cnn", widths=[32, 32]).named_parameters()]
     stem = [name for name in weight_names if name.startswith("stem.")]
@@ -255,3 +256,8 @@ def test_compiled_steps_train_as_eager_steps_do(tmp_path, small_mnist, recipe_fi
     assert compiled.steps_done == eager.steps_done == 54
     assert compiled.test.accuracy > 0.9
     assert abs(compiled.test.accuracy - eager.test.accuracy) <= 0.01
+
+
+def test_epochs_are_said_whole_or_to_a_tenth_and_a_few_steps_not_as_none():
+    plan = BatchPlan(55000, 128, seed=0, epochs=None, steps=5)  # 429 steps an epoch
+    assert [_epochs(n, plan) for n in (429, 858, 215, 5)] == ["1", "2", "0.5", "0.01"]

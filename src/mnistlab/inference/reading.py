@@ -81,7 +81,8 @@ def format_reading(name: str, reading: Reading) -> str:
 
     if reading.is_number:
         each = ", ".join(f"{d.digit} {percent(d.confidence)}" for d in reading.digits)
-        return f"{name}: {reading.text}  ({len(reading.digits)} digits: {each})"
+        count = len(reading.digits)
+        return f"{name}: {reading.text}  ({count} digit{'s' * (count != 1)}: {each})"
     d = reading.digits[0]
     top = ", ".join(f"{digit} {percent(p)}" for digit, p in d.top)
     return f"{name}: {d.digit} ({percent(d.confidence)})  top {len(d.top)}: {top}"

@@ -368,8 +368,8 @@ class Trainer:
         # DDP must learn which weights still get gradients
         loop.train_step.weights_frozen(_wrapped(loop.model, self.world))
         for name, at in frozen:
-            loop.progress.line(f"{name} stops training at step {at}/{loop.plan.total_steps} "
-                               "(freeze_after): its weights stay as they are")
+            loop.progress.line(f"the weights of {name} stop training at step {at}/"
+                               f"{loop.plan.total_steps} (freeze_after): they stay as they are")
 
     def _train_one(self, loop: _Loop, step: int) -> None:
         recipe = self.recipe
@@ -653,7 +653,9 @@ def _epochs(steps: int, plan: BatchPlan) -> str:
     """`steps` in epochs: whole where they are, else to a tenth (a run of so many steps, as
     TensorFlow's tutorials count them, can end partway through an epoch)."""
     epochs = steps / plan.steps_per_epoch
-    return f"{epochs:.0f}" if epochs == round(epochs) else f"{epochs:.1f}"
+    if epochs == round(epochs):
+        return f"{epochs:.0f}"
+    return f"{epochs:.1f}" if epochs >= 0.1 else f"{epochs:.2f}"  # a few steps: not "0.0"
 
 
 def _wrapped(model: torch.nn.Module, world: distributed.World) -> torch.nn.Module:
