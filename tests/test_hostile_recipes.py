@@ -236,3 +236,25 @@ def test_small_command_line_values_out_of_range_are_one_line(workdir, capsys):
             "cannot write no/such.json: no folder no")
     (workdir / "results").rmdir()
     assert list(workdir.iterdir()) == []
+
+
+def test_numbers_too_large_for_a_float_or_a_message_are_refused_in_words():
+    # from Python a recipe's number can be any int: past 1.8e308 it is no float (float() raised
+    # OverflowError), and its digits are counted, not printed (past 4,300 Python refuses them)
+    fast = load_recipe("fast")
+    for sections, words in [({"optimizer": {"lr": 10**400}}, "'optimizer.lr': expected a finite number, "
+                                                              "got a whole number of 401 digits"),
+                            ({"augment": {"rotate": -10**400}}, "got a negative whole number of 401 digits"),
+                            ({"train": {"batch_size": 10**400}}, "batch_size: expected a whole number of at "
+                                                                 "least 1, at most 65,536, got a whole "
+                                                                 "number of 401 digits"),
+                            ({"train": {"steps": 10**5000}}, "got a whole number of 5,001 digits"),
+                            ({"name": 10**5000}, "name': expected a string, got a whole number of 5,001")]:
+        with pytest.raises(MnistlabError) as refusal:
+            fast.updated(**sections)
+        assert words in str(refusal.value) and len(str(refusal.value)) < 200, sections
+    with pytest.raises(MnistlabError, match=r"hidden must be an integer from 0 to 4096 \(units; 0: none\), "
+                                            r"got a whole number of 5,001 digits$"):
+        check_model_args("fast-cnn", {"hidden": 10**5000})
+    with pytest.raises(MnistlabError, match=r"got \[a whole number of 401 digits, 64\]$"):
+        check_model_args("fast-cnn", {"widths": [10**400, 64]})

@@ -469,7 +469,7 @@ def test_sizes_are_bounded():
         check_model_args("fast-cnn", {"widths": [100_000, 64]})
     with pytest.raises(MnistlabError, match="widths"):
         check_model_args("mnistlab-cnn", {"widths": [2**40] * 3})
-    with pytest.raises(MnistlabError, match=r"got \[1, 2, 3, .*\.\.\.$"):  # a long value is cut short
+    with pytest.raises(MnistlabError, match=r"got \[1, 2, 3, .*\.\.\.\]$"):  # a long value is cut short
         check_model_args("fast-cnn", {"widths": list(range(1, 1000))})
     assert check_model_args("fast-cnn", {"widths": [1024] * 4, "hidden": 4096}) == {
         "widths": [1024] * 4, "hidden": 4096}

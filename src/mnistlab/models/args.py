@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, brief
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,7 @@ class Arg:
         else:
             ok = self._fits(value)
         if not ok:
-            shown = repr(value)
-            shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise MnistlabError(f"{key} must be {self.expected()}, got {shown}")
+            raise MnistlabError(f"{key} must be {self.expected()}, got {brief(value)}")
         return list(value) if self.kind is list else self.kind(value)
 
     def _fits(self, value: Any) -> bool:

@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mnistlab.errors import MnistlabError, did_you_mean
+from mnistlab.errors import MnistlabError, brief, did_you_mean
 from mnistlab.fileio import read_limited
 
 # A recipe is a few hundred bytes (the longest shipped one, 1.2 kB): 64 KiB leaves room for any
@@ -175,7 +175,7 @@ class TrainSection:
         for name, fraction in self.freeze_after.items():
             if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
                 raise ValueError(f"freeze_after.{name}: expected a fraction of the run in [0, 1], "
-                                 f"got {fraction!r}")
+                                 f"got {brief(fraction)}")
 
 
 @dataclass(frozen=True)
@@ -511,9 +511,13 @@ def _convert(value: Any, hint: Any, where: str, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: '{key}': expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise RecipeError(f"{where}: '{key}': expected a finite number, got {value}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past 1.8e308, from Python (TOML's stop at 2**63)
+            number = math.inf
+        if not math.isfinite(number):
+            raise RecipeError(f"{where}: '{key}': expected a finite number, got {brief(value)}")
+        return number
     if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise RecipeError(f"{where}: '{key}': expected a whole number, got {_describe(value)}")
     if hint in (str, bool) and not isinstance(value, hint):
@@ -527,7 +531,7 @@ _NAMES = {str: "a string", bool: "true or false"}
 def _check_count(key: str, value: int | None, most: int) -> None:
     if value is not None and not 1 <= value <= most:
         raise ValueError(f"{key}: expected a whole number of at least 1, at most {most:,}, "
-                         f"got {value:,}")
+                         f"got {brief(value)}")
 
 
 def _check_length(key: str, text: str, most: int) -> None:
@@ -536,7 +540,10 @@ def _check_length(key: str, text: str, most: int) -> None:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
+    shown = brief(value)
+    if shown.startswith("a "):  # an integer too long to show, which `brief` says in words
+        return shown
+    return f"{type(value).__name__} {shown}"[:80]
 
 
 def _one_of(key: str, value: str, allowed: Any) -> None:
