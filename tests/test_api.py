@@ -89,6 +89,8 @@ def test_resume_from_python_ends_where_an_unbroken_run_ends(tmp_path, small_mnis
     stopped = Trainer(recipe, tmp_path / "broken", seed=1, device="cpu",
                       data_dir=str(small_mnist), on_step=stop_at_25).run()
     assert stopped.interrupted
+    with pytest.raises(mnistlab.MnistlabError, match="device: expected a name such as 'auto'"):
+        mnistlab.resume(tmp_path / "broken", device=None, quiet=True, report=False)
     resumed = mnistlab.resume(tmp_path / "broken", device="cpu", quiet=True, report=False)
     assert not resumed.interrupted and resumed.result.steps_done == 60
     a = load_file(whole.run_dir / "model.safetensors")
@@ -114,6 +116,75 @@ def test_arguments_are_checked_with_the_commands_words(tmp_path):
 @pytest.fixture(scope="module")
 def model():
     return mnistlab.load("default", device="cpu")
+
+
+def refusal(call, *args, **kwargs) -> str:
+    """The one line of the MnistlabError `call(*args, **kwargs)` raises (a TypeError, an
+    AttributeError... fails the test)."""
+    with pytest.raises(mnistlab.MnistlabError) as refused:
+        call(*args, **kwargs)
+    line = str(refused.value)
+    assert "\n" not in line and len(line) < 300, line
+    return line
+
+
+def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, model):
+    """Not os.fspath's TypeError nor an AttributeError from deep inside: the argument's name,
+    what it takes, and what it got."""
+    checkpoint = "target: expected a run folder, a model file or 'default' (a str or os.PathLike)"
+    for target, got in [(123, "123"), (None, "None"), (["default"], "['default']"),
+                        (b"default", "b'default'")]:
+        assert refusal(mnistlab.load, target) == f"{checkpoint}, got {got}"
+    for device in (None, 0):
+        expected = f"device: expected a name such as 'auto', 'cpu' or 'cuda:0', got {device}"
+        assert refusal(mnistlab.load, "default", device=device) == expected
+        assert refusal(mnistlab.load, "default", backend="onnx", device=device) == expected
+        assert refusal(mnistlab.train, "quick", device=device, out=tmp_path / "x") == expected
+        assert refusal(mnistlab.ensemble, ["default"], device=device) == expected
+    recipe = "recipe: expected a recipe's name or a TOML file (a str or os.PathLike), got"
+    folder = "expected a folder (a str or os.PathLike), got 5"
+    calls = [(lambda: mnistlab.recipe(123), f"{recipe} 123"),
+             (lambda: mnistlab.recipe(None), f"{recipe} None"),
+             (lambda: mnistlab.train(123), f"{recipe} 123"),
+             (lambda: mnistlab.train("quick", out=5), f"out: {folder}"),
+             (lambda: mnistlab.train("quick", out=tmp_path / "x", data_dir=5), f"data_dir: {folder}"),
+             (lambda: mnistlab.train("quick", out=tmp_path / "x", init=5), "init: expected a run "
+              "folder, a model file or 'default' (a str or os.PathLike), got 5"),
+             (lambda: model.evaluate(data_dir=5), f"data_dir: {folder}"),
+             (lambda: model.export(5), "path: expected the .onnx file's path (a str or "
+              "os.PathLike), got 5"),
+             (lambda: mnistlab.datasets.load("mnist", data_dir=5), f"data_dir: {folder}"),
+             (lambda: mnistlab.datasets.load(["mnist"]), "name: expected a dataset's name, such "
+              "as 'mnist', got ['mnist']"),
+             (lambda: mnistlab.resume(5), "run_dir: expected a run folder (a str or os.PathLike), "
+              "got 5"),
+             (lambda: mnistlab.compare([tmp_path], out=5), f"out: {folder}"),
+             (lambda: mnistlab.compare(None), "runs: expected a list, each a run folder, got None"),
+             (lambda: mnistlab.ensemble(None), "models: expected a list, each a run folder or a "
+              "checkpoint, got None"),
+             (lambda: mnistlab.ensemble([5]), "models[0]: expected a run folder or a checkpoint "
+              "(a str or os.PathLike), got 5"),
+             (lambda: mnistlab.reproduce(["softmax-regression"], out=5), f"out: {folder}"),
+             (lambda: mnistlab.reproduce(["softmax-regression"], seeds=None), "seeds: expected a "
+              "whole number of at least 1, got None"),
+             (lambda: mnistlab.train("quick", seed=-10**5000), "seed: expected a whole number "
+              "from 0 to 4,294,967,295, got a negative whole number of 5,001 digits"),
+             (lambda: model.predict(np.eye(28) * 255, top_k="3"), "top_k must be from 1 to 10, "
+              "got '3'")]
+    for call, expected in calls:
+        assert refusal(call) == expected
+    assert list(tmp_path.iterdir()) == []  # each refused before anything was written
+
+
+def test_one_path_where_a_list_is_expected_is_a_list_of_one(tmp_path, small_mnist):
+    """A str is iterable: 'r1' was read as the checkpoints 'r' and '1'. One path alone is the
+    list of one that `serve` also takes."""
+    assert refusal(lambda: mnistlab.ensemble("r1")).startswith("r1: no such checkpoint")
+    assert refusal(lambda: mnistlab.ensemble(tmp_path / "r1")).startswith(f"{tmp_path / 'r1'}: ")
+    assert refusal(lambda: mnistlab.compare("r1", tmp_path / "c")).startswith("r1: no such run")
+    assert refusal(lambda: mnistlab.reproduce("nope")).startswith("unknown recipe 'nope'")
+    one = mnistlab.ensemble("default", device="cpu", data_dir=small_mnist)
+    assert [path.parent.name for path, _ in one.members] == ["default"]
 
 
 @pytest.fixture(scope="module")

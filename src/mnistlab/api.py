@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnistlab.committee import EnsembleResult, evaluate_ensemble
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, brief
+from mnistlab.fileio import path_argument
 from mnistlab.model import Model, load
 from mnistlab.recipebook import Recipe, load_recipe, recipe_names
 from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED
@@ -51,7 +53,7 @@ def recipe(source: str | os.PathLike | Recipe = DEFAULT_RECIPE, /, *, epochs: in
     >>> r.name, r.model.name, r.train.epochs, r.optimizer.lr
     ('fast', 'fast-cnn', 1, 0.005)
     """
-    loaded = source if isinstance(source, Recipe) else load_recipe(os.fspath(source))
+    loaded = source if isinstance(source, Recipe) else load_recipe(_recipe_path(source))
     if sections:
         loaded = loaded.updated(**sections)
     return loaded.with_length(epochs=_count("epochs", epochs), steps=_count("steps", steps))
@@ -132,14 +134,17 @@ def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | 
     >>> run.model.evaluate(split="validation")
     Evaluation(validation: accuracy ...%, loss ..., 5,000 images)
     """
-    chosen = recipe if isinstance(recipe, Recipe) else load_recipe(os.fspath(recipe))
+    chosen = recipe if isinstance(recipe, Recipe) else load_recipe(_recipe_path(recipe))
     chosen = chosen.with_length(epochs=_count("epochs", epochs), steps=_count("steps", steps))
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, got {seed!r}")
+        raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, "
+                            f"got {brief(seed)}")
+    out, data_dir = _path("out", out, "a folder"), _path("data_dir", data_dir, "a folder")
+    init = _path("init", init, "a run folder, a model file or 'default'")
     run_dir = Path(out) if out is not None else new_run_dir(chosen.name)
     folder = os.path.abspath(data_dir) if data_dir is not None else None  # recorded: found from anywhere
     trainer = Trainer(chosen, run_dir, seed=seed, device=device, data_dir=folder,
-                      progress=Progress(1, quiet=quiet), compile=compile, init=_folder(init))
+                      progress=Progress(1, quiet=quiet), compile=compile, init=init)
     return _run(trainer, device=device, quiet=quiet, report=report, tensorboard=tensorboard)
 
 
@@ -154,7 +159,8 @@ def resume(run_dir: str | os.PathLike, *, device: str = "auto", quiet: bool = Fa
     >>> again.result.steps_done, again.test_accuracy == run.test_accuracy
     (100, True)
     """
-    trainer = Trainer.resuming(Path(run_dir), device=device, progress=Progress(1, quiet=quiet),
+    folder = Path(path_argument("run_dir", run_dir, "a run folder"))
+    trainer = Trainer.resuming(folder, device=device, progress=Progress(1, quiet=quiet),
                                compile=compile)
     return _run(trainer, device=device, quiet=quiet, report=report, tensorboard=tensorboard)
 
@@ -192,7 +198,8 @@ def _report(run_dir: Path, device: str, quiet: bool) -> Path | None:
 def compare(runs: list[str | os.PathLike | Run], out: str | os.PathLike | None = None, *,
             x: str = "step") -> Comparison:
     """Several runs' curves on one chart and their results in one table: compare.html and
-    its figure in `out` (default ./comparison-TIME), as `mnistlab compare` writes them.
+    its figure in `out` (default ./comparison-TIME), as `mnistlab compare` writes them. `runs`
+    is a list of run folders and `Run`s; one alone is taken as a list of one.
 
     >>> runs = [mnistlab.train("softmax-regression", steps=50, seed=seed, device="cpu",
     ...                        quiet=True, report=False) for seed in (0, 1)]
@@ -202,9 +209,10 @@ def compare(runs: list[str | os.PathLike | Run], out: str | os.PathLike | None =
     """
     from mnistlab.report.compare import compare_runs
 
-    folders = [r.run_dir if isinstance(r, Run) else r for r in runs]
+    folders = _paths("runs", runs, "a run folder")
     if x not in ("step", "epoch"):
-        raise MnistlabError(f"x: expected 'step' or 'epoch', got {x!r}")
+        raise MnistlabError(f"x: expected 'step' or 'epoch', got {brief(x)}")
+    out = _path("out", out, "a folder")
     dest = Path(out) if out is not None else new_run_dir("comparison", Path("."))
     return compare_runs(folders, dest, x=x)
 
@@ -212,14 +220,16 @@ def compare(runs: list[str | os.PathLike | Run], out: str | os.PathLike | None =
 def ensemble(models: list[str | os.PathLike | Run], *, split: str = "test", device: str = "auto",
              data_dir: str | os.PathLike | None = None) -> EnsembleResult:
     """Several checkpoints as one, their probabilities averaged, measured on a split:
-    `mnistlab ensemble` from Python. Each member's accuracy is measured too.
+    `mnistlab ensemble` from Python. Each member's accuracy is measured too. `models` is a
+    list of run folders, checkpoints and `Run`s; one alone is taken as a list of one.
 
     >>> result = mnistlab.ensemble(["default", "default"], split="validation")
     >>> result
     Ensemble(2 models on validation: accuracy 99.70%, members' mean 99.70%)
     """
-    targets = [m.run_dir if isinstance(m, Run) else m for m in models]
-    return evaluate_ensemble(targets, split=split, device=device, data_dir=_folder(data_dir))
+    targets = _paths("models", models, "a run folder or a checkpoint")
+    return evaluate_ensemble(targets, split=split, device=device,
+                             data_dir=_path("data_dir", data_dir, "a folder"))
 
 
 @dataclass
@@ -234,13 +244,14 @@ class Reproduction:
         return markdown_table(self.outcomes)
 
 
-def reproduce(recipes: list[str] | None = None, *, seeds: int = 1,
+def reproduce(recipes: list[str] | str | None = None, *, seeds: int = 1,
               out: str | os.PathLike | None = None, device: str = "auto",
               steps: int | None = None, quiet: bool = False, report: bool = True) -> Reproduction:
-    """Train tutorial recipes (default: all of them) at their published schedules with
-    `seeds` random seeds each, and judge each tutorial's claim against the mean: `mnistlab
-    reproduce` from Python. An existing `out` is continued: finished runs are read back.
-    `steps` shortens every recipe (a smoke test: claims are then not judged).
+    """Train tutorial recipes (a list of names, or one; default: all of them) at their
+    published schedules with `seeds` random seeds each, and judge each tutorial's claim
+    against the mean: `mnistlab reproduce` from Python. An existing `out` is continued:
+    finished runs are read back. `steps` shortens every recipe (a smoke test: claims are then
+    not judged).
 
     >>> result = mnistlab.reproduce(["softmax-regression"], steps=100, out="repro",
     ...                             device="cpu", quiet=True, report=False)
@@ -249,10 +260,13 @@ def reproduce(recipes: list[str] | None = None, *, seeds: int = 1,
     |---|---|---|---|---|---|---|---|
     | `softmax-regression` | TensorFlow: Deep MNIST for Experts | 91.00% | ...% ± 0.00 | 1 | ... s | cpu | n/a (shortened schedule) |
     """
-    names = list(recipes) if recipes else list(TUTORIAL_RECIPES)
+    chosen = [] if recipes is None else _paths("recipes", recipes, "a recipe's name or a TOML file")
+    names = chosen or list(TUTORIAL_RECIPES)  # an empty list too
+    seeds, steps = _count("seeds", seeds, optional=False), _count("steps", steps)
+    out = _path("out", out, "a folder")
     dest = Path(out) if out is not None else new_run_dir("reproduction", Path("."))
-    outcomes = reproduce_recipes(names, seeds=_count("seeds", seeds), out=dest, device=device,
-                                 steps=_count("steps", steps), quiet=quiet)
+    outcomes = reproduce_recipes(names, seeds=seeds, out=dest, device=device, steps=steps,
+                                 quiet=quiet)
     if report:  # each run's report (once), and every run's curves on one page
         runs = sorted(dest.glob("runs/*/seed-*"))
         for run_dir in runs:
@@ -268,12 +282,33 @@ def reproduce(recipes: list[str] | None = None, *, seeds: int = 1,
     return Reproduction(outcomes, dest)
 
 
-def _count(name: str, value: int | None) -> int | None:
-    """A whole number of at least 1, or None; anything else is refused with its name."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise MnistlabError(f"{name}: expected a whole number of at least 1, got {value!r}")
+def _count(name: str, value: int | None, *, optional: bool = True) -> int | None:
+    """A whole number of at least 1, or None where `optional`; anything else is refused with
+    its name."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MnistlabError(f"{name}: expected a whole number of at least 1, got {brief(value)}")
     return value
 
 
-def _folder(path: str | os.PathLike | None) -> str | None:
-    return os.fspath(path) if path is not None else None
+def _path(name: str, value: str | os.PathLike | None, what: str) -> str | None:
+    """An optional path argument's text, or None; anything else is refused with its name."""
+    return path_argument(name, value, what) if value is not None else None
+
+
+def _recipe_path(source: str | os.PathLike) -> str:
+    return path_argument("recipe", source, "a recipe's name or a TOML file")
+
+
+def _paths(name: str, values: Iterable[str | os.PathLike | Run] | str | os.PathLike | Run,
+           what: str) -> list[str | Path]:
+    """The paths a list argument holds (a Run's folder for a Run), each `what`. One path or
+    Run alone is a list of one, as `serve` takes one model: a str would otherwise be read
+    letter by letter."""
+    if isinstance(values, (str, os.PathLike, Run)):
+        values = [values]
+    elif isinstance(values, (bytes, bytearray)) or not isinstance(values, Iterable):
+        raise MnistlabError(f"{name}: expected a list, each {what}, got {brief(values)}")
+    return [v.run_dir if isinstance(v, Run) else path_argument(f"{name}[{i}]", v, what)
+            for i, v in enumerate(values)]

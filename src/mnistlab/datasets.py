@@ -12,6 +12,8 @@ import numpy as np
 
 from mnistlab.data.registry import DATASETS
 from mnistlab.data.splits import SPLITS, load_split
+from mnistlab.errors import MnistlabError, brief
+from mnistlab.fileio import path_argument
 
 __all__ = ["SPLITS", "load", "names"]
 
@@ -36,5 +38,8 @@ def load(name: str = "mnist", split: str = "test", *,
     >>> images.shape, images.dtype, labels[:10].tolist()
     ((10000, 28, 28), dtype('uint8'), [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
     """
-    data = load_split(split, name, data_dir, "cpu")
+    if not isinstance(name, str):  # the registry looks names up in a dict: a list is unhashable
+        raise MnistlabError(f"name: expected a dataset's name, such as 'mnist', got {brief(name)}")
+    folder = path_argument("data_dir", data_dir, "a folder") if data_dir is not None else None
+    data = load_split(split, name, folder, "cpu")
     return data.images.numpy(), data.labels.numpy()

@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, brief
 
 # the names --device takes: auto, cpu, or an accelerator's type with :N for the N-th device
 DEVICE_NAME = re.compile(r"[a-z][a-z0-9]{1,15}(?::(?P<index>[0-9]{1,4}))?")
@@ -24,6 +24,7 @@ ACCELERATORS = ("cuda", "mps", "xpu", "hpu", "mtia")
 def resolve_device(name: str = "auto") -> torch.device:
     """The device `name` names, checked here, where it comes in: PyTorch would take a name
     such as `cuda:7` on a machine with one GPU, and fail only when it is first used."""
+    check_device_name(name)
     if name in ("auto", "cpu"):
         return torch.device(_auto() if name == "auto" else "cpu")
     kind = name.partition(":")[0]
@@ -42,6 +43,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MnistlabError(f"--device {name}: this machine has {count} {_label(kind)}"
                             f"{'s' * (count != 1)}, {last}")
     return torch.device(name)
+
+
+def check_device_name(name: object) -> None:
+    """Refuse a device that is no name, such as None or 0 from Python (the command's --device
+    is always text), before anything compares it with a name or looks into it."""
+    if not isinstance(name, str):
+        raise MnistlabError(f"device: expected a name such as 'auto', 'cpu' or 'cuda:0', "
+                            f"got {brief(name)}")
 
 
 def _auto() -> str:

@@ -1,5 +1,7 @@
 """Reading what a user hands us, bounded; writing atomically.
 
+`path_argument` takes a path given to the Python API, or says which argument is no path.
+
 `read_limited` reads a regular file of at most a given size, counting what it really reads:
 `stat` says 0 for /dev/zero and for files in /proc, and a FIFO or a device never ends, so
 special files are refused by their type and no read goes past the limit.
@@ -25,7 +27,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, brief
+
+
+def path_argument(name: str, value: object, what: str = "a path") -> str:
+    """`value`, given to the Python API as the argument `name`, as a path's text; anything but
+    a str or an os.PathLike (None, a number, bytes, a list) is a MnistlabError naming the
+    argument, where os.fspath would raise a TypeError that names none. Bytes are refused too:
+    the checks after this one compare names and suffixes as text."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise MnistlabError(f"{name}: expected {what} (a str or os.PathLike), got {brief(value)}")
 
 
 def read_limited(path: str | os.PathLike, limit: int, what: str) -> bytes:

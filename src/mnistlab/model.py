@@ -19,9 +19,10 @@ from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
-from mnistlab.device import resolve_device
-from mnistlab.errors import MnistlabError
+from mnistlab.device import check_device_name, resolve_device
+from mnistlab.errors import MnistlabError, brief
 from mnistlab.evaluate import Evaluation, evaluate_model
+from mnistlab.fileio import path_argument
 from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
 from mnistlab.inference.export import ExportReport, export_onnx
 from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image
@@ -46,7 +47,8 @@ def load(target: str | os.PathLike = "default", *, backend: str | None = None,
     >>> model
     Model('default': mnistlab-cnn, 10 classes, torch on cpu)
     """
-    target = os.fspath(target)
+    target = path_argument("target", target, "a run folder, a model file or 'default'")
+    check_device_name(device)
     if backend is None:
         backend = "onnx" if target.lower().endswith(".onnx") else "torch"
     if backend not in BACKENDS:
@@ -110,8 +112,9 @@ class Model:
         >>> [digit for digit, probability in second.digits[0].top]   # likeliest first
         ['2', '8', '5']
         """
-        if not 1 <= top_k <= len(self.class_names):
-            raise MnistlabError(f"top_k must be from 1 to {len(self.class_names)}, got {top_k}")
+        count = len(self.class_names)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= count:
+            raise MnistlabError(f"top_k must be from 1 to {count}, got {brief(top_k)}")
         return [read_image(self._predictor, picture, top_k=top_k, number=number)
                 for picture in _pictures(images)]
 
@@ -145,7 +148,7 @@ class Model:
         >>> result.metrics.confusion[9][4]  # nines read as fours
         6
         """
-        folder = os.fspath(data_dir) if data_dir is not None else None
+        folder = path_argument("data_dir", data_dir, "a folder") if data_dir is not None else None
         module = self.module if self.backend == "torch" else _ProbabilitiesModule(self._predictor)
         return evaluate_model(module, self._predictor_meta(), self.path, split=split,
                               data_dir=folder, named=self.target)
@@ -169,6 +172,8 @@ class Model:
         images, as `mnistlab export` does; raises MnistlabError if the two disagree. The file
         goes beside the checkpoint unless `path` names it.
         """
+        if path is not None:
+            path = path_argument("path", path, "the .onnx file's path")
         if self.module is None:
             raise MnistlabError(f"{self.target}: is already an ONNX file")
         report = export_onnx(self.target, path)
