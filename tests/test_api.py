@@ -176,6 +176,17 @@ def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # each refused before anything was written
 
 
+def test_threads_are_checked_alike_on_both_backends():
+    """ONNX Runtime's threads: the torch backend took 0, '2' or 10**9 without a word, and the
+    onnx one raised a TypeError or blamed the checkpoint for a failed allocation."""
+    for backend in ("torch", "onnx"):
+        for threads, got in [(0, "0"), (-1, "-1"), ("2", "'2'"), (1.5, "1.5"), (True, "True"),
+                             (10**9, "1,000,000,000"), (1025, "1,025")]:
+            line = refusal(mnistlab.load, "default", backend=backend, device="cpu", threads=threads)
+            assert line == f"threads: expected a whole number from 1 to 1,024, got {got}"
+        assert mnistlab.load("default", backend=backend, device="cpu", threads=2).backend == backend
+
+
 def test_one_path_where_a_list_is_expected_is_a_list_of_one(tmp_path, small_mnist):
     """A str is iterable: 'r1' was read as the checkpoints 'r' and '1'. One path alone is the
     list of one that `serve` also takes."""

@@ -74,7 +74,7 @@ def test_onnx_backend_with_the_threads_of_a_server(images, tmp_path):
     export_onnx("default", out)
     from_file = Predictor.load(str(out), backend="onnx", threads=1)
     assert np.abs(from_file.probabilities(images) - torch_side).max() < 1e-4
-    with pytest.raises(MnistlabError, match="threads must be at least 1"):
+    with pytest.raises(MnistlabError, match="threads: expected a whole number from 1 to 1,024, got 0"):
         Predictor.load(str(out), backend="onnx", threads=0)
 
 

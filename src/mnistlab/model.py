@@ -26,6 +26,7 @@ from mnistlab.fileio import path_argument
 from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
 from mnistlab.inference.export import ExportReport, export_onnx
 from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image
+from mnistlab.inference.onnxio import check_threads
 from mnistlab.inference.predictor import BACKENDS, Predictor
 from mnistlab.inference.preprocess import pixel_bytes
 from mnistlab.inference.reading import Reading, read_image
@@ -42,6 +43,9 @@ def load(target: str | os.PathLike = "default", *, backend: str | None = None,
     shipped with mnistlab). `backend` is "torch" or "onnx" (ONNX Runtime); by default .onnx
     files run on ONNX Runtime and the rest on PyTorch. `device` is "auto" (an accelerator if
     there is one, else the CPU), "cpu", "cuda", "mps"...; ONNX Runtime runs on the CPU.
+    `threads` (1 to 1,024) is how many threads ONNX Runtime may use for this model (None: its
+    default, a thread per core); it is checked on either backend but applies to ONNX Runtime
+    only: PyTorch's threads are the whole process's, set with `torch.set_num_threads`.
 
     >>> model = mnistlab.load("default")
     >>> model
@@ -49,6 +53,7 @@ def load(target: str | os.PathLike = "default", *, backend: str | None = None,
     """
     target = path_argument("target", target, "a run folder, a model file or 'default'")
     check_device_name(device)
+    check_threads(threads)  # the same check on both backends, though PyTorch does not use it
     if backend is None:
         backend = "onnx" if target.lower().endswith(".onnx") else "torch"
     if backend not in BACKENDS:

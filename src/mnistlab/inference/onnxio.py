@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.checkpoint import MAX_FILE_BYTES, MAX_META_CHARS, parse_meta
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, brief
 from mnistlab.fileio import read_limited
 from mnistlab.models.layers import Conv2dTFSame, tf_same_padding
 
@@ -40,6 +40,9 @@ OUTPUT_NAME = "probabilities"
 META_KEY = "mnistlab"
 # an exported graph is about its checkpoint's size, so the checkpoint's bound serves for both
 MAX_ONNX_BYTES = MAX_FILE_BYTES
+# the most threads one session may be given: more than the cores of any machine this runs on,
+# and ONNX Runtime builds a pool of that many for each session (10**9 is a std::bad_alloc)
+MAX_THREADS = 1024
 # PyTorch 2.5 added the `dynamo` switch (and 2.9 made True its default); before, the legacy
 # exporter was the only one and the keyword does not exist
 _LEGACY = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
@@ -166,9 +169,7 @@ def open_session(source: bytes, where: str, threads: int | None = None) -> Any:
     # fatal only: its warnings are about graph optimisations, and every error comes back to us
     # as an exception, reported in one line
     options.log_severity_level = 4
-    if threads is not None:
-        if threads < 1:
-            raise MnistlabError(f"threads must be at least 1, got {threads}")
+    if check_threads(threads) is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -178,6 +179,18 @@ def open_session(source: bytes, where: str, threads: int | None = None) -> Any:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's errors are its own C++ exception types
         raise MnistlabError(f"{where}: not a usable ONNX model ({first_line(e)})") from None
+
+
+def check_threads(threads: object) -> int | None:
+    """`threads` as `open_session` takes it: None, or a whole number from 1 to MAX_THREADS;
+    anything else (0, '2', 1.5, True, 10**9) is a MnistlabError, never a TypeError from the
+    comparison or from ONNX Runtime's bindings, nor a failed allocation blamed on the model."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise MnistlabError(f"threads: expected a whole number from 1 to {MAX_THREADS:,}, "
+                            f"got {brief(threads)}")
+    return threads
 
 
 def check_signature(session: Any, where: str, classes: int) -> None:
