@@ -4,6 +4,7 @@ import importlib
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -246,6 +247,44 @@ def test_predict_refuses_what_is_not_a_picture_with_one_line(model):
             model.predict(value)
     with pytest.raises(mnistlab.MnistlabError, match="top_k must be from 1 to 10"):
         model.predict(np.eye(28) * 255, top_k=11)
+
+
+def test_predict_refuses_degenerate_pictures_with_one_line(model, tmp_path):
+    """Each was a KeyError, an IndexError, a ValueError, a NotImplementedError, or a picture
+    read with a ComplexWarning after its imaginary part was dropped."""
+    path = tmp_path / "one.png"
+    Image.fromarray(np.eye(28, dtype=np.uint8) * 255).save(path)
+    closed = Image.open(path)
+    closed.close()
+    with Image.open(path) as unread:  # the file closes here, before its pixels are read
+        pass
+    shape = "a picture's array must be H x W or H x W x 3 (or 4), got shape"
+    bad = [(np.zeros((5, 5, 5, 5)), f"{shape} (5, 5, 5) (one of a stack of shape (5, 5, 5, 5))"),
+           (np.zeros((2, 2, 28, 28)), f"{shape} (2, 28, 28) (one of a stack of shape (2, 2, 28, 28))"),
+           (Image.new("L", (0, 0)), "the image has no pixels (0x0)"),
+           (Image.new("RGBA", (5, 0)), "the image has no pixels (5x0)"),
+           (closed, "the image cannot be read (Operation on closed image)"),
+           (unread, "the image's file was closed before its pixels were read"),
+           (torch.empty((28, 28), device="meta"), "a tensor on the meta device has no pixel values"),
+           (np.eye(28, dtype=np.complex64), "pixels must be real numbers, got complex64"),
+           (torch.eye(28, dtype=torch.complex64) * 255, "pixels must be real numbers, got complex64")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning or ComplexWarning on the way
+        for value, words in bad:
+            with pytest.raises(mnistlab.ImageError) as refused:
+                model.predict(value)
+            assert str(refused.value).startswith(words), (words, str(refused.value))
+        with pytest.raises(mnistlab.ImageError, match="meta device"):
+            model.predict_proba(torch.empty((1, 28, 28), device="meta"))
+
+
+def test_predict_reads_tensors_numpy_has_no_type_for(model, test_split):
+    images, _ = test_split
+    [plain] = model.predict(images[0])
+    seven = torch.from_numpy(images[0])
+    for kind in (seven.to(torch.bfloat16), seven.to_sparse(), seven.float().to(torch.bfloat16)):
+        [reading] = model.predict(kind)  # 0-255 in bfloat16 is exact: the same picture
+        assert (reading.text, reading.confidence) == (plain.text, plain.confidence)
 
 
 def test_predict_proba_takes_mnist_form_only(model, test_split):

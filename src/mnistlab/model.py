@@ -25,7 +25,7 @@ from mnistlab.evaluate import Evaluation, evaluate_model
 from mnistlab.fileio import path_argument
 from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
 from mnistlab.inference.export import ExportReport, export_onnx
-from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image
+from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image, usable_image
 from mnistlab.inference.onnxio import check_threads
 from mnistlab.inference.predictor import BACKENDS, Predictor
 from mnistlab.inference.preprocess import pixel_bytes
@@ -216,11 +216,11 @@ def _pictures(images: Any) -> Iterable[Image.Image]:
     if isinstance(images, (str, os.PathLike)):
         return [load_image(os.fspath(images))]
     if isinstance(images, Image.Image):
-        return [images]
+        return [usable_image(images)]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         array = _array(images)
         if _is_stack(array):
-            return [_picture(a) for a in array]
+            return [_picture(a, stack=array.shape) for a in array]
         return [_picture(array)]
     if isinstance(images, (list, tuple)):
         return [p for item in images for p in _pictures(item)]
@@ -230,8 +230,22 @@ def _pictures(images: Any) -> Iterable[Image.Image]:
 
 def _array(images: Any) -> np.ndarray:
     if isinstance(images, torch.Tensor):
-        return images.detach().cpu().numpy()
+        return _tensor_array(images)
     return np.asarray(images)
+
+
+def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as numpy holds them: sparse ones made dense, and floats numpy has no
+    type for (bfloat16, float8) widened to float32, which holds each of their values exactly."""
+    if tensor.is_meta:  # shapes only, as a model built on the meta device has
+        raise BadPixelsError(f"a tensor on the meta device has no pixel values "
+                             f"(shape {tuple(tensor.shape)})")
+    if tensor.layout != torch.strided:
+        tensor = tensor.to_dense()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32,
+                                                           torch.float64):
+        tensor = tensor.float()
+    return tensor.detach().cpu().numpy()
 
 
 def _is_stack(array: np.ndarray) -> bool:
@@ -239,15 +253,18 @@ def _is_stack(array: np.ndarray) -> bool:
     return array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
 
 
-def _picture(array: np.ndarray) -> Image.Image:
-    """One picture's array (H x W, H x W x C, or a tensor's C x H x W) as a PIL image."""
+def _picture(array: np.ndarray, stack: tuple[int, ...] | None = None) -> Image.Image:
+    """One picture's array (H x W, H x W x C, or a tensor's C x H x W) as a PIL image; `stack`
+    is the shape of the stack it came from, for the message."""
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # PyTorch's channels first
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3) or array.size == 0:
+    # grey, or colour with or without alpha: the channel counts Image.fromarray is given a mode for
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or array.size == 0:
+        within = f" (one of a stack of shape {stack})" if stack is not None else ""
         raise BadPixelsError(f"a picture's array must be H x W or H x W x 3 (or 4), got shape "
-                             f"{array.shape}")
+                             f"{array.shape}{within}")
     if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
         raise BadPixelsError(f"a picture of {array.shape[0]:,} x {array.shape[1]:,} pixels is "
                              f"more than the {MAX_IMAGE_PIXELS:,} read")
@@ -259,6 +276,8 @@ def _bytes(array: np.ndarray) -> np.ndarray:
     """Pixel values to uint8: 0-255 as they are, 0-1 (floats, or booleans) scaled up."""
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise BadPixelsError(f"pixels must be numbers, got {array.dtype}")
+    kind = array.dtype.kind  # booleans, integers or floats: complex ones would lose a part
+    if kind not in "biuf":
+        real = "real " if kind == "c" else ""
+        raise BadPixelsError(f"pixels must be {real}numbers, got {array.dtype}")
     return pixel_bytes(array.astype(np.float64))

@@ -37,6 +37,7 @@ __all__ = [
     "decode_image",
     "load_image",
     "to_grayscale",
+    "usable_image",
 ]
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # largest encoded file accepted
@@ -148,6 +149,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return decode_image(data)
     except ImageError as e:
         raise type(e)(f"{path}: {e}") from None
+
+
+def usable_image(image: Image.Image) -> Image.Image:
+    """A Pillow image handed to us from Python, its pixels loaded: an ImageError, as
+    `decode_image` gives for a file's bytes, when it has no pixels, was closed, or holds a
+    file that cannot be decoded (Image.open reads only the header; the rest is read here)."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise UnreadableImageError(f"the image has no pixels ({width}x{height})")
+    try:
+        image.load()
+    except (AssertionError, AttributeError):  # its file closed first, as a `with` block does:
+        # Pillow asserts that the file is open (older releases read from None)
+        raise UnreadableImageError("the image's file was closed before its pixels were read: "
+                                   "call load() on it while the file is open") from None
+    except ValueError as e:  # Pillow's "Operation on closed image", after image.close()
+        raise UnreadableImageError(f"the image cannot be read ({_reason(e)})") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise UnreadableImageError(f"the image is damaged or truncated ({_reason(e)})") from None
+    return image
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
