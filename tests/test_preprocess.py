@@ -448,3 +448,16 @@ def test_a_picture_of_noise_is_handled_quickly():
     for digit in split_digits(noise):  # garbage in, but bounded work and well-formed out
         assert digit.shape == (28, 28) and digit.dtype == np.uint8
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("mode", ["LAB", "La", "HSV", "CMYK"])
+def test_pictures_in_any_pillow_mode_become_their_grey_levels(mode):
+    from mnistlab.inference.images import to_grayscale
+
+    picture = Image.new("L", (40, 40), 255)
+    ImageDraw.Draw(picture).line([(20, 6), (20, 34)], fill=0, width=5)
+    converted = picture.convert("LA").convert("La") if mode == "La" else \
+        picture.convert("RGB").convert(mode)
+    grey = np.asarray(to_grayscale(converted), dtype=np.int16)
+    # the same stroke, to within the rounding of the colour conversions
+    assert np.abs(grey - np.asarray(picture, dtype=np.int16)).max() <= 3

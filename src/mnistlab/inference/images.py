@@ -184,7 +184,11 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         if mode == "F" and a.max(initial=0) <= 1.0:
             top = 1.0
         return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8))
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if mode == "LAB":  # Pillow converts it to nothing: its L band is the lightness
+        return image.getchannel("L")
+    if mode == "La":  # premultiplied: Pillow undoes that only on the way to LA
+        image, mode = image.convert("LA"), "LA"
+    if mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         return _flatten(image if mode == "RGBA" else image.convert("RGBA"))
     return image.convert("L")
 
