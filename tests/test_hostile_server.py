@@ -36,6 +36,7 @@ from test_hostile_models import loop_model
 
 from mnistlab.data.registry import load_arrays
 from mnistlab.inference.predictor import Predictor
+from mnistlab.serve import app as app_module
 from mnistlab.serve import create_app
 from mnistlab.serve.server import MAX_HEAD_BYTES, MAX_HEADERS, BoundedHttpProtocol, running_server
 
@@ -387,6 +388,20 @@ def test_a_body_refused_as_too_large_closes_the_connection(predictor):
             except OSError:  # reset: the server closed the connection
                 pass
         assert sent < 64 << 20  # not read on and thrown away, as uvicorn would
+        assert health_is_ok(port)
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused_and_closed(predictor, monkeypatch):
+    monkeypatch.setattr(app_module, "BODY_TIMEOUT", 1.0)
+    dribble = (b"POST /api/predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+               b"Content-Length: 20000\r\n\r\n" + b"x" * 100)  # and then nothing
+    with running_server(create_app(predictor)) as url:
+        port = port_of(url)
+        answer, seconds = exchange(port, dribble)
+        assert status_and_json(answer) == (408, {
+            "detail": "the request body did not arrive within 1 s (100 bytes came)",
+            "error": "request_timeout"})
+        assert b"connection: close" in answer.lower() and seconds < 5
         assert health_is_ok(port)
 
 

@@ -235,7 +235,7 @@ def test_when_on_the_page_names_the_folder_and_the_schema_the_classes(client, fo
     operation = client.get("/openapi.json").json()["paths"]["/api/collect"]["post"]
     label = next(p for p in operation["parameters"] if p["name"] == "label")
     assert label["required"] and label["schema"]["enum"] == [str(i) for i in range(10)]
-    assert set(operation["responses"]) == {"201", "400", "413", "415", "422", "507"}
+    assert set(operation["responses"]) == {"201", "400", "408", "413", "415", "422", "507"}
     assert "application/json" not in operation["requestBody"]["content"]
 
 

@@ -35,6 +35,7 @@ than reading them); larger ones in the thread pool.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import io
 import json
@@ -67,6 +68,7 @@ from mnistlab.serve.errors import (
     EXPLAIN_ONLY,
     PREDICT_ONLY,
     BadJsonError,
+    BodyTimeoutError,
     BodyTooLargeError,
     CatchAll,
     InvalidRequestError,
@@ -104,6 +106,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/mnistlab, where the 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # an image at the limit, with multipart framing
 MAX_JSON_BYTES = 256 * 1024  # 784 numbers in JSON need about 16 KB
+# Seconds a request body may take to arrive once its head is in (the head has its own bound,
+# server.HEAD_TIMEOUT): a digit's picture is kilobytes, and even the largest body accepted
+# arrives in a minute at 1.5 Mbit/s; a client dribbling its body holds a connection no longer.
+BODY_TIMEOUT = 60.0
 INLINE_PIXELS = 160 * 160  # pictures up to this size are read on the event loop, larger in a thread
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 PAGE_HEADERS = {
@@ -128,11 +134,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLargeError(f"the request body is {declared.strip()[:20]} bytes; "
                                     f"the limit is {limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"the request body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLargeError(f"the request body is over the limit of {limit:,} "
+                                            "bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeoutError(f"the request body did not arrive within {BODY_TIMEOUT:g} s "
+                               f"({size:,} bytes came)") from None
     return b"".join(chunks)
 
 
@@ -328,6 +340,7 @@ def parse_digit(text: str | None) -> int:
 
 EXPLAIN_ERRORS = documented_errors({
     400: "malformed body (bad JSON, broken multipart, empty)",
+    408: f"body not all arrived within {BODY_TIMEOUT:g} s (the connection is closed)",
     413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
     415: "a content type that is not an image, multipart or JSON",
     422: "as for /api/predict; besides, a `digit` the image does not hold, or a model served "
@@ -398,6 +411,7 @@ PREDICT_BODY = {
 }
 PREDICT_ERRORS = documented_errors({
     400: "malformed body (bad JSON, broken multipart, empty)",
+    408: f"body not all arrived within {BODY_TIMEOUT:g} s (the connection is closed)",
     413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
     415: "a content type that is not an image, multipart or JSON",
     422: "not a readable image, bad pixels, an empty image (no digit found: never a guess), "
@@ -462,6 +476,7 @@ async def collect(request: Request) -> Response:
 
 COLLECT_ERRORS = documented_errors({
     400: "malformed body (broken multipart, empty)",
+    408: f"body not all arrived within {BODY_TIMEOUT:g} s (the connection is closed)",
     413: f"body over {MAX_BODY_BYTES:,} bytes, or image too large",
     415: "a content type that is not an image or multipart",
     422: "no `label`, or one that is not a class of the model; not a readable image; an empty "

@@ -56,6 +56,10 @@ class BodyTooLargeError(RequestError):
     """A request body over the server's limit, refused before or while it is read."""
 
 
+class BodyTimeoutError(RequestError):
+    """A request body not all arrived within the server's time bound (`app.BODY_TIMEOUT`)."""
+
+
 class UnsupportedMediaTypeError(RequestError):
     """A Content-Type that is neither an image, multipart, nor JSON."""
 
@@ -99,6 +103,7 @@ ERRORS: dict[type[Exception], tuple[int, str]] = {
     MalformedRequestError: (400, "bad_request"),
     BadJsonError: (400, "bad_json"),
     BodyTooLargeError: (413, "too_large"),
+    BodyTimeoutError: (408, "request_timeout"),
     UnsupportedMediaTypeError: (415, "unsupported_media_type"),
     InvalidRequestError: (422, "bad_request"),
     RequestError: (400, "bad_request"),  # any other request error
@@ -177,11 +182,12 @@ def documented_errors(meaning: dict[int, str], leave_out: tuple[type[Exception],
 
 
 async def answer_error(request: Request, error: Exception) -> Response:
-    """The exception handler for every type in the table. A body refused as too large closes
-    the connection: uvicorn would otherwise read the rest of it, and throw it away, for as
-    long as the client sends (gigabytes a minute)."""
+    """The exception handler for every type in the table. A body refused as too large or too
+    slow closes the connection: uvicorn would otherwise read the rest of it, and throw it away,
+    for as long as the client sends (gigabytes a minute)."""
     status, code = status_of(error) or (500, "internal")
-    closing = {"connection": "close"} if isinstance(error, BodyTooLargeError) else None
+    unread = isinstance(error, (BodyTooLargeError, BodyTimeoutError))
+    closing = {"connection": "close"} if unread else None
     return error_response(status, code, str(error), closing)
 
 

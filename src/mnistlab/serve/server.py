@@ -3,8 +3,8 @@
 What a client can make the server do is bounded here, below the application: the size and the
 time of a request's head (its request line and headers), and the number of open connections
 (`BoundedHttpProtocol`); and how long a shutdown waits for requests in progress. Request
-bodies are bounded by the application (`app.read_body`), and each inference in time by the
-batcher (`batcher.MODEL_TIMEOUT`).
+bodies are bounded in size and time by the application (`app.read_body`), and each inference
+in time by the batcher (`batcher.MODEL_TIMEOUT`).
 """
 
 from __future__ import annotations
