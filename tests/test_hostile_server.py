@@ -585,3 +585,22 @@ if __name__ == "__main__":
         print(json.dumps(asyncio.run(_flood(int(sys.argv[2]), float(sys.argv[3])))))
     else:
         report(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
+
+
+def test_head_answers_every_get_route_without_a_body(predictor):
+    with running_server(create_app(predictor)) as url:
+        port = port_of(url)
+        for path in ("/", "/api/health", "/api/model", "/api/models"):
+            connection = http.client.HTTPConnection(HOST, port, timeout=10)
+            try:
+                connection.request("GET", path)
+                got = connection.getresponse()
+                body = got.read()
+                connection.request("HEAD", path)
+                head = connection.getresponse()
+                assert (head.status, head.read()) == (200, b""), path
+                assert head.getheader("content-type") == got.getheader("content-type"), path
+                assert int(head.getheader("content-length")) == len(body), path
+            finally:
+                connection.close()
+        assert request(port, "/api/predict")[0] == 405  # a POST route takes no HEAD (GET here)

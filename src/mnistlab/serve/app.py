@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -560,7 +561,18 @@ def create_app(predictors: Predictor | Mapping[str, Predictor], *, top_k: int = 
         app.add_api_route(**route)
     if collector is not None:
         app.add_api_route(**collect_route(collector.classes))
+    answer_head(app)
     return app
+
+
+def answer_head(app: FastAPI) -> None:
+    """HEAD on every GET route, as HTTP asks of a server and uptime checks send it: the GET's
+    status and headers, without its body (uvicorn leaves a HEAD's body out). FastAPI's routes
+    take only the methods they are given; these stay out of the OpenAPI schema."""
+    for route in [*app.routes, *router.routes]:  # the router's are not among the app's
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"],
+                              include_in_schema=False)
 
 
 def page_html(collector: Collector | None) -> bytes:
