@@ -3,7 +3,8 @@
 # with CUDA; mnistlab runs from src/ without installing), in two calls of under 10 minutes each:
 #   OUT=$OUT bash docs/experiments/gpu_check.sh speed
 #   OUT=$OUT bash docs/experiments/gpu_check.sh accuracy     (SECONDS_LEFT=N to fit less time;
-#                                                             DISTILL=1 also distils the members)
+#                                                             DISTILL=1 also distils the members;
+#                                                             EPOCHS=N trains every member N epochs)
 #   OUT=$OUT bash docs/experiments/gpu_check.sh api          (about a minute)
 #   OUT=$OUT bash docs/experiments/gpu_check.sh fast         (the GPU tests, then fast in bigger
 #                                                             batches: docs/experiments/fast_gpu.py)
@@ -48,8 +49,11 @@ accuracy() {
   # 140 s, which the last member and the ensembles' evaluation need
   local seconds=${SECONDS_LEFT:-560}
   echo "== ensemble: ten members of five recipes, then their ensembles on test"
-  timeout "$seconds" $py docs/experiments/ensemble_members_gpu.py --out /tmp/ensemble --budget $((seconds - 140)) ${DISTILL:+--distill}
-  cp /tmp/ensemble/ensemble-members.json "$OUT/"
+  timeout "$seconds" $py docs/experiments/ensemble_members_gpu.py --out /tmp/ensemble --budget $((seconds - 140)) \
+    --json "$OUT/ensemble-members.json" ${DISTILL:+--distill} ${EPOCHS:+--epochs $EPOCHS}
+  # the distilled model itself, should it be worth shipping
+  mkdir -p "$OUT/distilled"
+  cp /tmp/ensemble/distill-compact/seed-0/model.* "$OUT/distilled/" 2>/dev/null
 }
 
 api() {
