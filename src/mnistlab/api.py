@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mnistlab.committee import EnsembleResult, evaluate_ensemble
 from mnistlab.errors import MnistlabError, brief
-from mnistlab.fileio import path_argument
+from mnistlab.fileio import optional_path_argument, path_argument
 from mnistlab.model import Model, load
 from mnistlab.recipebook import Recipe, load_recipe, recipe_names
 from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED
@@ -139,8 +139,9 @@ def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, "
                             f"got {brief(seed)}")
-    out, data_dir = _path("out", out, "a folder"), _path("data_dir", data_dir, "a folder")
-    init = _path("init", init, "a run folder, a model file or 'default'")
+    out = optional_path_argument("out", out, "a folder")
+    data_dir = optional_path_argument("data_dir", data_dir, "a folder")
+    init = optional_path_argument("init", init, "a run folder, a model file or 'default'")
     run_dir = Path(out) if out is not None else new_run_dir(chosen.name)
     folder = os.path.abspath(data_dir) if data_dir is not None else None  # recorded: found from anywhere
     trainer = Trainer(chosen, run_dir, seed=seed, device=device, data_dir=folder,
@@ -212,7 +213,7 @@ def compare(runs: list[str | os.PathLike | Run], out: str | os.PathLike | None =
     folders = _paths("runs", runs, "a run folder")
     if x not in ("step", "epoch"):
         raise MnistlabError(f"x: expected 'step' or 'epoch', got {brief(x)}")
-    out = _path("out", out, "a folder")
+    out = optional_path_argument("out", out, "a folder")
     dest = Path(out) if out is not None else new_run_dir("comparison", Path("."))
     return compare_runs(folders, dest, x=x)
 
@@ -229,7 +230,7 @@ def ensemble(models: list[str | os.PathLike | Run], *, split: str = "test", devi
     """
     targets = _paths("models", models, "a run folder or a checkpoint")
     return evaluate_ensemble(targets, split=split, device=device,
-                             data_dir=_path("data_dir", data_dir, "a folder"))
+                             data_dir=optional_path_argument("data_dir", data_dir, "a folder"))
 
 
 @dataclass
@@ -263,7 +264,7 @@ def reproduce(recipes: list[str] | str | None = None, *, seeds: int = 1,
     chosen = [] if recipes is None else _paths("recipes", recipes, "a recipe's name or a TOML file")
     names = chosen or list(TUTORIAL_RECIPES)  # an empty list too
     seeds, steps = _count("seeds", seeds, optional=False), _count("steps", steps)
-    out = _path("out", out, "a folder")
+    out = optional_path_argument("out", out, "a folder")
     dest = Path(out) if out is not None else new_run_dir("reproduction", Path("."))
     outcomes = reproduce_recipes(names, seeds=seeds, out=dest, device=device, steps=steps,
                                  quiet=quiet)
@@ -290,11 +291,6 @@ def _count(name: str, value: int | None, *, optional: bool = True) -> int | None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MnistlabError(f"{name}: expected a whole number of at least 1, got {brief(value)}")
     return value
-
-
-def _path(name: str, value: str | os.PathLike | None, what: str) -> str | None:
-    """An optional path argument's text, or None; anything else is refused with its name."""
-    return path_argument(name, value, what) if value is not None else None
 
 
 def _recipe_path(source: str | os.PathLike) -> str:

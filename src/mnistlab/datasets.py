@@ -13,7 +13,7 @@ import numpy as np
 from mnistlab.data.registry import DATASETS
 from mnistlab.data.splits import SPLITS, load_split
 from mnistlab.errors import MnistlabError, brief
-from mnistlab.fileio import path_argument
+from mnistlab.fileio import optional_path_argument
 
 __all__ = ["SPLITS", "load", "names"]
 
@@ -40,6 +40,6 @@ def load(name: str = "mnist", split: str = "test", *,
     """
     if not isinstance(name, str):  # the registry looks names up in a dict: a list is unhashable
         raise MnistlabError(f"name: expected a dataset's name, such as 'mnist', got {brief(name)}")
-    folder = path_argument("data_dir", data_dir, "a folder") if data_dir is not None else None
+    folder = optional_path_argument("data_dir", data_dir, "a folder")
     data = load_split(split, name, folder, "cpu")
     return data.images.numpy(), data.labels.numpy()

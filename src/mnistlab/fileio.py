@@ -1,6 +1,7 @@
 """Reading what a user hands us, bounded; writing atomically.
 
-`path_argument` takes a path given to the Python API, or says which argument is no path.
+`path_argument` takes a path given to the Python API, or says which argument is no path
+(`optional_path_argument` where None is allowed).
 
 `read_limited` reads a regular file of at most a given size, counting what it really reads:
 `stat` says 0 for /dev/zero and for files in /proc, and a FIFO or a device never ends, so
@@ -40,6 +41,11 @@ def path_argument(name: str, value: object, what: str = "a path") -> str:
         if isinstance(path, str):
             return path
     raise MnistlabError(f"{name}: expected {what} (a str or os.PathLike), got {brief(value)}")
+
+
+def optional_path_argument(name: str, value: object, what: str = "a path") -> str | None:
+    """`path_argument` for an argument whose default is None: None stays None."""
+    return None if value is None else path_argument(name, value, what)
 
 
 def read_limited(path: str | os.PathLike, limit: int, what: str) -> bytes:

@@ -22,7 +22,7 @@ from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.device import check_device_name, resolve_device
 from mnistlab.errors import MnistlabError, brief
 from mnistlab.evaluate import Evaluation, evaluate_model
-from mnistlab.fileio import path_argument
+from mnistlab.fileio import optional_path_argument, path_argument
 from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
 from mnistlab.inference.export import ExportReport, export_onnx
 from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image, usable_image
@@ -153,7 +153,7 @@ class Model:
         >>> result.metrics.confusion[9][4]  # nines read as fours
         6
         """
-        folder = path_argument("data_dir", data_dir, "a folder") if data_dir is not None else None
+        folder = optional_path_argument("data_dir", data_dir, "a folder")
         module = self.module if self.backend == "torch" else _ProbabilitiesModule(self._predictor)
         return evaluate_model(module, self._predictor_meta(), self.path, split=split,
                               data_dir=folder, named=self.target)
@@ -177,8 +177,7 @@ class Model:
         images, as `mnistlab export` does; raises MnistlabError if the two disagree. The file
         goes beside the checkpoint unless `path` names it.
         """
-        if path is not None:
-            path = path_argument("path", path, "the .onnx file's path")
+        path = optional_path_argument("path", path, "the .onnx file's path")
         if self.module is None:
             raise MnistlabError(f"{self.target}: is already an ONNX file")
         report = export_onnx(self.target, path)
