@@ -1,6 +1,7 @@
 """Where a recipe's CPU training step spends its time, inside the real engine.
 
     python docs/experiments/profile_cpu.py deep-mnist [--steps 160] [--wall] [--plain-layout]
+        [--windows W]
 
 Trains the recipe (into a temporary folder) and profiles steps 100 to 150 of the run, after
 oneDNN has built its kernels and the allocator holds its memory. By default with
@@ -15,6 +16,11 @@ where a step's time goes.
 
 `--plain-layout` keeps the convolutions on PyTorch's own tensors, where the tutorial CNNs
 train on oneDNN's (models/layers.py, to_onednn_layout): the figures to compare.
+
+`--windows W` profiles nothing: it prints the median wall time of a step in each window of W
+steps of the run, and the CPU seconds each thread of the process used meanwhile. This shared
+machine changes speed while a run goes on, and this shows when, and whether a thread went
+without its CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import os
+import statistics
 import tempfile
 import time
 
@@ -48,10 +56,15 @@ def main() -> None:
     parser.add_argument("--wall", action="store_true", help="wall-clock time per operator")
     parser.add_argument("--plain-layout", action="store_true",
                         help="convolutions on PyTorch's own tensors, not oneDNN's")
+    parser.add_argument("--windows", type=int, metavar="W",
+                        help="median step time of each W steps, and each thread's CPU time")
     args = parser.parse_args()
     if args.plain_layout:
         layers._onednn_layout_works = lambda: False
-    (wall_clock if args.wall else with_profiler)(args)
+    if args.windows:
+        step_windows(args)
+    else:
+        (wall_clock if args.wall else with_profiler)(args)
 
 
 def train(recipe_name: str, steps: int, on_step) -> tuple[float, float]:
@@ -122,6 +135,43 @@ def wall_clock(args) -> None:
     for (name, shapes), spent in sorted(clock.seconds.items(), key=lambda kv: -kv[1])[:args.rows]:
         calls = clock.calls[(name, shapes)] // ACTIVE
         print(f"{spent / ACTIVE * 1e3:8.3f} ms  x{calls}  {name}  {shapes}")
+
+
+def step_windows(args) -> None:
+    ends: list[float] = []  # when each step ended
+    windows = []  # (median seconds a step, the window's seconds, CPU seconds of each thread)
+    threads: dict[str, float] = {}  # CPU seconds by thread when the window began
+
+    def on_step(trainer, done: int) -> None:  # the first window starts after the first step
+        nonlocal threads
+        ends.append(time.perf_counter())
+        if len(ends) > 1 and (len(ends) - 1) % args.windows == 0:
+            window = ends[-args.windows - 1 :]
+            now = _thread_cpu_seconds()
+            used = sorted((now[t] - threads.get(t, 0.0) for t in now), reverse=True)
+            steps = [b - a for a, b in zip(window, window[1:])]
+            windows.append((statistics.median(steps), window[-1] - window[0], used))
+        if len(ends) % args.windows == 1:
+            threads = _thread_cpu_seconds()
+
+    seconds = train(args.recipe, args.steps, on_step)
+    print(header(args, *seconds))
+    print(f"each {args.windows} steps: the median step, the window's wall seconds and the CPU "
+          f"seconds of its {torch.get_num_threads()} busiest threads")
+    for step, wall, used in windows:
+        busiest = ", ".join(f"{seconds:.2f}" for seconds in used[: torch.get_num_threads()])
+        print(f"{step * 1e3:7.3f} ms  {wall:6.2f} s  threads {busiest}")
+
+
+def _thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user and system) each thread of this process has used, by thread id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        used[tid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
 
 
 if __name__ == "__main__":

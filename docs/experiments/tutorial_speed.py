@@ -6,8 +6,9 @@
 The TensorFlow side is docs/experiments/tutorial_speed_tf.py, run in a TensorFlow environment
 of its own (made at --tf-env on first use: tensorflow-cpu, never a dependency of mnistlab);
 the mnistlab side is `mnistlab.train(recipe, steps=N, device="cpu")`'s train_seconds, in a
-process of its own. Both train in fp32 at the recipe's batch size for the same N steps,
-alternately, --rounds times; the table gives each side's median.
+process of its own. Both train in fp32 at the recipe's batch size for the same N steps, back
+to back, --rounds times, the side that goes first alternating. The table gives each side's
+median time, and TF's time over mnistlab's as the median of the rounds' ratios, with their range.
 
 Each side's rate is the recipe's training arithmetic (one forward and backward of the mnistlab
 model, counted by torch's FlopCounterMode: convolutions and matrix products) per update,
@@ -243,21 +244,31 @@ def table(results: dict, peak: dict, cpu: dict, found: dict) -> str:
         f"median of {peak['repeats']})",
         "versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
         "",
-        "| recipe | steps x batch | TF median | mnistlab median | TF / mnistlab |",
+        "| recipe | steps x batch | TF median | mnistlab median | TF / mnistlab: median of the rounds (range) |",
         "|---|---|---|---|---|",
     ]
     fastest = 0.0
     for name, r in results.items():
         tf_s = statistics.median(x["seconds"] for x in r["tf"])
         ml_s = statistics.median(x["seconds"] for x in r["mnistlab"])
+        ratios = round_ratios(r)
         rows.append(f"| {name} | {r['steps']:,} x {r['batch_size']} "
                     f"| {side_cell(tf_s, r, peak['peak_gflops'])} "
-                    f"| {side_cell(ml_s, r, peak['peak_gflops'])} | {tf_s / ml_s:.3g}x |")
+                    f"| {side_cell(ml_s, r, peak['peak_gflops'])} "
+                    f"| {statistics.median(ratios):.3g}x ({min(ratios):.3g} to {max(ratios):.3g}) |")
         fastest = max(fastest, r["flops_per_update"] * r["updates"] / min(tf_s, ml_s) / 1e9)
     if fastest > peak["peak_gflops"]:  # the machine was busier while the peak was measured
         rows.append(f"\nnote: a side ran at {fastest:.3g} GFLOP/s, above the measured peak: "
                     "the peak was measured in a slow spell; rerun on a quiet machine")
     return "\n".join(rows)
+
+
+def round_ratios(r: dict) -> list[float]:
+    """TF's time over mnistlab's, round by round. Each round's two runs are back to back, so
+    their ratio is the comparison that the machine's changes of speed disturb least: this
+    shared machine moves between two speeds about a quarter apart, for seconds or minutes at a
+    time (docs/BENCHMARKS.md, Known gaps)."""
+    return [tf["seconds"] / ml["seconds"] for tf, ml in zip(r["tf"], r["mnistlab"])]
 
 
 def tf_threads(results: dict) -> str:
@@ -321,11 +332,14 @@ def main() -> None:
     results = {name: {**recipe_facts(name, max(1, round(STEPS[name] * args.scale))),
                       "tf": [], "mnistlab": []}
                for name in args.recipes}
-    # rounds outermost, the sides alternating: a slow spell of the machine touches both
+    timers = {"tf": lambda name, steps: time_tf(python, name, steps, data),
+              "mnistlab": time_mnistlab}
+    # rounds outermost, the two sides of a recipe back to back, so that a slow spell of the
+    # machine touches both; which side goes first alternates from round to round
     for round_ in range(1, args.rounds + 1):
         for name, r in results.items():
-            r["tf"].append(time_tf(python, name, r["steps"], data))
-            r["mnistlab"].append(time_mnistlab(name, r["steps"]))
+            for side in ("tf", "mnistlab") if round_ % 2 else ("mnistlab", "tf"):
+                r[side].append(timers[side](name, r["steps"]))
             print(f"round {round_}/{args.rounds} {name}: TF {r['tf'][-1]['seconds']:.2f} s, "
                   f"mnistlab {r['mnistlab'][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
 
