@@ -266,8 +266,8 @@ def table(results: dict, peak: dict, cpu: dict, found: dict) -> str:
 def round_ratios(r: dict) -> list[float]:
     """TF's time over mnistlab's, round by round. Each round's two runs are back to back, so
     their ratio is the comparison that the machine's changes of speed disturb least: this
-    shared machine moves between two speeds about a quarter apart, for seconds or minutes at a
-    time (docs/BENCHMARKS.md, Known gaps)."""
+    shared machine's speed moves by a quarter and more every few seconds (docs/BENCHMARKS.md,
+    Known gaps)."""
     return [tf["seconds"] / ml["seconds"] for tf, ml in zip(r["tf"], r["mnistlab"])]
 
 
