@@ -1,7 +1,7 @@
 """Where a recipe's CPU training step spends its time, inside the real engine.
 
     python docs/experiments/profile_cpu.py deep-mnist [--steps 160] [--wall] [--plain-layout]
-        [--windows W]
+        [--windows W] [--batch N]
 
 Trains the recipe (into a temporary folder) and profiles steps 100 to 150 of the run, after
 oneDNN has built its kernels and the allocator holds its memory. By default with
@@ -16,6 +16,10 @@ where a step's time goes.
 
 `--plain-layout` keeps the convolutions on PyTorch's own tensors, where the tutorial CNNs
 train on oneDNN's (models/layers.py, to_onednn_layout): the figures to compare.
+
+`--batch N` trains at another batch size than the recipe's. A step's cost that does not
+shrink with the batch (calls into PyTorch and oneDNN, the optimiser's pass over the weights)
+shows at `--batch 1`.
 
 `--windows W` profiles nothing: it prints the median wall time of a step in each window of W
 steps of the run, and the CPU seconds each thread of the process used meanwhile. This shared
@@ -58,6 +62,7 @@ def main() -> None:
                         help="convolutions on PyTorch's own tensors, not oneDNN's")
     parser.add_argument("--windows", type=int, metavar="W",
                         help="median step time of each W steps, and each thread's CPU time")
+    parser.add_argument("--batch", type=int, help="images a step (default: the recipe's)")
     args = parser.parse_args()
     if args.plain_layout:
         layers._onednn_layout_works = lambda: False
@@ -67,9 +72,11 @@ def main() -> None:
         (wall_clock if args.wall else with_profiler)(args)
 
 
-def train(recipe_name: str, steps: int, on_step) -> tuple[float, float]:
-    """Train the recipe for `steps` steps on the CPU; its training and total seconds."""
-    recipe = load_recipe(recipe_name).with_length(steps=steps)
+def train(args, on_step) -> tuple[float, float]:
+    """Train the recipe for --steps steps on the CPU; its training and total seconds."""
+    recipe = load_recipe(args.recipe).with_length(steps=args.steps)
+    if args.batch is not None:
+        recipe = recipe.updated(train={"batch_size": args.batch, "steps": args.steps})
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         trainer = Trainer(recipe, f"{folder}/run", device="cpu", progress=Progress(1, quiet=True),
@@ -82,14 +89,15 @@ def header(args, train_seconds: float, wall: float) -> str:
     return (f"{args.recipe}: {args.steps} steps, {train_seconds:.2f} s training, {wall:.2f} s in "
             f"all (mnistlab {mnistlab.__version__}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads"
-            f"{', PyTorch layout' if args.plain_layout else ''})")
+            f"{', PyTorch layout' if args.plain_layout else ''}"
+            f"{f', batches of {args.batch}' if args.batch is not None else ''})")
 
 
 def with_profiler(args) -> None:
     prof = profile(activities=[ProfilerActivity.CPU],
                    schedule=schedule(wait=SKIP, warmup=WARMUP, active=ACTIVE, repeat=1))
     with prof:
-        seconds = train(args.recipe, args.steps, lambda trainer, done: prof.step())
+        seconds = train(args, lambda trainer, done: prof.step())
     events = prof.key_averages()
     print(header(args, *seconds))
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
@@ -128,7 +136,7 @@ def wall_clock(args) -> None:
         elif done == SKIP + ACTIVE:
             timed.close()
 
-    seconds = train(args.recipe, args.steps, on_step)
+    seconds = train(args, on_step)
     print(header(args, *seconds))
     total = sum(clock.seconds.values())
     print(f"operators: {total / ACTIVE * 1e3:.2f} ms a step (steps {SKIP + 1} to {SKIP + ACTIVE})")
@@ -154,7 +162,7 @@ def step_windows(args) -> None:
         if len(ends) % args.windows == 1:
             threads = _thread_cpu_seconds()
 
-    seconds = train(args.recipe, args.steps, on_step)
+    seconds = train(args, on_step)
     print(header(args, *seconds))
     print(f"each {args.windows} steps: the median step, the window's wall seconds and the CPU "
           f"seconds of its {torch.get_num_threads()} busiest threads")

@@ -1,23 +1,30 @@
 """Each tutorial recipe's training speed in mnistlab against its own framework's, on this CPU.
 
     .venv/bin/python docs/experiments/tutorial_speed.py [--recipes deep-mnist,keras-cnn]
-        [--rounds 3] [--scale 1] [--tf-env ~/.cache/mnistlab/tf-env] [--json PATH]
+        [--turns 10] [--tf-env ~/.cache/mnistlab/tf-env] [--json PATH]
 
 The TensorFlow side is docs/experiments/tutorial_speed_tf.py, run in a TensorFlow environment
 of its own (made at --tf-env on first use: tensorflow-cpu, never a dependency of mnistlab);
-the mnistlab side is `mnistlab.train(recipe, steps=N, device="cpu")`'s train_seconds, in a
-process of its own. Both train in fp32 at the recipe's batch size for the same N steps, back
-to back, --rounds times, the side that goes first alternating. The table gives each side's
-median time, and TF's time over mnistlab's as the median of the rounds' ratios, with their range.
+the mnistlab side is mnistlab's training engine on the CPU. Both train in fp32 at the recipe's
+batch size, each in a process of its own, the two processes alive together and taking turns:
+N steps of one side, then N of the other (N below, about a second of training or more; for
+Keras a whole epoch, one fit), --turns times each, the side that goes first alternating. This
+shared machine changes speed every few seconds (docs/BENCHMARKS.md, Known gaps), so each
+turn's pair of timings is the comparison it disturbs least: the table gives each side's total
+time and TF's time over mnistlab's as the median of the turns' ratios, with their range.
 
 Each side's rate is the recipe's training arithmetic (one forward and backward of the mnistlab
 model, counted by torch's FlopCounterMode: convolutions and matrix products) per update,
 times the updates, over the time. The peak is the faster of two large fp32 matrix products
 measured here: MKL's sgemm (torch.mm) and oneDNN's (torch's mkldnn_linear).
 
-Timing: TF's `seconds` excludes its first run of each session.run (graph optimisation) and
-Keras' tracing (see tutorial_speed_tf.py); mnistlab's train_seconds runs from its first step
-to its last, the first included.
+Timing: each side first trains one step untimed, after which TensorFlow has optimised its
+graph and Keras traced its train function (see tutorial_speed_tf.py) and oneDNN has built
+mnistlab's kernels. A turn's time runs from its first step to its last; mnistlab's leaves out
+its engine's checkpoints and validations at an epoch's end, which are not training time.
+
+`--mnistlab-side RECIPE --steps N` runs mnistlab's side alone, once: its train_seconds for N
+steps, the first included.
 """
 
 from __future__ import annotations
@@ -37,14 +44,15 @@ from pathlib import Path
 TF_REQUIREMENT = "tensorflow-cpu==2.21.0"
 TF_SCRIPT = Path(__file__).with_name("tutorial_speed_tf.py")
 
-# Steps per run at --scale 1: a full schedule where that is short, else enough for a stable time.
+# Steps per turn: half a second of training or more on two cores, where a turn's switch (caches
+# and thread pools gone cold) costs a millisecond or two.
 STEPS = {
-    "softmax-regression": 1000,  # its whole schedule
-    "deep-mnist": 1000,
-    "deep-mnist-as-printed": 20000,  # iterations, its whole schedule (200 updates)
-    "opengenus-cnn": 400,
-    "strided-cnn": 2000,
-    "keras-cnn": 938,  # one epoch of 60,000 at 64
+    "softmax-regression": 2000,  # twice its schedule
+    "deep-mnist": 100,  # a multiple of 100: the tutorial logs its accuracy at every 100th
+    "deep-mnist-as-printed": 5000,  # iterations (50 updates): a multiple of 100 likewise
+    "opengenus-cnn": 40,
+    "strided-cnn": 400,
+    "keras-cnn": 938,  # one epoch of 60,000 at 64: a fit() of one epoch a turn
 }
 
 
@@ -187,40 +195,125 @@ def recipe_facts(name: str, steps: int) -> dict:
 # The two sides, each in a process of its own.
 
 
-def run_json(command: list[str], what: str) -> dict:
-    """Run a side; its last stdout line is its JSON. A failure is one line with its last error."""
-    with tempfile.TemporaryDirectory() as cwd:  # nothing it writes lands in the repository
-        done = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        errors = done.stderr.strip().splitlines()
-        raise Failed(f"{what} failed (exit status {done.returncode}): "
+class Side:
+    """One side's process, alive for all of a recipe's turns: it prints its facts as a JSON
+    line once it has trained its untimed first step, then the seconds of N steps as a JSON
+    line at each "go" written to it. A failure is one line with its last error."""
+
+    def __init__(self, command: list[str], what: str, cwd: str):
+        self.what = what
+        self._errors = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._errors, text=True, cwd=cwd)
+        self.facts = self._read()
+
+    def turn(self) -> float:
+        try:
+            self._process.stdin.write("go\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            self._fail()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        if self._process.wait() != 0:
+            self._fail()
+
+    def _read(self) -> dict:
+        line = self._process.stdout.readline()
+        if not line:
+            self._fail()
+        return json.loads(line)
+
+    def _fail(self):
+        self._process.kill()
+        self._process.wait()
+        self._errors.seek(0)
+        errors = self._errors.read().strip().splitlines()
+        raise Failed(f"{self.what} failed (exit status {self._process.returncode}): "
                      f"{errors[-1] if errors else 'no output'}")
-    return json.loads(lines[-1])
 
 
-def time_tf(python: Path, recipe: str, steps: int, data: Path) -> dict:
-    return run_json([str(python), str(TF_SCRIPT), recipe, "--steps", str(steps), "--data", str(data)],
-                    f"TensorFlow's {recipe}")
-
-
-def time_mnistlab(recipe: str, steps: int) -> dict:
-    return run_json([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side", recipe,
-                     "--steps", str(steps)], f"mnistlab's {recipe}")
+def take_turns(recipe: str, steps: int, turns: int, tf_python: Path, data: Path) -> dict:
+    """Both sides of a recipe, `turns` turns of `steps` steps each; TF's side goes first in
+    odd turns."""
+    with tempfile.TemporaryDirectory() as cwd:  # nothing a side writes lands in the repository
+        sides = {"tf": Side([str(tf_python), str(TF_SCRIPT), recipe, "--steps", str(steps),
+                             "--data", str(data), "--turns"], f"TensorFlow's {recipe}", cwd),
+                 "mnistlab": Side([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side",
+                                   recipe, "--steps", str(steps), "--turns", str(turns)],
+                                  f"mnistlab's {recipe}", cwd)}
+        seconds = {"tf": [], "mnistlab": []}
+        for turn in range(1, turns + 1):
+            for side in ("tf", "mnistlab") if turn % 2 else ("mnistlab", "tf"):
+                seconds[side].append(sides[side].turn())
+            print(f"turn {turn}/{turns} {recipe}: TF {seconds['tf'][-1]:.3f} s, "
+                  f"mnistlab {seconds['mnistlab'][-1]:.3f} s", file=sys.stderr, flush=True)
+        for side in sides.values():
+            side.close()
+    return {side: {**sides[side].facts, "seconds": seconds[side]} for side in sides}
 
 
 def mnistlab_side(recipe: str, steps: int) -> None:
-    """The mnistlab side's process: train, print one JSON line."""
-    import torch
-
+    """The mnistlab side run alone, once: its train_seconds for `steps` steps."""
     import mnistlab
 
     with tempfile.TemporaryDirectory() as out:
         run = mnistlab.train(recipe, steps=steps, device="cpu", quiet=True, report=False,
                              out=Path(out) / "run")
     print(json.dumps({"recipe": recipe, "steps": run.result.steps_done, "seconds": run.train_seconds,
-                      "mnistlab_version": mnistlab.__version__, "torch_version": torch.__version__,
-                      "threads": torch.get_num_threads()}))
+                      **mnistlab_facts()}))
+
+
+def mnistlab_facts() -> dict:
+    import torch
+
+    import mnistlab
+
+    return {"mnistlab_version": mnistlab.__version__, "torch_version": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def mnistlab_turns(recipe_name: str, steps: int, turns: int) -> None:
+    """The mnistlab side's process in turns (Side): 1 + steps x turns steps of the engine, the
+    first untimed."""
+    from mnistlab.recipebook import load_recipe
+    from mnistlab.training.engine import Trainer
+    from mnistlab.training.progress import Progress
+
+    class TurnTrainer(Trainer):
+        """The engine, with the seconds of its checkpoints (and validations) counted apart."""
+
+        paused = 0.0
+
+        def _checkpoint(self, loop, *, validate: bool) -> None:
+            start = time.perf_counter()
+            super()._checkpoint(loop, validate=validate)
+            self.paused += time.perf_counter() - start
+
+    total = 1 + steps * turns
+    began = paused = 0.0
+
+    def on_step(trainer: TurnTrainer, done: int) -> None:  # before that step's checkpoint
+        nonlocal began, paused
+        if (done - 1) % steps:
+            return
+        if done == 1:
+            print(json.dumps({"recipe": recipe_name, "steps": steps, **mnistlab_facts()}), flush=True)
+        else:
+            seconds = time.perf_counter() - began - (trainer.paused - paused)
+            print(json.dumps({"seconds": seconds}), flush=True)
+        if done == total:  # the run's end (a checkpoint, a test) waits for the other side's turn
+            sys.stdin.read()
+        elif sys.stdin.readline().strip() != "go":
+            raise SystemExit("tutorial_speed: the mnistlab side expected 'go' on stdin")
+        began, paused = time.perf_counter(), trainer.paused
+
+    recipe = load_recipe(recipe_name).with_length(steps=total)
+    with tempfile.TemporaryDirectory() as out:
+        TurnTrainer(recipe, Path(out) / "run", device="cpu", progress=Progress(1, quiet=True),
+                    on_step=on_step).run()
 
 
 # -----------------------------------------------------------------------------
@@ -244,36 +337,34 @@ def table(results: dict, peak: dict, cpu: dict, found: dict) -> str:
         f"median of {peak['repeats']})",
         "versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
         "",
-        "| recipe | steps x batch | TF median | mnistlab median | TF / mnistlab: median of the rounds (range) |",
+        "| recipe | turns x steps x batch | TF, all turns | mnistlab, all turns "
+        "| TF / mnistlab: median of the turns (range) |",
         "|---|---|---|---|---|",
     ]
     fastest = 0.0
     for name, r in results.items():
-        tf_s = statistics.median(x["seconds"] for x in r["tf"])
-        ml_s = statistics.median(x["seconds"] for x in r["mnistlab"])
-        ratios = round_ratios(r)
-        rows.append(f"| {name} | {r['steps']:,} x {r['batch_size']} "
+        tf_s, ml_s = sum(r["tf"]["seconds"]), sum(r["mnistlab"]["seconds"])
+        ratios = turn_ratios(r)
+        rows.append(f"| {name} | {r['turns']} x {r['steps_per_turn']:,} x {r['batch_size']} "
                     f"| {side_cell(tf_s, r, peak['peak_gflops'])} "
                     f"| {side_cell(ml_s, r, peak['peak_gflops'])} "
                     f"| {statistics.median(ratios):.3g}x ({min(ratios):.3g} to {max(ratios):.3g}) |")
-        fastest = max(fastest, r["flops_per_update"] * r["updates"] / min(tf_s, ml_s) / 1e9)
+        fastest = max(fastest, max(r["flops_per_update"] * r["updates"] / r["turns"] / s / 1e9
+                                   for s in r["tf"]["seconds"] + r["mnistlab"]["seconds"]))
     if fastest > peak["peak_gflops"]:  # the machine was busier while the peak was measured
-        rows.append(f"\nnote: a side ran at {fastest:.3g} GFLOP/s, above the measured peak: "
+        rows.append(f"\nnote: a turn ran at {fastest:.3g} GFLOP/s, above the measured peak: "
                     "the peak was measured in a slow spell; rerun on a quiet machine")
     return "\n".join(rows)
 
 
-def round_ratios(r: dict) -> list[float]:
-    """TF's time over mnistlab's, round by round. Each round's two runs are back to back, so
-    their ratio is the comparison that the machine's changes of speed disturb least: this
-    shared machine's speed moves by a quarter and more every few seconds (docs/BENCHMARKS.md,
-    Known gaps)."""
-    return [tf["seconds"] / ml["seconds"] for tf, ml in zip(r["tf"], r["mnistlab"])]
+def turn_ratios(r: dict) -> list[float]:
+    """TF's time over mnistlab's, turn by turn: two timings a second or so apart."""
+    return [tf / ml for tf, ml in zip(r["tf"]["seconds"], r["mnistlab"]["seconds"])]
 
 
 def tf_threads(results: dict) -> str:
     """The TF side's report of its pools (0: sized by TensorFlow, one thread per CPU)."""
-    t = next(iter(results.values()))["tf"][0]["threads"]
+    t = next(iter(results.values()))["tf"]["threads"]
     return f"intra-op {t['intra_op']}, inter-op {t['inter_op']}, of {t['cpus']} CPUs"
 
 
@@ -285,10 +376,9 @@ def versions(results: dict) -> dict:
     found = {"python": platform.python_version(), "torch": torch.__version__,
              "mnistlab": mnistlab.__version__}
     for r in results.values():
-        for x in r["tf"]:
-            found["tensorflow"] = x["tf_version"]
-            if "keras_version" in x:
-                found["keras"] = x["keras_version"]
+        found["tensorflow"] = r["tf"]["tf_version"]
+        if "keras_version" in r["tf"]:
+            found["keras"] = r["tf"]["keras_version"]
     return found
 
 
@@ -299,28 +389,33 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(STEPS),
                         help="comma-separated; default: all six tutorial recipes")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
+    parser.add_argument("--turns", type=int, help="turns of each side per recipe (default 10)")
     parser.add_argument("--tf-env", type=Path, default=Path.home() / ".cache/mnistlab/tf-env")
-    parser.add_argument("--json", type=Path, help="write every round's figures here")
+    parser.add_argument("--json", type=Path, help="write every turn's figures here")
     parser.add_argument("--peak-size", type=int, default=4096)
     parser.add_argument("--peak-repeats", type=int, default=5)
     parser.add_argument("--mnistlab-side", metavar="RECIPE", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mnistlab_side:
+        return args
+    args.turns = 10 if args.turns is None else args.turns
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in args.recipes if r not in STEPS]
     if unknown:
         parser.error(f"unknown recipe {unknown[0]!r}: expected some of {', '.join(STEPS)}")
-    if args.rounds < 1 or args.scale <= 0:
-        parser.error("--rounds must be at least 1 and --scale above 0")
+    if args.turns < 1:
+        parser.error("--turns must be at least 1")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    if args.mnistlab_side:
-        mnistlab_side(args.mnistlab_side, args.steps)
+    if args.mnistlab_side:  # a side's own process (--turns: in turns, else once)
+        if args.turns is not None:
+            mnistlab_turns(args.mnistlab_side, args.steps, args.turns)
+        else:
+            mnistlab_side(args.mnistlab_side, args.steps)
         return
 
     import mnistlab
@@ -329,25 +424,16 @@ def main() -> None:
     data = Path(mnistlab.__file__).parent / "data" / "mnist"
     cpu = cpu_info()
     peak = measure_peak(args.peak_size, args.peak_repeats)
-    results = {name: {**recipe_facts(name, max(1, round(STEPS[name] * args.scale))),
-                      "tf": [], "mnistlab": []}
-               for name in args.recipes}
-    timers = {"tf": lambda name, steps: time_tf(python, name, steps, data),
-              "mnistlab": time_mnistlab}
-    # rounds outermost, the two sides of a recipe back to back, so that a slow spell of the
-    # machine touches both; which side goes first alternates from round to round
-    for round_ in range(1, args.rounds + 1):
-        for name, r in results.items():
-            for side in ("tf", "mnistlab") if round_ % 2 else ("mnistlab", "tf"):
-                r[side].append(timers[side](name, r["steps"]))
-            print(f"round {round_}/{args.rounds} {name}: TF {r['tf'][-1]['seconds']:.2f} s, "
-                  f"mnistlab {r['mnistlab'][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+    results = {}
+    for name in args.recipes:
+        steps = STEPS[name]
+        results[name] = {**recipe_facts(name, steps * args.turns), "turns": args.turns,
+                         "steps_per_turn": steps, **take_turns(name, steps, args.turns, python, data)}
 
     found = versions(results)
     print(table(results, peak, cpu, found))
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu, "peak": peak, "versions": found,
-                                         "scale": args.scale, "rounds": args.rounds,
                                          "recipes": results}, indent=2) + "\n")
 
 

@@ -1,6 +1,6 @@
 """One tutorial recipe trained in TensorFlow, as the tutorial's own code trains it, timed.
 
-    python tutorial_speed_tf.py RECIPE --steps N --data DIR
+    python tutorial_speed_tf.py RECIPE --steps N --data DIR [--turns]
 
 Run with a TensorFlow environment's Python (TF 2.21, Keras 3), never mnistlab's:
 docs/experiments/tutorial_speed.py makes that environment and runs this script in it, N steps
@@ -8,7 +8,10 @@ at a time, against the same recipe in mnistlab. RECIPE is one of softmax-regress
 deep-mnist, deep-mnist-as-printed, opengenus-cnn, strided-cnn, keras-cnn; DIR holds MNIST's
 four IDX files (gzipped or not). Prints one JSON line on stdout: recipe, steps, batch_size,
 updates, seconds, warmup_seconds, tf_version, keras_version (keras-cnn), threads. The
-tutorials' own progress lines go to stderr.
+tutorials' own progress lines go to stderr. With --turns it prints those facts without
+`seconds` after the warm-up, then times N steps at each "go" line on stdin, one JSON line
+({"seconds": S}) each, the batches and weights going on from turn to turn: how
+tutorial_speed.py alternates it with mnistlab's side.
 
 `seconds` is the wall time of the N steps: each step's data feeding (next_batch, the
 feed_dict) and the tutorial's per-step fetches and logging included; graph building,
@@ -424,6 +427,8 @@ def main() -> None:
     parser.add_argument("recipe", choices=RECIPES)
     parser.add_argument("--steps", type=int, required=True, help="steps (iterations) to time")
     parser.add_argument("--data", type=Path, required=True, help="folder of MNIST's IDX files")
+    parser.add_argument("--turns", action="store_true",
+                        help="time --steps steps at each 'go' line on stdin (see serve_turns)")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps: expected at least 1")
@@ -431,16 +436,28 @@ def main() -> None:
     timed = RECIPES[args.recipe](args.steps, args.data)
     start = time.perf_counter()
     timed.warm_up()
-    warmup_seconds = time.perf_counter() - start
+    facts = {"recipe": args.recipe, "steps": args.steps, "batch_size": timed.batch_size,
+             "updates": timed.updates, "warmup_seconds": time.perf_counter() - start,
+             "tf_version": tf.__version__, **(timed.extra or {}), "threads": threads()}
+    if args.turns:
+        serve_turns(timed.loop, facts)
+        return
     start = time.perf_counter()
     timed.loop()
-    seconds = time.perf_counter() - start
+    print(json.dumps({**facts, "seconds": time.perf_counter() - start}))
 
-    print(json.dumps({
-        "recipe": args.recipe, "steps": args.steps, "batch_size": timed.batch_size,
-        "updates": timed.updates, "seconds": seconds, "warmup_seconds": warmup_seconds,
-        "tf_version": tf.__version__, **(timed.extra or {}), "threads": threads(),
-    }))
+
+def serve_turns(loop: Callable[[], None], facts: dict) -> None:
+    """Take turns with another process: print `facts` as a JSON line, then at each "go" line
+    on stdin run `loop` (the next N steps: the batches and weights go on from the last turn)
+    and print its seconds as a JSON line; end at the end of stdin."""
+    print(json.dumps(facts), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            raise SystemExit(f"tutorial_speed_tf: expected 'go' on stdin, got {line.strip()!r}")
+        start = time.perf_counter()
+        loop()
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
 
 
 if __name__ == "__main__":
