@@ -44,8 +44,8 @@ from pathlib import Path
 TF_REQUIREMENT = "tensorflow-cpu==2.21.0"
 TF_SCRIPT = Path(__file__).with_name("tutorial_speed_tf.py")
 
-# Steps per turn: half a second of training or more on two cores, where a turn's switch (caches
-# and thread pools gone cold) costs a millisecond or two.
+# Steps per turn: half a second of training or more on two cores, so that a turn's start (caches
+# gone cold, threads asleep) weighs little.
 STEPS = {
     "softmax-regression": 2000,  # twice its schedule
     "deep-mnist": 100,  # a multiple of 100: the tutorial logs its accuracy at every 100th
@@ -226,9 +226,12 @@ class Side:
             self._fail()
         return json.loads(line)
 
-    def _fail(self):
+    def kill(self) -> None:
         self._process.kill()
         self._process.wait()
+
+    def _fail(self):
+        self.kill()
         self._errors.seek(0)
         errors = self._errors.read().strip().splitlines()
         raise Failed(f"{self.what} failed (exit status {self._process.returncode}): "
@@ -238,20 +241,27 @@ class Side:
 def take_turns(recipe: str, steps: int, turns: int, tf_python: Path, data: Path) -> dict:
     """Both sides of a recipe, `turns` turns of `steps` steps each; TF's side goes first in
     odd turns."""
+    commands = {"tf": ([str(tf_python), str(TF_SCRIPT), recipe, "--steps", str(steps), "--data",
+                        str(data), "--turns"], f"TensorFlow's {recipe}"),
+                "mnistlab": ([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side",
+                              recipe, "--steps", str(steps), "--turns", str(turns)],
+                             f"mnistlab's {recipe}")}
+    sides: dict[str, Side] = {}
+    seconds = {"tf": [], "mnistlab": []}
     with tempfile.TemporaryDirectory() as cwd:  # nothing a side writes lands in the repository
-        sides = {"tf": Side([str(tf_python), str(TF_SCRIPT), recipe, "--steps", str(steps),
-                             "--data", str(data), "--turns"], f"TensorFlow's {recipe}", cwd),
-                 "mnistlab": Side([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side",
-                                   recipe, "--steps", str(steps), "--turns", str(turns)],
-                                  f"mnistlab's {recipe}", cwd)}
-        seconds = {"tf": [], "mnistlab": []}
-        for turn in range(1, turns + 1):
-            for side in ("tf", "mnistlab") if turn % 2 else ("mnistlab", "tf"):
-                seconds[side].append(sides[side].turn())
-            print(f"turn {turn}/{turns} {recipe}: TF {seconds['tf'][-1]:.3f} s, "
-                  f"mnistlab {seconds['mnistlab'][-1]:.3f} s", file=sys.stderr, flush=True)
-        for side in sides.values():
-            side.close()
+        try:
+            for side, (command, what) in commands.items():
+                sides[side] = Side(command, what, cwd)
+            for turn in range(1, turns + 1):
+                for side in ("tf", "mnistlab") if turn % 2 else ("mnistlab", "tf"):
+                    seconds[side].append(sides[side].turn())
+                print(f"turn {turn}/{turns} {recipe}: TF {seconds['tf'][-1]:.3f} s, "
+                      f"mnistlab {seconds['mnistlab'][-1]:.3f} s", file=sys.stderr, flush=True)
+            for side in sides.values():
+                side.close()
+        finally:  # a side that failed takes the other down with it
+            for side in sides.values():
+                side.kill()
     return {side: {**sides[side].facts, "seconds": seconds[side]} for side in sides}
 
 
