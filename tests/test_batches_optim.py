@@ -61,18 +61,27 @@ def test_schedules():
     assert lr_factor(cosine, 0, 100) == 1.0 and lr_factor(cosine, 50, 100) == 0.5
 
 
-@pytest.mark.parametrize("name, weight_decay", [("adam", 0.0), ("adam", 1e-3), ("adamw", 0.05)])
-def test_direct_fused_step_matches_torch_optim_bit_for_bit(name, weight_decay):
-    """make_optimizer's Adam and AdamW call the fused kernel directly after the first step:
-    the weights and moments must be exactly torch.optim's, a frozen weight included."""
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@pytest.mark.parametrize("spec", [
+    OptimizerSection(name="adam", lr=1e-2),
+    OptimizerSection(name="adam", lr=1e-2, weight_decay=1e-3),
+    OptimizerSection(name="adamw", lr=1e-2, weight_decay=0.05),
+    OptimizerSection(name="sgd", lr=1e-2),
+    OptimizerSection(name="sgd", lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3),
+], ids=["adam", "adam-decay", "adamw", "sgd", "sgd-nesterov"])
+def test_direct_fused_step_matches_torch_optim_bit_for_bit(spec):
+    """make_optimizer's Adam, AdamW and SGD call the fused kernel directly once their state
+    exists: the weights and the state must be exactly torch.optim's, a frozen weight included."""
     torch.manual_seed(0)
     ours = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
     theirs = copy.deepcopy(ours)
-    spec = OptimizerSection(name=name, lr=1e-2, weight_decay=weight_decay)
     mine = make_optimizer(ours, spec)
-    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    reference = cls(theirs.parameters(), lr=1e-2, betas=tuple(spec.betas), eps=spec.eps,
-                    weight_decay=weight_decay, fused=True)
+    options = ({"momentum": spec.momentum, "nesterov": spec.nesterov} if spec.name == "sgd"
+               else {"betas": tuple(spec.betas), "eps": spec.eps})
+    reference = TORCH_OPTIMIZERS[spec.name](theirs.parameters(), lr=spec.lr,
+                                            weight_decay=spec.weight_decay, fused=True, **options)
     for step in range(6):
         x = torch.randn(4, 6)
         for model, optimizer in ((ours, mine), (theirs, reference)):
@@ -80,11 +89,13 @@ def test_direct_fused_step_matches_torch_optim_bit_for_bit(name, weight_decay):
                 model[0].weight.requires_grad_(False)
                 model[0].weight.grad = None
             optimizer.zero_grad(set_to_none=True)
+            assert all(p.grad is None for p in model.parameters())
             model(x).square().sum().backward()
             optimizer.step()
-        # steps 1 to 3 went direct; from step 4 a weight has no gradient: torch.optim's step
+        # steps 1 to 3 went direct (SGD without momentum from step 0: it keeps no state); from
+        # step 4 a weight has no gradient: torch.optim's step
         assert (mine._direct_groups() is not None) == (step < 4)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
     for a, b in zip(mine.state.values(), reference.state.values()):
-        assert all(torch.equal(a[key], b[key]) for key in ("step", "exp_avg", "exp_avg_sq"))
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

@@ -43,14 +43,16 @@ class KerasRMSprop(torch.optim.Optimizer):
 
 
 class _DirectFusedStep:
-    """PyTorch's fused Adam or AdamW, its kernel called directly on the CPU once the state exists.
+    """PyTorch's fused Adam, AdamW or SGD, its kernel called directly on the CPU once the state
+    exists, and zero_grad without torch.optim's profiler scope.
 
-    The update itself is one fused kernel; around it, torch.optim's step spends about 0.1 ms of
-    Python per step (hooks, a profiler scope, checks over every weight, grouping tensors by
-    device), 4% of the strided CNN's 2.5 ms step on a 2-core CPU. Where nothing of that applies
-    (every weight on the CPU with a gradient and a state, no AMSGrad, maximize or closure) this
-    step makes the same two calls PyTorch's would: count the step, run the kernel. Anything
-    else goes through torch.optim (tests/test_batches_optim.py checks both agree bit for bit).
+    The update itself is one fused kernel; around it, torch.optim's step spends Python on hooks,
+    a profiler scope, checks over every weight and grouping tensors by device: about 0.1 ms a
+    step for Adam, 4% of the strided CNN's 2.5 ms step on a 2-core CPU, and for SGD several times
+    what its kernel takes on softmax regression's weights. Where nothing of that applies (every
+    weight on the CPU with a gradient and a state, no AMSGrad, maximize or closure) this step
+    makes the same calls PyTorch's would. Anything else goes through torch.optim
+    (tests/test_batches_optim.py checks both agree bit for bit).
     """
 
     @torch.no_grad()
@@ -59,39 +61,71 @@ class _DirectFusedStep:
         if groups is None:
             return super().step(closure)
         for group, params, states in groups:
-            steps = [state["step"] for state in states]
-            torch._foreach_add_(steps, 1)
-            beta1, beta2 = group["betas"]
-            decoupled = isinstance(self, torch.optim.AdamW) or group.get("decoupled_weight_decay")
-            kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
-            kernel(params, [p.grad for p in params], [state["exp_avg"] for state in states],
-                   [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
-                   lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                   eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+            self._fused_update(group, params, states)
         return None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if not set_to_none:
+            super().zero_grad(set_to_none=False)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def _direct_groups(self):
         groups = []
         for group in self.param_groups:
-            if (not group["fused"] or group["amsgrad"] or group["maximize"]
-                    or group["capturable"] or group["differentiable"]
+            if (not group["fused"] or group.get("amsgrad") or group["maximize"]
+                    or group.get("capturable") or group["differentiable"]
                     or isinstance(group["lr"], torch.Tensor)):
                 return None
             params = group["params"]
             states = [self.state.get(p) for p in params]
-            if not all(p.grad is not None and p.device.type == "cpu" and state and "exp_avg" in state
-                       for p, state in zip(params, states)):
+            if not all(p.grad is not None and p.device.type == "cpu" and not p.grad.is_sparse
+                       and self._has_state(group, state) for p, state in zip(params, states)):
                 return None  # the first step (no state yet), a frozen weight, another device
             groups.append((group, params, states))
         return groups
 
 
-class _Adam(_DirectFusedStep, torch.optim.Adam):
+class _DirectAdam(_DirectFusedStep):
+    @staticmethod
+    def _has_state(group: dict, state: dict | None) -> bool:
+        return bool(state) and "exp_avg" in state
+
+    def _fused_update(self, group: dict, params: list, states: list[dict]) -> None:
+        steps = [state["step"] for state in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        decoupled = isinstance(self, torch.optim.AdamW) or group.get("decoupled_weight_decay")
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        kernel(params, [p.grad for p in params], [state["exp_avg"] for state in states],
+               [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
+               lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+               eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+class _Adam(_DirectAdam, torch.optim.Adam):
     pass
 
 
-class _AdamW(_DirectFusedStep, torch.optim.AdamW):
+class _AdamW(_DirectAdam, torch.optim.AdamW):
     pass
+
+
+class _SGD(_DirectFusedStep, torch.optim.SGD):
+    @staticmethod
+    def _has_state(group: dict, state: dict | None) -> bool:
+        # without momentum SGD keeps no state; with it, the buffers made by the first step
+        return group["momentum"] == 0 or (bool(state) and state.get("momentum_buffer") is not None)
+
+    def _fused_update(self, group: dict, params: list, states: list[dict]) -> None:
+        momentum = group["momentum"]
+        buffers = [] if momentum == 0 else [state["momentum_buffer"] for state in states]
+        torch._fused_sgd_(params, [p.grad for p in params], buffers,
+                          weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+                          dampening=group["dampening"], nesterov=group["nesterov"],
+                          maximize=False, is_first_step=False, grad_scale=None, found_inf=None)
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerSection, *, multi_tensor: bool = True,
@@ -108,7 +142,7 @@ def make_optimizer(model: nn.Module, spec: OptimizerSection, *, multi_tensor: bo
     # channels-last layout, which match_state_layout now gives them; tests/test_train.py.)
     fast = {"fused": True} if multi_tensor else {}
     if spec.name == "sgd":
-        return torch.optim.SGD(
+        return _SGD(
             params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
             weight_decay=spec.weight_decay, **fast,
         )

@@ -50,8 +50,9 @@ class Totals:
         self.loss = torch.zeros((), dtype=dtype, device=device)  # summed over images
         self.correct = torch.zeros((), dtype=dtype, device=device)
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss_sum
+    def add(self, loss: torch.Tensor, images: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """A batch's loss (its sum, or its mean over `images` images) and its right answers."""
+        self.loss.add_(loss, alpha=images)  # one operator where loss * images, then += took two
         self.correct += (logits.argmax(1) == labels).sum()
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,8 +170,7 @@ class TrainStep:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
-        self.totals.add(loss.detach() if train.loss_reduction == "sum" else loss.detach() * len(y),
-                        logits.detach(), y)
+        self.totals.add(loss.detach(), 1 if train.loss_reduction == "sum" else len(y), logits, y)
 
     def _warm_up(self) -> None:
         # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
