@@ -23,6 +23,12 @@ graph and Keras traced its train function (see tutorial_speed_tf.py) and oneDNN 
 mnistlab's kernels. A turn's time runs from its first step to its last; mnistlab's leaves out
 its engine's checkpoints and validations at an epoch's end, which are not training time.
 
+`--baseline TREE` puts mnistlab's side from another source tree (TREE/src: a worktree of
+another commit, say) in TensorFlow's place, to measure a change the same way:
+
+    git worktree add /tmp/before HEAD~1
+    .venv/bin/python docs/experiments/tutorial_speed.py --baseline /tmp/before --recipes strided-cnn
+
 `--mnistlab-side RECIPE --steps N` runs mnistlab's side alone, once: its train_seconds for N
 steps, the first included.
 """
@@ -200,11 +206,11 @@ class Side:
     line once it has trained its untimed first step, then the seconds of N steps as a JSON
     line at each "go" written to it. A failure is one line with its last error."""
 
-    def __init__(self, command: list[str], what: str, cwd: str):
+    def __init__(self, command: list[str], what: str, cwd: str, env: dict | None = None):
         self.what = what
         self._errors = tempfile.TemporaryFile(mode="w+")
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self._errors, text=True, cwd=cwd)
+                                         stderr=self._errors, text=True, cwd=cwd, env=env)
         self.facts = self._read()
 
     def turn(self) -> float:
@@ -238,24 +244,22 @@ class Side:
                      f"{errors[-1] if errors else 'no output'}")
 
 
-def take_turns(recipe: str, steps: int, turns: int, tf_python: Path, data: Path) -> dict:
-    """Both sides of a recipe, `turns` turns of `steps` steps each; TF's side goes first in
-    odd turns."""
-    commands = {"tf": ([str(tf_python), str(TF_SCRIPT), recipe, "--steps", str(steps), "--data",
-                        str(data), "--turns"], f"TensorFlow's {recipe}"),
-                "mnistlab": ([sys.executable, str(Path(__file__).resolve()), "--mnistlab-side",
-                              recipe, "--steps", str(steps), "--turns", str(turns)],
-                             f"mnistlab's {recipe}")}
+def take_turns(recipe: str, steps: int, turns: int, other: dict) -> dict:
+    """mnistlab's side of a recipe against `other` (its "command", "what" and optionally "env"),
+    `turns` turns of `steps` steps each, the other side first in odd turns: their facts and
+    seconds as {"other": ..., "mnistlab": ...}."""
+    starts = {"other": other, "mnistlab": {"command": mnistlab_command(recipe, steps, turns),
+                                           "what": f"mnistlab's {recipe}"}}
     sides: dict[str, Side] = {}
-    seconds = {"tf": [], "mnistlab": []}
+    seconds = {"other": [], "mnistlab": []}
     with tempfile.TemporaryDirectory() as cwd:  # nothing a side writes lands in the repository
         try:
-            for side, (command, what) in commands.items():
-                sides[side] = Side(command, what, cwd)
+            for side, start in starts.items():
+                sides[side] = Side(start["command"], start["what"], cwd, start.get("env"))
             for turn in range(1, turns + 1):
-                for side in ("tf", "mnistlab") if turn % 2 else ("mnistlab", "tf"):
+                for side in ("other", "mnistlab") if turn % 2 else ("mnistlab", "other"):
                     seconds[side].append(sides[side].turn())
-                print(f"turn {turn}/{turns} {recipe}: TF {seconds['tf'][-1]:.3f} s, "
+                print(f"turn {turn}/{turns} {recipe}: {other['what']} {seconds['other'][-1]:.3f} s, "
                       f"mnistlab {seconds['mnistlab'][-1]:.3f} s", file=sys.stderr, flush=True)
             for side in sides.values():
                 side.close()
@@ -263,6 +267,23 @@ def take_turns(recipe: str, steps: int, turns: int, tf_python: Path, data: Path)
             for side in sides.values():
                 side.kill()
     return {side: {**sides[side].facts, "seconds": seconds[side]} for side in sides}
+
+
+def tensorflow_side(recipe: str, steps: int, tf_python: Path, data: Path) -> dict:
+    return {"command": [str(tf_python), str(TF_SCRIPT), recipe, "--steps", str(steps), "--data",
+                        str(data), "--turns"], "what": f"TensorFlow's {recipe}"}
+
+
+def baseline_side(recipe: str, steps: int, turns: int, tree: Path) -> dict:
+    """mnistlab's side run from another source tree (a worktree of another commit, say)."""
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve() / "src")}
+    return {"command": mnistlab_command(recipe, steps, turns), "what": f"{tree}'s {recipe}",
+            "env": env}
+
+
+def mnistlab_command(recipe: str, steps: int, turns: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--mnistlab-side", recipe,
+            "--steps", str(steps), "--turns", str(turns)]
 
 
 def mnistlab_side(recipe: str, steps: int) -> None:
@@ -402,6 +423,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--turns", type=int, help="turns of each side per recipe (default 10)")
     parser.add_argument("--tf-env", type=Path, default=Path.home() / ".cache/mnistlab/tf-env")
     parser.add_argument("--json", type=Path, help="write every turn's figures here")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="instead of TensorFlow, mnistlab from TREE/src against this tree's")
     parser.add_argument("--peak-size", type=int, default=4096)
     parser.add_argument("--peak-repeats", type=int, default=5)
     parser.add_argument("--mnistlab-side", metavar="RECIPE", help=argparse.SUPPRESS)
@@ -428,6 +451,10 @@ def main() -> None:
             mnistlab_side(args.mnistlab_side, args.steps)
         return
 
+    if args.baseline:
+        compare_trees(args)
+        return
+
     import mnistlab
 
     python = tf_python(args.tf_env.expanduser())
@@ -437,8 +464,9 @@ def main() -> None:
     results = {}
     for name in args.recipes:
         steps = STEPS[name]
+        sides = take_turns(name, steps, args.turns, tensorflow_side(name, steps, python, data))
         results[name] = {**recipe_facts(name, steps * args.turns), "turns": args.turns,
-                         "steps_per_turn": steps, **take_turns(name, steps, args.turns, python, data)}
+                         "steps_per_turn": steps, "tf": sides["other"], "mnistlab": sides["mnistlab"]}
 
     found = versions(results)
     print(table(results, peak, cpu, found))
@@ -446,6 +474,17 @@ def main() -> None:
         args.json.write_text(json.dumps({"cpu": cpu, "peak": peak, "versions": found,
                                          "recipes": results}, indent=2) + "\n")
 
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """mnistlab's side from --baseline TREE against this tree's, in turns: a change's effect."""
+    for name in args.recipes:
+        sides = take_turns(name, STEPS[name], args.turns,
+                           baseline_side(name, STEPS[name], args.turns, args.baseline))
+        before, after = sides["other"]["seconds"], sides["mnistlab"]["seconds"]
+        ratios = [b / a for b, a in zip(before, after)]
+        print(f"{name}: {args.turns} x {STEPS[name]:,} steps, {args.baseline} {sum(before):.3g} s, "
+              f"this tree {sum(after):.3g} s: {statistics.median(ratios):.3g}x "
+              f"({min(ratios):.3g} to {max(ratios):.3g})", flush=True)
 
 if __name__ == "__main__":
     main()
