@@ -318,9 +318,9 @@ def mnistlab_turns(recipe_name: str, steps: int, turns: int) -> None:
 
         paused = 0.0
 
-        def _checkpoint(self, loop, *, validate: bool) -> None:
+        def _checkpoint(self, *args, **kwargs) -> None:  # its arguments vary between commits
             start = time.perf_counter()
-            super()._checkpoint(loop, validate=validate)
+            super()._checkpoint(*args, **kwargs)
             self.paused += time.perf_counter() - start
 
     total = 1 + steps * turns
@@ -379,7 +379,7 @@ def table(results: dict, peak: dict, cpu: dict, found: dict) -> str:
         rows.append(f"| {name} | {r['turns']} x {r['steps_per_turn']:,} x {r['batch_size']} "
                     f"| {side_cell(tf_s, r, peak['peak_gflops'])} "
                     f"| {side_cell(ml_s, r, peak['peak_gflops'])} "
-                    f"| {statistics.median(ratios):.3g}x ({min(ratios):.3g} to {max(ratios):.3g}) |")
+                    f"| {statistics.median(ratios):.3f}x ({min(ratios):.3f} to {max(ratios):.3f}) |")
         fastest = max(fastest, max(r["flops_per_update"] * r["updates"] / r["turns"] / s / 1e9
                                    for s in r["tf"]["seconds"] + r["mnistlab"]["seconds"]))
     if fastest > peak["peak_gflops"]:  # the machine was busier while the peak was measured
@@ -483,8 +483,8 @@ def compare_trees(args: argparse.Namespace) -> None:
         before, after = sides["other"]["seconds"], sides["mnistlab"]["seconds"]
         ratios = [b / a for b, a in zip(before, after)]
         print(f"{name}: {args.turns} x {STEPS[name]:,} steps, {args.baseline} {sum(before):.3g} s, "
-              f"this tree {sum(after):.3g} s: {statistics.median(ratios):.3g}x "
-              f"({min(ratios):.3g} to {max(ratios):.3g})", flush=True)
+              f"this tree {sum(after):.3g} s: {statistics.median(ratios):.3f}x "
+              f"({min(ratios):.3f} to {max(ratios):.3f})", flush=True)
 
 if __name__ == "__main__":
     main()
