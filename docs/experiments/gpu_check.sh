@@ -8,6 +8,9 @@
 #   OUT=$OUT bash docs/experiments/gpu_check.sh api          (about a minute)
 #   OUT=$OUT bash docs/experiments/gpu_check.sh fast         (the GPU tests, then fast in bigger
 #                                                             batches: docs/experiments/fast_gpu.py)
+#   OUT=$OUT bash docs/experiments/gpu_check.sh kernels      (the GPU tests, then fast's kernels
+#                                                             profiled and switches that keep its
+#                                                             recipe: fast_gpu_kernels.py)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
 # `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); `api` checks that
@@ -75,10 +78,17 @@ fast() {
   timeout "${SECONDS_LEFT:-360}" $py docs/experiments/fast_gpu.py --json "$OUT/fast-gpu.json"
 }
 
+kernels() {
+  gpu_tests
+  echo "== fast's kernels, then cudnn.benchmark, float32 and torch.compile chosen on validation"
+  timeout "${SECONDS_LEFT:-360}" $py docs/experiments/fast_gpu_kernels.py --json "$OUT/fast-gpu-kernels.json"
+}
+
 case "${1:-all}" in
   speed) speed ;;
   accuracy) accuracy ;;
   api) api ;;
   fast) fast ;;
+  kernels) kernels ;;
   *) speed; accuracy; api ;;
 esac
