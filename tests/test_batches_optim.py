@@ -5,7 +5,7 @@ import torch
 
 from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
 from mnistlab.training.batches import BatchPlan
-from mnistlab.training.optim import KerasRMSprop, lr_factor, make_optimizer
+from mnistlab.training.optim import KerasRMSprop, compiled_adam_step, lr_factor, make_optimizer
 
 
 def test_epochs_cover_every_example_once_with_a_smaller_last_batch():
@@ -99,3 +99,36 @@ def test_direct_fused_step_matches_torch_optim_bit_for_bit(spec):
         assert torch.equal(a, b)
     for a, b in zip(mine.state.values(), reference.state.values()):
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("spec", [
+    OptimizerSection(name="adam", lr=1e-2, weight_decay=1e-3),
+    OptimizerSection(name="adamw", lr=4e-2, weight_decay=5e-4),
+], ids=["adam-decay", "adamw"])
+def test_compiled_adam_step_follows_torch_optim(spec):
+    """The compiled update (a CUDA graph's, under --compile) computes torch.optim's Adam and
+    AdamW, with the learning rate a tensor, in two parameter groups (as freezing makes them),
+    and leaves a state torch.optim's own step goes on from."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 36, 3))
+    ours = ours.to(memory_format=torch.channels_last)
+    theirs = copy.deepcopy(ours)
+    groups = [list(ours[0].parameters()), list(ours[2].parameters())]
+    mine = make_optimizer(ours, spec, groups=groups)
+    for group in mine.param_groups:
+        group["lr"] = torch.tensor(spec.lr)
+    reference = TORCH_OPTIMIZERS[spec.name](
+        [{"params": list(theirs[0].parameters())}, {"params": list(theirs[2].parameters())}],
+        lr=spec.lr, weight_decay=spec.weight_decay, betas=tuple(spec.betas), eps=spec.eps)
+    for step in range(5):
+        x = torch.randn(8, 1, 8, 8)
+        for model, optimizer in ((ours, mine), (theirs, reference)):
+            optimizer.zero_grad(set_to_none=True)
+            model(x).square().sum().backward()
+            # the last step is torch.optim's on both sides, from the compiled steps' state
+            compiled_adam_step(optimizer) if optimizer is mine and step < 4 else optimizer.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # a wrong update is off by ~lr
+    for a, b in zip(mine.state.values(), reference.state.values()):
+        assert a.keys() == b.keys() and a["step"].item() == b["step"].item() == 5
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-4, atol=1e-8)

@@ -5,20 +5,20 @@ a hundred small kernels; bigger batches cost accuracy (fast_gpu.py). So this loo
 kernels themselves, in two parts, in one process:
 
 1. The profile. torch.profiler over 100 steps of a `fast` run replayed from its graph (steps 100
-   to 200, after the capture and both freezes), and over 40 eager steps (20 to 60) for the
-   kernels' launches: each kernel's GPU time and calls per step, the top of each table printed
-   and every row written to the JSON.
-2. Switches that leave the recipe's batch, steps and rates alone, fixed in advance:
-   - `cudnn.benchmark`: cuDNN times its algorithms at a convolution's first call and keeps the
-     fastest (its heuristic's choice is not always that for small tensors);
-   - float32 (`docs/experiments/fast-fp32.toml`: `precision = "fp32"`, cuDNN's TF32 as PyTorch
-     has it by default): no bf16 copies of weights, activations and gradients to make;
-   - both; and each of the four through torch.compile (compile time apart, as always).
-   Each trains SEEDS seeds on the 55,000 training images and is scored on the 5,000 validation
-   images. The rule, fixed before any run: of the switches whose validation mean is at most 0.05
-   points below plain `fast`'s, the one with the least median training time. Only it then meets
-   the test split: `mnistlab bench` with 10 seeds, beside plain `fast` (and `fast --compile`
-   when the choice compiles), in this one process.
+   to 200, after the capture and both freezes), compiled and not, and over 40 eager steps (20 to
+   60) for the kernels' launches: each kernel's GPU time and calls per step, the top of each
+   table printed and every row written to the JSON.
+2. The ways of running the same recipe (batch, steps and rates alone), fixed in advance: plain
+   `fast`; compiled with the optimiser's update left to PyTorch's fused kernel, as `--compile`
+   was before 2026-11-27; and compiled as it is now, the update too
+   (training/optim.py, compiled_adam_step). Each trains SEEDS seeds on the 55,000 training
+   images and is scored on the 5,000 validation images. The rule, fixed before any run: of the
+   ways whose validation mean is at most 0.05 points below plain `fast`'s, the one with the
+   least median training time. Only it then meets the test split: `mnistlab bench` with 10
+   seeds, beside plain `fast`, in this one process.
+
+The first version of this script (commit 3dbd1c9) measured cudnn.benchmark and float32 the same
+way: the engine now autotunes cuDNN while it trains on a GPU, and float32 was slower.
 
     PYTHONPATH=src python3 docs/experiments/fast_gpu_kernels.py --json /tmp/fast-gpu-kernels.json
 
@@ -34,43 +34,41 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mnistlab.bench import bench, format_bench
 from mnistlab.recipebook import load_recipe
+from mnistlab.training import step
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 
-FP32 = str(Path(__file__).parent / "fast-fp32.toml")
-MARGIN = 0.0005  # validation accuracy a switch may lose against plain fast
+MARGIN = 0.0005  # validation accuracy a way may lose against plain fast
 
 
 @dataclass(frozen=True)
-class Switches:
-    recipe: str = "fast"
-    cudnn_benchmark: bool = False
+class Way:
     compile: bool = False
+    compiled_update: bool = True  # with compile on a GPU: the optimiser's update compiled too
 
     @property
     def label(self) -> str:
-        parts = ["fast" if self.recipe == "fast" else "fast fp32"]
-        parts += ["cudnn.benchmark"] * self.cudnn_benchmark + ["compiled"] * self.compile
-        return ", ".join(parts)
+        if not self.compile:
+            return "fast"
+        return "fast, compiled" + ("" if self.compiled_update else ", PyTorch's fused update")
 
     @contextlib.contextmanager
     def applied(self):
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        try:
+        if self.compiled_update:
             yield
-        finally:
-            torch.backends.cudnn.benchmark = before
+            return
+        with mock.patch.object(step, "compiled_adam_step", lambda optimizer: optimizer.step()):
+            yield
 
 
-CANDIDATES = [Switches(recipe, benchmark, compiled) for compiled in (False, True)
-              for recipe in ("fast", FP32) for benchmark in (False, True)]
+WAYS = [Way(), Way(compile=True, compiled_update=False), Way(compile=True)]
 
 
 def kernel_table(prof, steps: int) -> list[dict]:
@@ -95,54 +93,54 @@ def print_table(title: str, rows: list[dict], top: int = 30) -> None:
         print(f"{r['us_per_step']:8.2f} us {r['calls_per_step']:6.2f}x  {r['kernel'][:110]}")
 
 
-def profiled_run(device: str, *, graph: bool, first: int, last: int, total: int | None) -> dict:
+def profiled_run(device: str, way: Way, *, graph: bool, first: int, last: int,
+                 total: int | None) -> dict:
     """`fast` with seed 1, the profiler on from step `first` to step `last`."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
-    prof = profile(activities=activities)
+    cuda = device.startswith("cuda")
+    prof = profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda)
 
     def on_step(trainer: Trainer, done: int) -> None:
+        if done in (first, last) and cuda:
+            torch.cuda.synchronize()
         if done == first:
-            torch.cuda.synchronize() if device.startswith("cuda") else None
             prof.start()
         elif done == last:
-            torch.cuda.synchronize() if device.startswith("cuda") else None
             prof.stop()
 
     recipe = load_recipe("fast").with_length(steps=total)
-    with tempfile.TemporaryDirectory(prefix="fast-kernels-") as tmp:
+    with way.applied(), tempfile.TemporaryDirectory(prefix="fast-kernels-") as tmp:
         result = Trainer(recipe, Path(tmp) / "run", seed=1, device=device, cuda_graphs=graph,
-                         progress=Progress(1, quiet=True), on_step=on_step).run()
-    rows = kernel_table(prof, last - first) if device.startswith("cuda") else []
-    title = f"fast, {'graph replays' if graph else 'eager'}, steps {first} to {last}"
-    print_table(title, rows)
-    return {"steps": [first, last], "cuda_graph": result.cuda_graph,
+                         compile=way.compile, progress=Progress(1, quiet=True),
+                         on_step=on_step).run()
+    rows = kernel_table(prof, last - first) if cuda else []
+    print_table(f"{way.label}, {'graph replays' if graph else 'eager'}, steps {first} to {last}", rows)
+    return {"way": way.label, "steps": [first, last], "cuda_graph": result.cuda_graph,
             "train_seconds": result.train_seconds, "kernels": rows}
 
 
-def validate(switches: Switches, seeds: int, device: str, steps: int | None) -> dict:
-    recipe = load_recipe(switches.recipe).with_length(steps=steps)
+def validate(way: Way, seeds: int, device: str, steps: int | None) -> dict:
+    recipe = load_recipe("fast").with_length(steps=steps)
     runs = []
-    with switches.applied(), tempfile.TemporaryDirectory(prefix="fast-kernels-") as tmp:
+    with way.applied(), tempfile.TemporaryDirectory(prefix="fast-kernels-") as tmp:
         for seed in range(seeds):
             runs.append(Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=device,
-                                compile=switches.compile, progress=Progress(1, quiet=True)).run())
+                                compile=way.compile, progress=Progress(1, quiet=True)).run())
     accuracies = [r.validation.accuracy for r in runs]
     seconds = [r.train_seconds for r in runs]
-    row = {"label": switches.label, "recipe": switches.recipe,
-           "cudnn_benchmark": switches.cudnn_benchmark, "compile": switches.compile,
+    row = {"label": way.label, "compile": way.compile, "compiled_update": way.compiled_update,
            "validation": accuracies, "validation_mean": statistics.fmean(accuracies),
            "train_seconds": seconds, "train_seconds_median": statistics.median(seconds),
            "compile_seconds": [r.compile_seconds for r in runs],
            "ms_per_step": 1e3 * statistics.median(seconds) / runs[0].total_steps,
            "cuda_graph": all(r.cuda_graph for r in runs)}
-    print(f"{switches.label:40} validation {100 * row['validation_mean']:.2f}%  train "
+    print(f"{way.label:40} validation {100 * row['validation_mean']:.2f}%  train "
           f"{row['train_seconds_median']:.4f} s (median of {seeds}; {row['ms_per_step']:.3f} ms "
           f"a step)", flush=True)
     return row
 
 
 def choose(rows: list[dict]) -> dict | None:
-    """The fastest switch within MARGIN of plain fast on validation (the docstring's rule)."""
+    """The fastest way within MARGIN of plain fast on validation (the docstring's rule)."""
     plain = rows[0]["validation_mean"]
     eligible = [r for r in rows if r["validation_mean"] >= plain - MARGIN]
     return min(eligible, key=lambda r: r["train_seconds_median"], default=None)
@@ -152,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds per switch on validation")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per way on validation")
     parser.add_argument("--bench-seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, help="cut every run to this many steps (a smoke test)")
     args = parser.parse_args()
@@ -161,36 +159,34 @@ def main() -> None:
     def save() -> None:
         args.json.write_text(json.dumps(report, indent=1))
 
-    # the first run in a process pays CUDA's and cuDNN's start-up: not the profiled one
-    validate(Switches(), 1, args.device, args.steps)
-    short = args.steps is not None
-    try:  # profiling graph replays needs a CUPTI that sees inside them
-        report["profile_graph"] = profiled_run(args.device, graph=True, first=1 if short else 100,
-                                               last=2 if short else 200, total=args.steps)
-    except Exception as e:  # the eager profile has the same kernels
-        print(f"no profile of the graph replays: {type(e).__name__}: {e}", flush=True)
-    report["profile_eager"] = profiled_run(args.device, graph=False, first=1 if short else 20,
-                                           last=2 if short else 60, total=args.steps)
+    # the first run in a process pays CUDA's and cuDNN's start-up: not a profiled one
+    validate(Way(), 1, args.device, args.steps)
+    first, last = (1, 2) if args.steps else (100, 200)
+    for key, way in (("profile_graph", Way()), ("profile_graph_compiled", Way(compile=True))):
+        try:  # profiling graph replays needs a CUPTI that sees inside them
+            report[key] = profiled_run(args.device, way, graph=True, first=first, last=last,
+                                       total=args.steps)
+        except Exception as e:  # the eager profile has the same kernels
+            print(f"no profile of {way.label}'s graph replays: {type(e).__name__}: {e}", flush=True)
+    first, last = (1, 2) if args.steps else (20, 60)
+    report["profile_eager"] = profiled_run(args.device, Way(), graph=False, first=first,
+                                           last=last, total=args.steps)
     save()
-    report["candidates"] = []
-    for switches in CANDIDATES:
-        report["candidates"].append(validate(switches, args.seeds, args.device, args.steps))
+    report["ways"] = []
+    for way in WAYS:
+        report["ways"].append(validate(way, args.seeds, args.device, args.steps))
         save()
-    chosen = choose(report["candidates"])
+    chosen = choose(report["ways"])
     report["chosen"] = chosen and chosen["label"]
     print(f"chosen on validation: {report['chosen']}", flush=True)
     save()
-    if chosen is None:
-        return
     report["test"] = {}
-    plain = Switches(compile=chosen["compile"])
-    picked = Switches(chosen["recipe"], chosen["cudnn_benchmark"], chosen["compile"])
-    for switches in dict.fromkeys([Switches(), plain, picked]):
-        with switches.applied():
-            result = bench(switches.recipe, seeds=args.bench_seeds, device=args.device,
-                           compile=switches.compile)
-        print(f"{switches.label}: {format_bench(result)}", flush=True)
-        report["test"][switches.label] = result.to_dict()
+    picked = Way(chosen["compile"], chosen["compiled_update"]) if chosen else Way()
+    for way in dict.fromkeys([Way(), picked]):
+        with way.applied():
+            result = bench("fast", seeds=args.bench_seeds, device=args.device, compile=way.compile)
+        print(f"{way.label}: {format_bench(result)}", flush=True)
+        report["test"][way.label] = result.to_dict()
         report["device"] = result.hardware
         save()
 

@@ -12,7 +12,8 @@ tensors. A batch of another size (an epoch's last, smaller one) runs eagerly.
 
 With `compile`, the forward pass and the loss go through torch.compile, which fuses their
 elementwise kernels (and the backward's) into fewer, larger ones; inside a CUDA graph that
-leaves fewer kernels to replay. Compiling takes seconds, on the first step: that step's time is
+leaves fewer kernels to replay, and there the optimiser's update is compiled too
+(optim.compiled_adam_step). Compiling takes seconds, on the first step: that step's time is
 set apart as compile time. A batch of another size runs the uncompiled network, which would
 otherwise compile a second time for the new shape.
 """
@@ -35,6 +36,7 @@ from mnistlab.recipebook import Recipe
 from mnistlab.training.augment import random_distortion
 from mnistlab.training.distill import Teachers, distilled_loss
 from mnistlab.training.ema import WeightAverage
+from mnistlab.training.optim import compiled_adam_step
 
 # eager steps before the capture: they create the optimiser's state and let cuDNN and cuBLAS
 # initialise lazily, which a capture cannot do
@@ -50,10 +52,10 @@ class Totals:
         self.loss = torch.zeros((), dtype=dtype, device=device)  # summed over images
         self.correct = torch.zeros((), dtype=dtype, device=device)
 
-    def add(self, loss: torch.Tensor, images: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, images: int, correct: torch.Tensor) -> None:
         """A batch's loss (its sum, or its mean over `images` images) and its right answers."""
         self.loss.add_(loss, alpha=images)  # one operator where loss * images, then += took two
-        self.correct += (logits.argmax(1) == labels).sum()
+        self.correct += correct
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The two sums (copies), then zero, in place: a captured graph keeps adding to them."""
@@ -159,7 +161,7 @@ class TrainStep:
         if recipe.augment.enabled:
             x = random_distortion(x, recipe.augment)
         # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
-        loss, logits = (compiled_loss_and_logits() if compiled else loss_and_logits)(
+        loss, logits, correct = (compiled_step_loss() if compiled else step_loss)(
             self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
             label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
         if self.teachers is not None:
@@ -167,10 +169,13 @@ class TrainStep:
                                   train.loss_reduction)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
-        self.optimizer.step()
+        if compiled and self.cuda_graph:  # the update compiled too (it is Adam's or AdamW's)
+            compiled_adam_step(self.optimizer)
+        else:
+            self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
-        self.totals.add(loss.detach(), 1 if train.loss_reduction == "sum" else len(y), logits, y)
+        self.totals.add(loss.detach(), 1 if train.loss_reduction == "sum" else len(y), correct)
 
     def _warm_up(self) -> None:
         # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
@@ -211,11 +216,19 @@ def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: b
     return loss, logits
 
 
+def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`loss_and_logits`, and how many of the batch the network got right (compiled, the count
+    fuses into the loss's kernels)."""
+    loss, logits = loss_and_logits(net, x, y, **options)
+    return loss, logits, (logits.argmax(1) == y).sum()
+
+
 @functools.cache
-def compiled_loss_and_logits():
-    """`loss_and_logits` through torch.compile, made once: every later network of the same
-    shape (the next random seed's, a resumed run's) reuses what the first one compiled."""
-    return torch.compile(loss_and_logits)
+def compiled_step_loss():
+    """`step_loss` through torch.compile, made once: every later network of the same shape
+    (the next random seed's, a resumed run's) reuses what the first one compiled."""
+    return torch.compile(step_loss)
 
 
 @contextlib.contextmanager
