@@ -8,17 +8,18 @@ kernels themselves, in two parts, in one process:
    to 200, after the capture and both freezes), compiled and not, and over 40 eager steps (20 to
    60) for the kernels' launches: each kernel's GPU time and calls per step, the top of each
    table printed and every row written to the JSON.
-2. The ways of running the same recipe (batch, steps and rates alone), fixed in advance: plain
-   `fast`; compiled with the optimiser's update left to PyTorch's fused kernel, as `--compile`
-   was before 2026-11-27; and compiled as it is now, the update too
-   (training/optim.py, compiled_adam_step). Each trains SEEDS seeds on the 55,000 training
-   images and is scored on the 5,000 validation images. The rule, fixed before any run: of the
-   ways whose validation mean is at most 0.05 points below plain `fast`'s, the one with the
-   least median training time. Only it then meets the test split: `mnistlab bench` with 10
-   seeds, beside plain `fast`, in this one process.
+2. Ways of running the same recipe (its batch, steps and rates), fixed in advance: plain `fast`;
+   compiled (`--compile`: the batch's gather, the forward pass, the loss and, inside the graph,
+   the optimiser's update); compiled with cudnn.benchmark (cuDNN times its algorithms at each
+   shape's first call and keeps the fastest); compiled with Inductor's combo kernels (small
+   independent kernels merged into one launch). Each trains SEEDS seeds on the 55,000
+   training images and is scored on the 5,000 validation images. The rule, fixed before any
+   run: of the ways whose validation mean is at most 0.05 points below plain `fast`'s, the one
+   with the least median training time. Only it then meets the test split: `mnistlab bench`
+   with 10 seeds, beside plain `fast`, in this one process.
 
-The first version of this script (commit 3dbd1c9) measured cudnn.benchmark and float32 the same
-way: the engine now autotunes cuDNN while it trains on a GPU, and float32 was slower.
+Its earlier versions measured float32 (slower: commit 3dbd1c9) and the update left to PyTorch's
+fused kernel (9240ff7); docs/BENCHMARKS.md has their figures.
 
     PYTHONPATH=src python3 docs/experiments/fast_gpu_kernels.py --json /tmp/fast-gpu-kernels.json
 
@@ -34,14 +35,13 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mnistlab.bench import bench, format_bench
 from mnistlab.recipebook import load_recipe
-from mnistlab.training import step
+from mnistlab.training import optim, step
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
 
@@ -51,24 +51,40 @@ MARGIN = 0.0005  # validation accuracy a way may lose against plain fast
 @dataclass(frozen=True)
 class Way:
     compile: bool = False
-    compiled_update: bool = True  # with compile on a GPU: the optimiser's update compiled too
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms at each shape's first call
+    combo_kernels: bool = False  # Inductor merges independent small kernels into one launch
 
     @property
     def label(self) -> str:
-        if not self.compile:
-            return "fast"
-        return "fast, compiled" + ("" if self.compiled_update else ", PyTorch's fused update")
+        parts = ["fast"] + ["compiled"] * self.compile + ["cudnn.benchmark"] * self.cudnn_benchmark
+        return ", ".join(parts + ["combo kernels"] * self.combo_kernels)
 
     @contextlib.contextmanager
     def applied(self):
-        if self.compiled_update:
-            yield
-            return
-        with mock.patch.object(step, "compiled_adam_step", lambda optimizer: optimizer.step()):
-            yield
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        options = (torch._inductor.config.patch(combo_kernels=True) if self.combo_kernels
+                   else contextlib.nullcontext())
+        try:
+            with options:
+                if self.combo_kernels:
+                    forget_compiled()
+                yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+            if self.combo_kernels:
+                forget_compiled()
 
 
-WAYS = [Way(), Way(compile=True, compiled_update=False), Way(compile=True)]
+def forget_compiled() -> None:
+    """Drop what torch.compile made, so that the next compiled step compiles under new options."""
+    torch._dynamo.reset()
+    for made in (step.compiled_step_loss, step.compiled_training_batch, optim._compiled_adam_update):
+        made.cache_clear()
+
+
+WAYS = [Way(), Way(compile=True), Way(compile=True, cudnn_benchmark=True),
+        Way(compile=True, combo_kernels=True)]
 
 
 def kernel_table(prof, steps: int) -> list[dict]:
@@ -127,7 +143,8 @@ def validate(way: Way, seeds: int, device: str, steps: int | None) -> dict:
                                 compile=way.compile, progress=Progress(1, quiet=True)).run())
     accuracies = [r.validation.accuracy for r in runs]
     seconds = [r.train_seconds for r in runs]
-    row = {"label": way.label, "compile": way.compile, "compiled_update": way.compiled_update,
+    row = {"label": way.label, "compile": way.compile, "cudnn_benchmark": way.cudnn_benchmark,
+           "combo_kernels": way.combo_kernels,
            "validation": accuracies, "validation_mean": statistics.fmean(accuracies),
            "train_seconds": seconds, "train_seconds_median": statistics.median(seconds),
            "compile_seconds": [r.compile_seconds for r in runs],
@@ -174,14 +191,17 @@ def main() -> None:
     save()
     report["ways"] = []
     for way in WAYS:
-        report["ways"].append(validate(way, args.seeds, args.device, args.steps))
+        try:
+            report["ways"].append(validate(way, args.seeds, args.device, args.steps))
+        except Exception as e:  # an option this PyTorch lacks, say: the other ways still count
+            print(f"{way.label}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         save()
     chosen = choose(report["ways"])
     report["chosen"] = chosen and chosen["label"]
     print(f"chosen on validation: {report['chosen']}", flush=True)
     save()
     report["test"] = {}
-    picked = Way(chosen["compile"], chosen["compiled_update"]) if chosen else Way()
+    picked = Way(chosen["compile"], chosen["cudnn_benchmark"], chosen["combo_kernels"]) if chosen else Way()
     for way in dict.fromkeys([Way(), picked]):
         with way.applied():
             result = bench("fast", seeds=args.bench_seeds, device=args.device, compile=way.compile)

@@ -80,7 +80,7 @@ fast() {
 
 kernels() {
   gpu_tests
-  echo "== fast's kernels, then cudnn.benchmark, float32 and torch.compile chosen on validation"
+  echo "== fast's kernels, then ways of compiling it, chosen on validation"
   timeout "${SECONDS_LEFT:-360}" $py docs/experiments/fast_gpu_kernels.py --json "$OUT/fast-gpu-kernels.json"
 }
 

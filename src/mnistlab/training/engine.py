@@ -343,7 +343,7 @@ class Trainer:
         log_every, update_every = self.recipe.train.log_every, self.recipe.quirks.update_every
         loop.session_start = time.perf_counter()
         loop.model.train()
-        with _stop_on_sigint(self), _cudnn_autotuned(self.device):
+        with _stop_on_sigint(self):
             for step in range(loop.start_step, plan.total_steps):
                 if frozen := loop.freezer.freeze_due(step):
                     self._freeze(loop, frozen)
@@ -681,23 +681,6 @@ def _stop_on_sigint(trainer: Trainer):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _cudnn_autotuned(device: torch.device):
-    """cuDNN times its convolution algorithms at each shape's first call and keeps the fastest,
-    which for a small network's tensors its heuristic does not always pick (on an H100, `fast`
-    compiled trains 5% faster: docs/experiments/fast_gpu_kernels.py). Only while training: a
-    server's batches come in every size, and each new one would be timed."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
 
 
 def train_summary(result: RunResult) -> str:

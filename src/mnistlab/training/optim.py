@@ -189,27 +189,33 @@ def lr_factor(spec: ScheduleSection, step: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def compiled_adam_step(optimizer: torch.optim.Optimizer) -> None:
-    """Adam's or AdamW's step, each parameter group's update through torch.compile, with its
-    learning rate a tensor on the device (training/step.py's CUDA graph).
+    """Adam's or AdamW's step through torch.compile, with each group's learning rate a tensor on
+    the device (training/step.py's CUDA graph).
 
     PyTorch's fused kernel hands each block of threads 65,536 values, so a small network's update
     runs on a handful of blocks: on an H100, 15 us a group for `fast`'s 95,000 weights, most of
-    its update's time. Compiled, the same arithmetic spreads over the whole GPU. The state is
+    its update's time. Compiled, the same arithmetic spreads over the whole GPU, and groups that
+    differ only in their learning rate (training/freeze.py's) update in one call. The state is
     the one torch.optim keeps (made here on the first step, as its capturable step makes it), so
     an eager step, a checkpoint or a resumed run sees no difference.
     """
-    decoupled = isinstance(optimizer, torch.optim.AdamW)
+    calls: dict[tuple, tuple[list, list]] = {}
     for group in optimizer.param_groups:
-        params = [p for p in group["params"] if p.grad is not None]
+        settings = (tuple(group["betas"]), group["eps"], group["weight_decay"])
+        params, lrs = calls.setdefault(settings, ([], []))
+        for p in group["params"]:
+            if p.grad is not None:
+                params.append(p)
+                lrs.append(group["lr"])
+    decoupled = isinstance(optimizer, torch.optim.AdamW)
+    for ((beta1, beta2), eps, weight_decay), (params, lrs) in calls.items():
         if not params:
             continue
         states = [_adam_state(optimizer, p) for p in params]
-        beta1, beta2 = group["betas"]
         _compiled_adam_update()(
             params, [p.grad for p in params], [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states], [s["step"] for s in states], group["lr"],
-            beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-            decoupled=decoupled)
+            [s["exp_avg_sq"] for s in states], [s["step"] for s in states], lrs,
+            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
 
 
 def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
@@ -228,20 +234,21 @@ def _compiled_adam_update():
 
 
 def _adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
-                 exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor, *,
-                 beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool) -> None:
+                 exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lrs: list[torch.Tensor],
+                 *, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 decoupled: bool) -> None:
     """Adam (Kingma and Ba), or AdamW's decoupled weight decay (Loshchilov and Hutter), in
     foreach operators, which torch.compile turns into one kernel over every weight."""
     torch._foreach_add_(steps, 1)
     if weight_decay and decoupled:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
+        torch._foreach_mul_(params, [1 - lr * weight_decay for lr in lrs])
     elif weight_decay:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     # the bias corrections, from each weight's step count on the device
-    unbiased_first = [lr / (1 - beta1 ** step) for step in steps]
+    unbiased_first = [lr / (1 - beta1 ** step) for lr, step in zip(lrs, steps)]
     root_second = [(1 - beta2 ** step).sqrt() for step in steps]
     denominators = torch._foreach_div(torch._foreach_sqrt(exp_avg_sqs), root_second)
     torch._foreach_add_(denominators, eps)

@@ -157,7 +157,7 @@ class TrainStep:
 
     def _train_on(self, indices: torch.Tensor, compiled: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
-        x, y = as_input(self.images[indices], channels_last=True), self.labels[indices]
+        x, y = (compiled_training_batch() if compiled else training_batch)(self.images, self.labels, indices)
         if recipe.augment.enabled:
             x = random_distortion(x, recipe.augment)
         # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
@@ -214,6 +214,19 @@ def loss_and_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: b
         logits = net(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing, reduction=reduction)
     return loss, logits
+
+
+def training_batch(images: torch.Tensor, labels: torch.Tensor,
+                   indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (as the network takes them) and labels at `indices`."""
+    return as_input(images[indices], channels_last=True), labels[indices]
+
+
+@functools.cache
+def compiled_training_batch():
+    """`training_batch` compiled: the gather, the conversion to float and the scaling in one
+    kernel where eager PyTorch takes three (on an H100, a few microseconds each)."""
+    return torch.compile(training_batch)
 
 
 def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
