@@ -27,6 +27,8 @@ from mnistlab.models.layers import (
     Conv2dTFSame,
     Dropout,
     Linear,
+    PatchConv2d,
+    patch_product,
     stock_pytorch,
     tf_same_padding,
     to_onednn_layout,
@@ -657,3 +659,25 @@ def test_every_model_takes_its_number_of_classes(name):
     assert {k for k, v in model.state_dict().items() if v.shape != ten[k].shape} == names
     with pytest.raises(MnistlabError, match="classes must be an integer from 2 to 1000"):
         check_model_args(name, {"classes": 1})
+
+
+def test_patch_product_is_the_convolution_it_replaces_on_a_gpu():
+    """PatchConv2d's product (fast-cnn's stem on a GPU): the output, its channels-last layout
+    and the weight gradient of F.conv2d, on a cropped view such as the network passes it."""
+    torch.manual_seed(0)
+    weight = torch.randn(32, 1, 4, 4, requires_grad=True)
+    x = torch.rand(8, 1, 28, 28)[:, :, 3:-3, 3:-3]
+    ours = patch_product(x, weight, None, (2, 2))
+    theirs = F.conv2d(x, weight, stride=2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(theirs)
+    (ours_grad,) = torch.autograd.grad(ours, weight, grad)
+    (theirs_grad,) = torch.autograd.grad(theirs, weight, grad)
+    torch.testing.assert_close(ours_grad, theirs_grad, rtol=1e-4, atol=1e-4)
+    bias = torch.randn(32)
+    torch.testing.assert_close(patch_product(x, weight, bias, (2, 2)),
+                               F.conv2d(x, weight, bias, stride=2), rtol=1e-5, atol=1e-5)
+    # on the CPU the module is nn.Conv2d
+    conv = PatchConv2d(1, 32, 4, stride=2, bias=False)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, stride=2))

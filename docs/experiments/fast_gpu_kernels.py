@@ -8,18 +8,18 @@ kernels themselves, in two parts, in one process:
    to 200, after the capture and both freezes), compiled and not, and over 40 eager steps (20 to
    60) for the kernels' launches: each kernel's GPU time and calls per step, the top of each
    table printed and every row written to the JSON.
-2. Ways of running the same recipe (its batch, steps and rates), fixed in advance: plain `fast`;
-   compiled (`--compile`: the batch's gather, the forward pass, the loss and, inside the graph,
-   the optimiser's update); compiled with cudnn.benchmark (cuDNN times its algorithms at each
-   shape's first call and keeps the fastest); compiled with Inductor's combo kernels (small
-   independent kernels merged into one launch). Each trains SEEDS seeds on the 55,000
-   training images and is scored on the 5,000 validation images. The rule, fixed before any
-   run: of the ways whose validation mean is at most 0.05 points below plain `fast`'s, the one
-   with the least median training time. Only it then meets the test split: `mnistlab bench`
-   with 10 seeds, beside plain `fast`, in this one process.
+2. Ways of running the same recipe (its batch, steps and rates), fixed in advance: plain `fast`
+   and compiled (`--compile`: the batch's gather, the forward pass, the loss and, inside the
+   graph, the optimiser's update, with Inductor's combo kernels), each with its stem computed
+   as a product of patches and weights (PatchConv2d) and by cuDNN as before. Each trains
+   SEEDS seeds on the 55,000 training images and is scored on the 5,000 validation images.
+   The rule, fixed before any run: of the ways whose validation mean is at most 0.05 points
+   below plain `fast`'s, the one with the least median training time. Only it then meets the
+   test split: `mnistlab bench` with 10 seeds, beside plain `fast`, in this one process.
 
-Its earlier versions measured float32 (slower: commit 3dbd1c9) and the update left to PyTorch's
-fused kernel (9240ff7); docs/BENCHMARKS.md has their figures.
+Its earlier versions measured float32 and cudnn.benchmark (commits 3dbd1c9 and c54fb46), the
+update left to PyTorch's fused kernel (9240ff7) and combo kernels (c54fb46); docs/BENCHMARKS.md
+has their figures.
 
     PYTHONPATH=src python3 docs/experiments/fast_gpu_kernels.py --json /tmp/fast-gpu-kernels.json
 
@@ -35,11 +35,14 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mnistlab.bench import bench, format_bench
+from mnistlab.models.layers import PatchConv2d
 from mnistlab.recipebook import load_recipe
 from mnistlab.training import optim, step
 from mnistlab.training.engine import Trainer
@@ -51,40 +54,33 @@ MARGIN = 0.0005  # validation accuracy a way may lose against plain fast
 @dataclass(frozen=True)
 class Way:
     compile: bool = False
-    cudnn_benchmark: bool = False  # cuDNN times its algorithms at each shape's first call
-    combo_kernels: bool = False  # Inductor merges independent small kernels into one launch
+    cudnn_stem: bool = False  # the stem by cuDNN, as before PatchConv2d
 
     @property
     def label(self) -> str:
-        parts = ["fast"] + ["compiled"] * self.compile + ["cudnn.benchmark"] * self.cudnn_benchmark
-        return ", ".join(parts + ["combo kernels"] * self.combo_kernels)
+        return ", ".join(["fast"] + ["compiled"] * self.compile + ["stem by cuDNN"] * self.cudnn_stem)
 
     @contextlib.contextmanager
     def applied(self):
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = self.cudnn_benchmark
-        options = (torch._inductor.config.patch(combo_kernels=True) if self.combo_kernels
-                   else contextlib.nullcontext())
+        if not self.cudnn_stem:
+            yield
+            return
+        forget_compiled()
         try:
-            with options:
-                if self.combo_kernels:
-                    forget_compiled()
+            with mock.patch.object(PatchConv2d, "forward", nn.Conv2d.forward):
                 yield
         finally:
-            torch.backends.cudnn.benchmark = before
-            if self.combo_kernels:
-                forget_compiled()
+            forget_compiled()
 
 
 def forget_compiled() -> None:
-    """Drop what torch.compile made, so that the next compiled step compiles under new options."""
+    """Drop what torch.compile made, so that the next compiled step traces the network anew."""
     torch._dynamo.reset()
     for made in (step.compiled_step_loss, step.compiled_training_batch, optim._compiled_adam_update):
         made.cache_clear()
 
 
-WAYS = [Way(), Way(compile=True), Way(compile=True, cudnn_benchmark=True),
-        Way(compile=True, combo_kernels=True)]
+WAYS = [Way(), Way(cudnn_stem=True), Way(compile=True), Way(compile=True, cudnn_stem=True)]
 
 
 def kernel_table(prof, steps: int) -> list[dict]:
@@ -143,8 +139,7 @@ def validate(way: Way, seeds: int, device: str, steps: int | None) -> dict:
                                 compile=way.compile, progress=Progress(1, quiet=True)).run())
     accuracies = [r.validation.accuracy for r in runs]
     seconds = [r.train_seconds for r in runs]
-    row = {"label": way.label, "compile": way.compile, "cudnn_benchmark": way.cudnn_benchmark,
-           "combo_kernels": way.combo_kernels,
+    row = {"label": way.label, "compile": way.compile, "cudnn_stem": way.cudnn_stem,
            "validation": accuracies, "validation_mean": statistics.fmean(accuracies),
            "train_seconds": seconds, "train_seconds_median": statistics.median(seconds),
            "compile_seconds": [r.compile_seconds for r in runs],
@@ -201,7 +196,7 @@ def main() -> None:
     print(f"chosen on validation: {report['chosen']}", flush=True)
     save()
     report["test"] = {}
-    picked = Way(chosen["compile"], chosen["cudnn_benchmark"], chosen["combo_kernels"]) if chosen else Way()
+    picked = Way(chosen["compile"], chosen["cudnn_stem"]) if chosen else Way()
     for way in dict.fromkeys([Way(), picked]):
         with way.applied():
             result = bench("fast", seeds=args.bench_seeds, device=args.device, compile=way.compile)

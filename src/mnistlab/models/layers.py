@@ -1,5 +1,6 @@
-"""Layers PyTorch lacks: TensorFlow's SAME padding for strided convolutions, and a dense layer,
-a dropout and a layout for convolutions that run at full speed on the CPU.
+"""Layers PyTorch lacks: TensorFlow's SAME padding for strided convolutions, a dense layer, a
+dropout and a layout for convolutions that run at full speed on the CPU, and a one-channel
+convolution that runs as one product on a GPU.
 
 TF's SAME makes the output ceil(size / stride) long and pads whatever that needs, splitting the
 padding with the smaller half BEFORE and the larger half AFTER (the extra row goes at the bottom,
@@ -70,6 +71,38 @@ class Linear(nn.Linear):
         if _use_onednn(x, self.weight):
             return _OneDnnLinear.apply(x, self.weight, self.bias)
         return super().forward(x)
+
+
+class PatchConv2d(nn.Conv2d):
+    """nn.Conv2d, computed on a CUDA GPU as one matrix product over the input's patches where
+    it reads one channel without padding (`fast-cnn`'s stem).
+
+    cuDNN runs such a convolution on a small batch as several kernels: its weight gradient
+    split into partial sums then reduced, and layout conversions around it. The same
+    arithmetic as a product (patches x weights) is one kernel forward and one for the weight
+    gradient, and under torch.compile the patches are gathered in the kernel that prepares the
+    batch. The weights and their names are nn.Conv2d's, so checkpoints, ONNX export and
+    `isinstance` checks see no difference; on the CPU, within stock_pytorch() and in export it
+    is nn.Conv2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (x.is_cuda and self.in_channels == 1 and self.groups == 1 and self.padding == (0, 0)
+                and self.dilation == (1, 1) and not _STOCK.get()
+                and not torch.onnx.is_in_onnx_export()):
+            return super().forward(x)
+        return patch_product(x, self.weight, self.bias, self.stride)
+
+
+def patch_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: tuple[int, int]) -> torch.Tensor:
+    """A one-channel, unpadded convolution as patches x weights, its output channels-last."""
+    (kh, kw), (sh, sw) = weight.shape[2:], stride
+    patches = x[:, 0].unfold(1, kh, sh).unfold(2, kw, sw)  # (N, H', W', kh, kw)
+    out = patches.flatten(3) @ weight.flatten(1).t()  # (N, H', W', out)
+    if bias is not None:
+        out = out + bias
+    return out.permute(0, 3, 1, 2)  # the shape of a convolution's output
 
 
 # Below this many multiply-adds (batch x inputs x outputs) oneDNN's per-call overhead (about 20

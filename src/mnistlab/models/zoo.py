@@ -30,7 +30,14 @@ from torch import nn
 from mnistlab.errors import MnistlabError, did_you_mean
 from mnistlab.models.args import Arg
 from mnistlab.models.init import init_weights
-from mnistlab.models.layers import Conv2dTFSame, Dropout, Linear, to_onednn_layout, to_plain_layout
+from mnistlab.models.layers import (
+    Conv2dTFSame,
+    Dropout,
+    Linear,
+    PatchConv2d,
+    to_onednn_layout,
+    to_plain_layout,
+)
 
 # -----------------------------------------------------------------------------
 # Deep MNIST for Experts: softmax regression.
@@ -237,8 +244,8 @@ class FastCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.crop = crop
-        self.stem = PoolFirstBlock(nn.Conv2d(1, widths[0], 4, stride=2, padding=stem_padding,
-                                             bias=False), ceil_mode=False)
+        self.stem = PoolFirstBlock(PatchConv2d(1, widths[0], 4, stride=2, padding=stem_padding,
+                                               bias=False), ceil_mode=False)
         self.blocks = nn.Sequential(*[
             PoolFirstBlock(nn.Conv2d(w_in, w_out, 3, padding=1, bias=False), ceil_mode=True)
             for w_in, w_out in zip(widths, widths[1:])

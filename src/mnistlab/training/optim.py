@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
+from mnistlab.training.compiling import compile_step_part
 
 
 class KerasRMSprop(torch.optim.Optimizer):
@@ -230,7 +231,7 @@ def _adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
 @functools.cache
 def _compiled_adam_update():
     """Made once: a later model of the same shapes (the next seed's) reuses what compiled."""
-    return torch.compile(_adam_update)
+    return compile_step_part(_adam_update)
 
 
 def _adam_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],

@@ -34,6 +34,7 @@ from mnistlab.device import sum_dtype, wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.recipebook import Recipe
 from mnistlab.training.augment import random_distortion
+from mnistlab.training.compiling import compile_step_part
 from mnistlab.training.distill import Teachers, distilled_loss
 from mnistlab.training.ema import WeightAverage
 from mnistlab.training.optim import compiled_adam_step
@@ -226,7 +227,7 @@ def training_batch(images: torch.Tensor, labels: torch.Tensor,
 def compiled_training_batch():
     """`training_batch` compiled: the gather, the conversion to float and the scaling in one
     kernel where eager PyTorch takes three (on an H100, a few microseconds each)."""
-    return torch.compile(training_batch)
+    return compile_step_part(training_batch)
 
 
 def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -241,7 +242,7 @@ def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def compiled_step_loss():
     """`step_loss` through torch.compile, made once: every later network of the same shape
     (the next random seed's, a resumed run's) reuses what the first one compiled."""
-    return torch.compile(step_loss)
+    return compile_step_part(step_loss)
 
 
 @contextlib.contextmanager
