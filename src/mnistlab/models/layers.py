@@ -79,9 +79,9 @@ class PatchConv2d(nn.Conv2d):
 
     cuDNN runs such a convolution on a small batch as several kernels: its weight gradient
     split into partial sums then reduced, and layout conversions around it. The same
-    arithmetic as a product (patches x weights) is one kernel forward and one for the weight
-    gradient, and under torch.compile the patches are gathered in the kernel that prepares the
-    batch. The weights and their names are nn.Conv2d's, so checkpoints, ONNX export and
+    arithmetic as a product (patches x weights) is a copy of the patches and one product
+    forward, and one product for the weight gradient (on an H100, `fast` compiled trained in 7%
+    less time: docs/BENCHMARKS.md). The weights and their names are nn.Conv2d's, so checkpoints, ONNX export and
     `isinstance` checks see no difference; on the CPU, within stock_pytorch() and in export it
     is nn.Conv2d.
     """

@@ -11,9 +11,8 @@ def compile_step_part(fn: Callable) -> Callable:
     """`fn` through torch.compile, with Inductor's combo kernels where this PyTorch has them.
 
     A small network's step on a GPU is many kernels of a few microseconds, each with a gap
-    before the next; combo kernels merge independent ones (the weights' casts to bfloat16, the
-    bias corrections) into one launch: `fast` compiled trained in 0.053 s against 0.060 s on an
-    H100 (docs/experiments/fast_gpu_kernels.py). On a CPU they change nothing.
+    before the next; combo kernels merge independent small ones into one launch: `fast`
+    compiled trained in 0.053 s against 0.060 s on an H100 (docs/BENCHMARKS.md).
     """
     try:
         from torch._inductor import config

@@ -202,14 +202,14 @@ def compiled_adam_step(optimizer: torch.optim.Optimizer) -> None:
     """
     calls: dict[tuple, tuple[list, list]] = {}
     for group in optimizer.param_groups:
-        settings = (tuple(group["betas"]), group["eps"], group["weight_decay"])
+        decoupled = isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
+        settings = (tuple(group["betas"]), group["eps"], group["weight_decay"], decoupled)
         params, lrs = calls.setdefault(settings, ([], []))
         for p in group["params"]:
             if p.grad is not None:
                 params.append(p)
                 lrs.append(group["lr"])
-    decoupled = isinstance(optimizer, torch.optim.AdamW)
-    for ((beta1, beta2), eps, weight_decay), (params, lrs) in calls.items():
+    for ((beta1, beta2), eps, weight_decay, decoupled), (params, lrs) in calls.items():
         if not params:
             continue
         states = [_adam_state(optimizer, p) for p in params]

@@ -10,12 +10,12 @@ copying its indices into a fixed buffer, the learning rate lives in one-element 
 the optimiser reads on the device, and the training loss and accuracy are summed into fixed
 tensors. A batch of another size (an epoch's last, smaller one) runs eagerly.
 
-With `compile`, the forward pass and the loss go through torch.compile, which fuses their
-elementwise kernels (and the backward's) into fewer, larger ones; inside a CUDA graph that
-leaves fewer kernels to replay, and there the optimiser's update is compiled too
-(optim.compiled_adam_step). Compiling takes seconds, on the first step: that step's time is
-set apart as compile time. A batch of another size runs the uncompiled network, which would
-otherwise compile a second time for the new shape.
+With `compile`, the batch's gather, the forward pass and the loss go through torch.compile
+(training/compiling.py), which fuses their elementwise kernels (and the backward's) into fewer,
+larger ones; inside a CUDA graph that leaves fewer kernels to replay, and there the optimiser's
+update is compiled too (optim.compiled_adam_step). Compiling takes seconds, on the first step:
+that step's time is set apart as compile time. A batch of another size runs the uncompiled
+network, which would otherwise compile a second time for the new shape.
 """
 
 from __future__ import annotations
