@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-TUTORIAL_SPEED = Path(__file__).parents[1] / "docs" / "experiments" / "tutorial_speed.py"
+EXPERIMENTS = Path(__file__).parents[1] / "docs" / "experiments"
+TUTORIAL_SPEED = EXPERIMENTS / "tutorial_speed.py"
 
 
 def test_tutorial_speed_mnistlab_side_takes_turns(tmp_path):
@@ -36,3 +37,23 @@ def test_tutorial_speed_mnistlab_side_refuses_a_stray_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "tutorial_speed: the mnistlab side expected 'go' on stdin")
+
+
+def test_fast_gpu_kernels_runs_its_whole_protocol_on_a_cpu(tmp_path):
+    """The GPU script that a lent machine's minutes go to, checked here so that it never meets
+    the GPU broken: every way trains and is validated, the rule picks one of them, and the
+    pick (with plain fast) is benched on test. Three steps a run: nothing is measured."""
+    report = tmp_path / "kernels.json"
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "fast_gpu_kernels.py"), "--json",
+                           str(report), "--device", "cpu", "--steps", "3", "--seeds", "1",
+                           "--bench-seeds", "1"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    labels = [way["label"] for way in result["ways"]]
+    assert labels == ["fast", "fast, stem by cuDNN", "fast, compiled", "fast, compiled, stem by cuDNN"]
+    assert all(0 <= acc <= 1 for way in result["ways"] for acc in way["validation"])
+    assert result["chosen"] in labels
+    assert {"fast", result["chosen"]} == set(result["test"])
+    assert all(len(bench["accuracies"]) == 1 for bench in result["test"].values())
+    assert {"profile_graph", "profile_graph_compiled", "profile_eager"} <= result.keys()
