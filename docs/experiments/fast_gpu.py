@@ -57,14 +57,20 @@ def choose(baseline: dict, rows: list[dict]) -> dict | None:
     return min(eligible, key=lambda r: r["train_seconds_median"], default=None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_arguments(doc: str, tried: str) -> argparse.Namespace:
+    """The command line of this script and of fast_gpu_kernels.py: `tried` names what each
+    validation run tries (a candidate, a way)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds per candidate on validation")
+    parser.add_argument("--seeds", type=int, default=4, help=f"seeds per {tried} on validation")
     parser.add_argument("--bench-seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, help="cut every run to this many steps (a smoke test)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments(__doc__, "candidate")
     report: dict = {"device": args.device, "margin": MARGIN}
 
     def save() -> None:

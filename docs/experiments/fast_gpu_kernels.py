@@ -28,7 +28,6 @@ has their figures.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -38,6 +37,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from fast_gpu import MARGIN, choose, parse_arguments  # the same rule and command line
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -47,8 +47,6 @@ from mnistlab.recipebook import load_recipe
 from mnistlab.training import optim, step
 from mnistlab.training.engine import Trainer
 from mnistlab.training.progress import Progress
-
-MARGIN = 0.0005  # validation accuracy a way may lose against plain fast
 
 
 @dataclass(frozen=True)
@@ -151,21 +149,8 @@ def validate(way: Way, seeds: int, device: str, steps: int | None) -> dict:
     return row
 
 
-def choose(rows: list[dict]) -> dict | None:
-    """The fastest way within MARGIN of plain fast on validation (the docstring's rule)."""
-    plain = rows[0]["validation_mean"]
-    eligible = [r for r in rows if r["validation_mean"] >= plain - MARGIN]
-    return min(eligible, key=lambda r: r["train_seconds_median"], default=None)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds per way on validation")
-    parser.add_argument("--bench-seeds", type=int, default=10)
-    parser.add_argument("--steps", type=int, help="cut every run to this many steps (a smoke test)")
-    args = parser.parse_args()
+    args = parse_arguments(__doc__, "way")
     report: dict = {"device": args.device, "margin": MARGIN}
 
     def save() -> None:
@@ -191,7 +176,7 @@ def main() -> None:
         except Exception as e:  # an option this PyTorch lacks, say: the other ways still count
             print(f"{way.label}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         save()
-    chosen = choose(report["ways"])
+    chosen = choose(report["ways"][0], report["ways"])  # fast_gpu.py's rule, plain fast the baseline
     report["chosen"] = chosen and chosen["label"]
     print(f"chosen on validation: {report['chosen']}", flush=True)
     save()
