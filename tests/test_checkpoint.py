@@ -32,6 +32,25 @@ def test_round_trip_keeps_weights_and_metadata(saved):
     assert load_model(folder / MODEL_FILE)[1] == meta  # the file itself works as well as its folder
 
 
+def test_a_loaded_model_runs_channels_last_as_it_trained(saved):
+    """A one-channel input alone would leave every convolution's output in the plain layout,
+    where PyTorch's CPU max-pool is an order of magnitude slower; the loaded model keeps them
+    channels last, and answers as the model it was saved from."""
+    folder, model = saved
+    loaded, _ = load_model(folder)
+    outputs = []
+    for layer in loaded.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(lambda _layer, _inputs, out: outputs.append(out))
+    x = torch.rand(8, 1, 28, 28)
+    with torch.inference_mode():
+        got, expected = loaded.eval()(x), model.eval()(x)
+    assert len(outputs) == 3
+    assert all(out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+               for out in outputs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def rewrite(folder, tensors, meta):
     (folder / MODEL_FILE).write_bytes(
         safetensors.torch.save(tensors, {"mnistlab": json.dumps(meta)} if meta is not None else None))
