@@ -4,7 +4,7 @@
                                              [--repeats 5] [--baseline TREE]
 
 Times, each the median of --repeats: `evaluate_checkpoint` (what `mnistlab evaluate NAME`
-runs, less the start of Python) and the PyTorch Predictor's `probabilities` (what `mnistlab
+runs, less the start of Python), then the PyTorch Predictor's `probabilities` (what `mnistlab
 predict`, `mnistlab.load` and `serve --backend torch` call) on the test images in one call.
 With --baseline, the same in a process that imports mnistlab from TREE/src (a worktree of
 another commit), the two taking turns.
@@ -30,19 +30,24 @@ def measure(models: list[str], repeats: int) -> dict:
     from mnistlab.inference.predictor import Predictor
 
     images = load_arrays("mnist").test_images
-    results = {}
+    results = {name: {"threads": torch.get_num_threads()} for name in models}
+    # every evaluation first, as `mnistlab evaluate` runs in a process of its own: loading a
+    # Predictor changes how the process keeps freed memory (cpu_memory.py)
     for name in models:
-        evaluate, predict = [], []
-        predictor = Predictor.load(name, backend="torch")
+        evaluate = []
         for _ in range(repeats):
             start = time.perf_counter()
             metrics = evaluate_checkpoint(name, device="cpu")
             evaluate.append(time.perf_counter() - start)
+        results[name].update(evaluate_s=statistics.median(evaluate), accuracy=metrics.accuracy)
+    for name in models:
+        predict = []
+        predictor = Predictor.load(name, backend="torch")
+        for _ in range(repeats):
             start = time.perf_counter()
             predictor.probabilities(images)
             predict.append(time.perf_counter() - start)
-        results[name] = {"evaluate_s": statistics.median(evaluate), "predict_s": statistics.median(predict),
-                         "accuracy": metrics.accuracy, "threads": torch.get_num_threads()}
+        results[name]["predict_s"] = statistics.median(predict)
     return results
 
 

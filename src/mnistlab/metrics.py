@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.cpu_memory import keep_freed_memory
 from mnistlab.data.splits import as_input
 from mnistlab.device import sum_dtype
 
@@ -66,6 +67,8 @@ def compute_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     Batches of 256 keep the activations in cache: on the 2-core CPU they run twice as many
     images a second as batches of 1024 (see docs/BENCHMARKS.md).
     """
+    if labels.device.type == "cpu":
+        keep_freed_memory()  # each batch reuses the last one's activations: no page faults
     was_training = model.training
     model.eval()
     if dropout_at_test:  # reproduce a tutorial that left dropout switched on for its test
