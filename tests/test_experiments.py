@@ -57,3 +57,18 @@ def test_fast_gpu_kernels_runs_its_whole_protocol_on_a_cpu(tmp_path):
     assert {"fast", result["chosen"]} == set(result["test"])
     assert all(len(bench["accuracies"]) == 1 for bench in result["test"].values())
     assert {"profile_graph", "profile_graph_compiled", "profile_eager"} <= result.keys()
+
+
+def test_inference_cpu_times_a_shipped_model_against_a_baseline_tree(tmp_path):
+    """The script behind BENCHMARKS' inference table: this tree and a baseline (here the same
+    source) each measure the shipped softmax regression, and every row gives its accuracy."""
+    source = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "inference_cpu.py"), "--models",
+                           "softmax-regression", "--repeats", "1", "--rounds", "1",
+                           "--baseline", str(source)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == [str(source), "this tree"]
+    assert all(row[1].strip() == "softmax-regression" and row[4].strip() == "91.68%" for row in rows)
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)

@@ -1,7 +1,7 @@
 """How long the shipped models take to measure and to predict the 10,000 test images on the CPU.
 
     python docs/experiments/inference_cpu.py [--models default keras-cnn softmax-regression]
-                                             [--repeats 5] [--baseline TREE]
+                                             [--repeats 5] [--baseline TREE [--rounds 2]]
 
 Times, each the median of --repeats: `evaluate_checkpoint` (what `mnistlab evaluate NAME`
 runs, less the start of Python), then the PyTorch Predictor's `probabilities` (what `mnistlab

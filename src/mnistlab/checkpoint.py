@@ -139,7 +139,8 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     model.load_state_dict(tensors)
     # channels last, the layout every model trains in: with it a convolution's output stays
     # channels last, where PyTorch's CPU max-pool is an order of magnitude faster than on
-    # the plain layout a one-channel input otherwise leaves (docs/BENCHMARKS.md, inference)
+    # the plain layout a one-channel input otherwise leaves (docs/BENCHMARKS.md: measuring
+    # and predicting on the CPU)
     model = model.to(device, memory_format=torch.channels_last)
     check_model_answers(model, meta, path)
     return model, meta
