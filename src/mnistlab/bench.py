@@ -104,8 +104,8 @@ def hardware_name(device: torch.device) -> str:
 
 
 def _trained_model(run_dir: Path, device: torch.device):
-    model, meta = load_model(run_dir, device)
-    return model.to(memory_format=torch.channels_last).eval(), meta
+    model, meta = load_model(run_dir, device)  # channels last, as it trained
+    return model.eval(), meta
 
 
 @torch.inference_mode()

@@ -73,7 +73,7 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
         recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
         datasets.add((recipe.get("data") or {}).get("dataset", "mnist"))
         classes.add(tuple(class_names(meta)))
-        models.append(model.to(memory_format=torch.channels_last).eval())
+        models.append(model.eval())  # channels last, as load_model gives it
     if len(datasets) > 1:
         raise MnistlabError(f"these checkpoints were trained on different datasets "
                             f"({', '.join(sorted(datasets))}); an ensemble needs one")

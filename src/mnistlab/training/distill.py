@@ -46,7 +46,7 @@ def load_teachers(spec: DistillSection, classes: list[str], device: torch.device
         if class_names(meta) != classes:
             raise MnistlabError(f"[distill] teacher {path}: its classes "
                                 f"({', '.join(class_names(meta)[:12])}) are not the data's")
-        members.append(model.to(memory_format=torch.channels_last).eval())
+        members.append(model.eval())  # channels last, as load_model gives it
     return Teachers(members, spec.temperature)
 
 
