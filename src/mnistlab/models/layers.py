@@ -81,15 +81,14 @@ class PatchConv2d(nn.Conv2d):
     split into partial sums then reduced, and layout conversions around it. The same
     arithmetic as a product (patches x weights) is a copy of the patches and one product
     forward, and one product for the weight gradient (on an H100, `fast` compiled trained in 7%
-    less time: docs/BENCHMARKS.md). The weights and their names are nn.Conv2d's, so checkpoints, ONNX export and
-    `isinstance` checks see no difference; on the CPU, within stock_pytorch() and in export it
-    is nn.Conv2d.
+    less time: docs/BENCHMARKS.md). The weights and their names are nn.Conv2d's, so
+    checkpoints, ONNX export and `isinstance` checks see no difference; on the CPU, within
+    stock_pytorch() and in export it is nn.Conv2d.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (x.is_cuda and self.in_channels == 1 and self.groups == 1 and self.padding == (0, 0)
-                and self.dilation == (1, 1) and not _STOCK.get()
-                and not torch.onnx.is_in_onnx_export()):
+                and self.dilation == (1, 1) and not _stock_or_exporting()):
             return super().forward(x)
         return patch_product(x, self.weight, self.bias, self.stride)
 
@@ -135,8 +134,12 @@ def _own_cpu_kernels(x: torch.Tensor) -> bool:
     """Whether mnistlab's own CPU kernels may compute `x`: on the CPU, not traced
     (torch.compile, ONNX export), not within stock_pytorch(). torch.compile is asked first, so
     that it traces none of the rest."""
-    return (not torch.compiler.is_compiling() and x.device.type == "cpu"
-            and not torch.onnx.is_in_onnx_export() and not _STOCK.get())
+    return not torch.compiler.is_compiling() and x.device.type == "cpu" and not _stock_or_exporting()
+
+
+def _stock_or_exporting() -> bool:
+    """Whether PyTorch's own modules must compute: within stock_pytorch(), or in ONNX export."""
+    return _STOCK.get() or torch.onnx.is_in_onnx_export()
 
 
 def _eager_cpu_float32(x: torch.Tensor) -> bool:
