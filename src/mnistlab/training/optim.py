@@ -99,12 +99,16 @@ class _DirectAdam(_DirectFusedStep):
         steps = [state["step"] for state in states]
         torch._foreach_add_(steps, 1)
         beta1, beta2 = group["betas"]
-        decoupled = isinstance(self, torch.optim.AdamW) or group.get("decoupled_weight_decay")
-        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        kernel = torch._fused_adamw_ if _decoupled(self, group) else torch._fused_adam_
         kernel(params, [p.grad for p in params], [state["exp_avg"] for state in states],
                [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether a group's weight decay is AdamW's (decoupled) rather than Adam's (in the gradient)."""
+    return isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
 
 
 class _Adam(_DirectAdam, torch.optim.Adam):
@@ -202,8 +206,8 @@ def compiled_adam_step(optimizer: torch.optim.Optimizer) -> None:
     """
     calls: dict[tuple, tuple[list, list]] = {}
     for group in optimizer.param_groups:
-        decoupled = isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
-        settings = (tuple(group["betas"]), group["eps"], group["weight_decay"], decoupled)
+        settings = (tuple(group["betas"]), group["eps"], group["weight_decay"],
+                    _decoupled(optimizer, group))
         params, lrs = calls.setdefault(settings, ([], []))
         for p in group["params"]:
             if p.grad is not None:
