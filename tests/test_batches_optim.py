@@ -6,6 +6,7 @@ import torch
 from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.optim import KerasRMSprop, compiled_adam_step, lr_factor, make_optimizer
+from mnistlab.training.step import DeviceFeed, fed_batch
 
 
 def test_epochs_cover_every_example_once_with_a_smaller_last_batch():
@@ -18,6 +19,35 @@ def test_epochs_cover_every_example_once_with_a_smaller_last_batch():
         assert sorted(seen.tolist()) == list(range(10))
     assert not torch.equal(torch.cat(batches[:3]), torch.cat(batches[3:]))  # reshuffled
     assert [plan.epoch_ends(s) for s in range(6)] == [False, False, True, False, False, True]
+
+
+def test_a_device_feed_gives_each_step_its_own_batch_and_rates(monkeypatch):
+    # what a CUDA graph's replayed step reads (training/step.py), run eagerly on the CPU: chunks
+    # of 4 steps, so the 9 steps upload three times; every third batch is short and trains
+    # outside the graph; the second parameter group freezes after step 4
+    monkeypatch.setattr(DeviceFeed, "CHUNK", 4)
+    plan = BatchPlan(10, 4, seed=3, epochs=3)
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).contiguous()
+    labels = torch.arange(10) % 3
+
+    def feed(step):
+        return plan.indices(step), 0.01 * (step + 1)
+
+    device_feed = DeviceFeed(feed, steps=plan.total_steps, batch_size=4, groups=2,
+                             device=torch.device("cpu"))
+    for step in range(plan.total_steps):
+        indices, lr = device_feed.batch(step)
+        assert torch.equal(indices, plan.indices(step)) and lr == 0.01 * (step + 1)
+        if step == 5:
+            device_feed.gates[1].zero_()
+        if len(indices) < 4:
+            device_feed.skip(lr)
+        else:
+            x, y = fed_batch(images, labels, *device_feed.tensors())
+            assert torch.equal(y, labels[indices])
+            assert torch.equal((x[:, 0, 0, 0] * 255).round().long(), indices)
+        assert device_feed.lrs.tolist() == pytest.approx([lr, lr if step < 5 else 0.0])
+    assert device_feed.slot.item() == plan.total_steps - 8  # the last chunk's first step was 8
 
 
 def test_steps_stream_full_batches_across_epochs_like_next_batch():

@@ -1,6 +1,7 @@
 """The engine on real MNIST data (a small slice of it where whole epochs are needed)."""
 
 import io
+import json
 
 import pytest
 import safetensors.torch
@@ -251,11 +252,20 @@ def test_compiled_steps_train_as_eager_steps_do(tmp_path, small_mnist, recipe_fi
     for key in a:
         if a[key].is_floating_point():
             torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # the compiled step sums its loss and right answers for the log itself
+    logged = [train_records(tmp_path / name)[0] for name in ("compiled-step", "eager-step")]
+    assert logged[0]["loss"] == pytest.approx(logged[1]["loss"], rel=1e-5) and logged[0]["loss"] > 1
+    assert logged[0]["accuracy"] == logged[1]["accuracy"]
     # 2,300 training images in batches of 128: each epoch ends with a short batch, which runs
     # the uncompiled network (a compiled one would compile again for the new shape)
     assert compiled.steps_done == eager.steps_done == 54
     assert compiled.test.accuracy > 0.9
     assert abs(compiled.test.accuracy - eager.test.accuracy) <= 0.01
+
+
+def train_records(run_dir) -> list[dict]:
+    lines = (run_dir / METRICS_FILE).read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == "train"]
 
 
 def test_epochs_are_said_whole_or_to_a_tenth_and_a_few_steps_not_as_none():

@@ -8,6 +8,7 @@ so a GPU is never left waiting on Python.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import math
@@ -294,6 +295,7 @@ class Trainer:
         loss_scale = world.size if train_cfg.loss_reduction == "sum" else 1
         window = _Window(self.device)
         train_step = TrainStep(net, optimizer, train.images, train.labels, recipe, window.totals,
+                               functools.partial(self._batch, plan), steps=plan.total_steps,
                                batch_size=len(distributed.shard(torch.arange(train_cfg.batch_size), world)),
                                bf16=bf16, loss_scale=loss_scale, cuda_graph=cuda_graph,
                                compile=self.compile, ema=ema, teachers=self._teachers)
@@ -371,11 +373,14 @@ class Trainer:
             loop.progress.line(f"the weights of {name} stop training at step {at}/"
                                f"{loop.plan.total_steps} (freeze_after): they stay as they are")
 
-    def _train_one(self, loop: _Loop, step: int) -> None:
+    def _batch(self, plan: BatchPlan, step: int) -> tuple[torch.Tensor, float]:
+        """Step `step`'s batch (this process's shard of it) and learning rate."""
         recipe = self.recipe
-        indices = distributed.shard(loop.plan.indices(step), self.world)
-        loop.lr = recipe.optimizer.lr * lr_factor(recipe.schedule, step, loop.plan.total_steps)
-        loop.train_step(indices, loop.lr)
+        return (distributed.shard(plan.indices(step), self.world),
+                recipe.optimizer.lr * lr_factor(recipe.schedule, step, plan.total_steps))
+
+    def _train_one(self, loop: _Loop, step: int) -> None:
+        indices, loop.lr = loop.train_step(step)
         loop.window.images += len(indices)
         loop.images_done += len(indices)
 
@@ -618,8 +623,8 @@ class _Window:
     def read(self, world: distributed.World) -> tuple[float, float]:
         """Mean loss and accuracy over every process's images, and start a new window."""
         loss, correct = self.totals.take()
-        count = torch.tensor(float(self.images), dtype=loss.dtype, device=loss.device)
-        loss, correct, images = distributed.total(torch.stack([loss, correct, count]), world).tolist()
+        count = torch.tensor([float(self.images)], dtype=loss.dtype, device=loss.device)
+        loss, correct, images = distributed.total(torch.cat([loss, correct, count]), world).tolist()
         self.images = 0
         return loss / images, correct / images
 

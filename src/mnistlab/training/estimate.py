@@ -58,11 +58,12 @@ def estimate(recipe: Recipe, device: str = "auto") -> Estimate:
     data = torch.randint(0, 256, (max(train.batch_size, EVAL_IMAGES), 28, 28), dtype=torch.uint8,
                          generator=generator).to(where)
     labels = torch.randint(0, 10, (len(data),), generator=generator).to(where)
-    step = TrainStep(model, make_optimizer(model, recipe.optimizer), data, labels, recipe,
-                     Totals(where), batch_size=train.batch_size,
-                     bf16=use_bf16(train.precision, where))
     batch = torch.arange(train.batch_size, device=where)
-    step_seconds = _timed(lambda: step(batch, recipe.optimizer.lr), where, TIMED_STEPS)
+    step = TrainStep(model, make_optimizer(model, recipe.optimizer), data, labels, recipe,
+                     Totals(where), lambda _: (batch, recipe.optimizer.lr),
+                     steps=plan.total_steps, batch_size=train.batch_size,
+                     bf16=use_bf16(train.precision, where))
+    step_seconds = _timed(lambda: step(0), where, TIMED_STEPS)
     validations = math.ceil(plan.total_steps / plan.steps_per_epoch) if train.split == "train" else 0
     image_seconds = _timed(lambda: compute_metrics(model, data[:EVAL_IMAGES], labels[:EVAL_IMAGES]),
                            where, 2) / EVAL_IMAGES

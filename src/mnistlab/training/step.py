@@ -5,10 +5,12 @@ GPU it is captured once into a CUDA graph and replayed for every later step: a s
 step is about a hundred kernels of a few microseconds each, and launching them one by one from
 Python leaves the GPU idle most of the time, while one replay launches them all at once.
 
-A graph replays the exact memory addresses it was captured with. So the batch is chosen by
-copying its indices into a fixed buffer, the learning rate lives in one-element tensors that
-the optimiser reads on the device, and the training loss and accuracy are summed into fixed
-tensors. A batch of another size (an epoch's last, smaller one) runs eagerly.
+A graph replays the exact memory addresses it was captured with. So the batches and learning
+rates of the next steps wait on the device in fixed tensors, uploaded a chunk of steps at a
+time (`DeviceFeed`), and the replayed step reads its own and moves a counter on: between two
+replays the host launches nothing else. The optimiser reads each group's rate on the device,
+and the training loss and accuracy are summed into fixed tensors. A batch of another size (an
+epoch's last, smaller one) runs eagerly.
 
 With `compile`, the batch's gather, the forward pass and the loss go through torch.compile
 (training/compiling.py), which fuses their elementwise kernels (and the backward's) into fewer,
@@ -24,6 +26,7 @@ import contextlib
 import functools
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +53,10 @@ class Totals:
 
     def __init__(self, device: torch.device):
         dtype = sum_dtype(device)
-        self.loss = torch.zeros((), dtype=dtype, device=device)  # summed over images
-        self.correct = torch.zeros((), dtype=dtype, device=device)
+        # one-element, not 0-d: PyTorch 2.13's torch.compile drops an in-place add into a 0-d
+        # float64 tensor on the CPU, which step_loss makes when compiled
+        self.loss = torch.zeros(1, dtype=dtype, device=device)  # summed over images
+        self.correct = torch.zeros(1, dtype=dtype, device=device)
 
     def add(self, loss: torch.Tensor, images: int, correct: torch.Tensor) -> None:
         """A batch's loss (its sum, or its mean over `images` images) and its right answers."""
@@ -65,22 +70,83 @@ class Totals:
         return values
 
 
+Feed = Callable[[int], tuple[torch.Tensor, float]]  # a step's batch indices and learning rate
+
+
+class DeviceFeed:
+    """The batch indices and learning rates of the next steps, uploaded together, and which
+    step is next, all on the device.
+
+    A step replayed from a CUDA graph reads its batch and rate here and moves the counter on,
+    so the host launches nothing between two replays: on an H100 each such launch (a rate for
+    each parameter group, the batch's indices) cost a few microseconds of a `fast` step's 0.22
+    ms. Each group's rate is the step's rate times its gate, 0 once the group froze."""
+
+    CHUNK = 256  # steps uploaded at once
+
+    def __init__(self, feed: Feed, *, steps: int, batch_size: int, groups: int,
+                 device: torch.device):
+        self.feed, self.steps, self.batch_size = feed, steps, batch_size
+        self.rows = torch.zeros(self.CHUNK, batch_size, dtype=torch.int64, device=device)
+        self.rates = torch.zeros(self.CHUNK, dtype=torch.float32, device=device)
+        self.slot = torch.zeros(1, dtype=torch.int64, device=device)  # the next step's row
+        self.gates = torch.ones(groups, dtype=torch.float32, device=device)
+        self.lrs = torch.zeros(groups, dtype=torch.float32, device=device)  # this step's, per group
+        self._first, self._batches = 0, []  # the chunk's first step, and (indices, lr) of each
+
+    def batch(self, step: int) -> tuple[torch.Tensor, float]:
+        """`feed(step)`, once its chunk is on the device (uploaded now if it is not)."""
+        if not self._first <= step < self._first + len(self._batches):
+            self._upload(step)
+        return self._batches[step - self._first]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What `fed_batch` reads and writes."""
+        return self.rows, self.rates, self.gates, self.lrs, self.slot
+
+    def skip(self, lr: float) -> None:
+        """A step trained outside the graph (a short batch): its rate, and the counter past it."""
+        torch.mul(self.gates, lr, out=self.lrs)
+        self.slot += 1
+
+    def _upload(self, step: int) -> None:
+        self._first = step
+        self._batches = [self.feed(s) for s in range(step, min(step + self.CHUNK, self.steps))]
+        full = [i if len(i) == self.batch_size else self.rows[0] for i, _ in self._batches]
+        count = len(full)
+        self.rows[:count].copy_(torch.stack(full))
+        self.rates[:count].copy_(torch.tensor([lr for _, lr in self._batches]))
+        self.slot.zero_()
+
+
+def fed_batch(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, rates: torch.Tensor,
+              gates: torch.Tensor, lrs: torch.Tensor,
+              slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch a DeviceFeed's counter points at, its groups' rates written into `lrs`, and the
+    counter moved on: all on the device, with no value read back to the host."""
+    lrs.copy_(rates.index_select(0, slot) * gates)
+    indices = rows.index_select(0, slot).view(-1)
+    slot.add_(1)
+    return training_batch(images, labels, indices)
+
+
 class TrainStep:
-    """`step(indices, lr)` trains on the images at `indices` of the training split.
+    """`step(n)` trains step `n` (0-based) on the images of the training split at its batch's
+    indices, with its learning rate: `feed(n)` gives both. It returns them, for the log.
 
     `batch_size` is the number of images a full batch gives this process (its shard, under
     torchrun): the shape that the graph is captured for and torch.compile compiles for."""
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                 labels: torch.Tensor, recipe: Recipe, totals: Totals, *, batch_size: int,
-                 bf16: bool, loss_scale: float = 1, cuda_graph: bool = False,
+                 labels: torch.Tensor, recipe: Recipe, totals: Totals, feed: Feed, *, steps: int,
+                 batch_size: int, bf16: bool, loss_scale: float = 1, cuda_graph: bool = False,
                  compile: bool = False, ema: WeightAverage | None = None,
                  teachers: Teachers | None = None):
         self.net, self.optimizer = net, optimizer
         self.teachers = teachers  # where the recipe distils: the loss learns their answers too
         self.batch_size = batch_size
         self.images, self.labels = images, labels
-        self.recipe, self.totals = recipe, totals
+        self.recipe, self.totals, self.feed = recipe, totals, feed
         self.bf16, self.loss_scale = bf16, loss_scale
         self.cuda_graph = cuda_graph
         self.ema = ema
@@ -91,29 +157,29 @@ class TrainStep:
         self._compiled = False  # whether a compiled step has run since the network last changed
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_steps = 0
+        self._device_feed: DeviceFeed | None = None
         if cuda_graph:
-            device = images.device
-            # one learning rate per parameter group, read on the device by the fused, capturable
-            # update: a group whose weights froze keeps a rate of 0 (weights_frozen)
-            for group in optimizer.param_groups:
-                group["lr"] = torch.tensor(recipe.optimizer.lr, dtype=torch.float32, device=device)
-            self._indices = torch.zeros(batch_size, dtype=torch.int64, device=device)
+            groups = optimizer.param_groups
+            self._device_feed = DeviceFeed(feed, steps=steps, batch_size=batch_size,
+                                           groups=len(groups), device=images.device)
+            # each group's rate, read on the device by the capturable update: a group whose
+            # weights froze gets a rate of 0 (weights_frozen)
+            for group, lr in zip(groups, self._device_feed.lrs):
+                group["lr"] = lr
 
-    def __call__(self, indices: torch.Tensor, lr: float) -> None:
-        if not self.cuda_graph:
+    def __call__(self, step: int) -> tuple[torch.Tensor, float]:
+        if self._device_feed is None:
+            indices, lr = self.feed(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self._compute(indices)
-            return
-        for group in self.optimizer.param_groups:
-            if _trains(group):
-                group["lr"].fill_(lr)
+            return indices, lr
+        indices, lr = self._device_feed.batch(step)
         if len(indices) != self.batch_size:  # a short last batch: not the captured shape
+            self._device_feed.skip(lr)
             with _outside_graph():
                 self._compute(indices)
-            return
-        self._indices.copy_(indices)
-        if self._graph is not None:
+        elif self._graph is not None:
             self._graph.replay()
         elif self._eager_steps < WARMUP_STEPS:
             self._eager_steps += 1
@@ -121,6 +187,7 @@ class TrainStep:
         else:
             self._capture()
             self._graph.replay()  # capturing records the step; it does not run it
+        return indices, lr
 
     def weights_frozen(self, net: nn.Module) -> None:
         """Some weights no longer train (training/freeze.py); run `net`, which knows it, from the
@@ -131,43 +198,53 @@ class TrainStep:
         their gradients, still computed, go unused. Capturing anew would cost eager warm-up steps,
         on a GPU more than the backward saved. Otherwise what was compiled for the old backward
         is dropped: the next steps compile again, timed apart as the first ones were."""
-        if self.cuda_graph:
-            for group in self.optimizer.param_groups:
+        if self._device_feed is not None:
+            for gate, group in zip(self._device_feed.gates, self.optimizer.param_groups):
                 if not _trains(group):
-                    group["lr"].zero_()
+                    gate.zero_()
             if self._graph is not None:
                 return
         self.net = net
         self._graph, self._graph_grads, self._eager_steps = None, None, 0
         self._compiled = False
 
-    def _compute(self, indices: torch.Tensor) -> None:
-        compiled = self.compile and len(indices) == self.batch_size
+    def _compute(self, indices: torch.Tensor | None) -> None:
+        """One step on the batch at `indices`, or (None) on the one the device feed holds."""
+        compiled = self.compile and (indices is None or len(indices) == self.batch_size)
         if not compiled or self._compiled:
             self._train_on(indices, compiled)
             return
         # the first compiled step compiles the forward pass, then the backward at its first
         # call: timed as compile time, and a failure explained
-        wait_for(indices.device)
+        device = self.images.device
+        wait_for(device)
         start = time.perf_counter()
         with _compile_failures():
             self._train_on(indices, compiled)
-        wait_for(indices.device)
+        wait_for(device)
         self.compile_seconds += time.perf_counter() - start
         self._compiled = True
 
-    def _train_on(self, indices: torch.Tensor, compiled: bool) -> None:
+    def _train_on(self, indices: torch.Tensor | None, compiled: bool) -> None:
         recipe, train = self.recipe, self.recipe.train
-        x, y = (compiled_training_batch() if compiled else training_batch)(self.images, self.labels, indices)
+        if indices is None:
+            x, y = (compiled_fed_batch() if compiled else fed_batch)(
+                self.images, self.labels, *self._device_feed.tensors())
+        else:
+            x, y = (compiled_training_batch() if compiled else training_batch)(
+                self.images, self.labels, indices)
         if recipe.augment.enabled:
             x = random_distortion(x, recipe.augment)
+        # distilling, the loss summed is the one the teachers shape, after the step's loss
+        totals = self.totals if self.teachers is None else None
         # a graph cannot hold autocast's cache of bf16 weights, which outlives the step
         loss, logits, correct = (compiled_step_loss() if compiled else step_loss)(
-            self.net, x, y, bf16=self.bf16, autocast_cache=not self.cuda_graph,
+            self.net, x, y, totals, bf16=self.bf16, autocast_cache=not self.cuda_graph,
             label_smoothing=train.label_smoothing, reduction=train.loss_reduction)
         if self.teachers is not None:
             loss = distilled_loss(loss, logits, self.teachers(x), recipe.distill,
                                   train.loss_reduction)
+            self.totals.add(loss.detach(), _images_per_loss(len(y), train.loss_reduction), correct)
         self.optimizer.zero_grad(set_to_none=True)
         (loss * self.loss_scale if self.loss_scale != 1 else loss).backward()
         if compiled and self.cuda_graph:  # the update compiled too (it is Adam's or AdamW's)
@@ -176,14 +253,13 @@ class TrainStep:
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
-        self.totals.add(loss.detach(), 1 if train.loss_reduction == "sum" else len(y), correct)
 
     def _warm_up(self) -> None:
         # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _outside_graph():
-            self._compute(self._indices)
+            self._compute(None)
         torch.cuda.current_stream().wait_stream(side)
 
     def _capture(self) -> None:
@@ -191,13 +267,18 @@ class TrainStep:
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._compute(self._indices)
+            self._compute(None)
         torch.cuda.synchronize()
         # The gradients the graph writes live in its private memory; keep them referenced, so
         # that an eager step (which replaces .grad) never hands their memory back.
         self._graph_grads = [p.grad for p in self.net.parameters()]
         self._graph = graph
         self.capture_seconds += time.perf_counter() - start
+
+
+def _images_per_loss(images: int, reduction: str) -> int:
+    """What a batch's loss is multiplied by to be a sum over its images."""
+    return 1 if reduction == "sum" else images
 
 
 def _trains(group: dict) -> bool:
@@ -230,12 +311,22 @@ def compiled_training_batch():
     return compile_step_part(training_batch)
 
 
-def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def step_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, totals: Totals | None,
               **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`loss_and_logits`, and how many of the batch the network got right (compiled, the count
-    fuses into the loss's kernels)."""
+    """`loss_and_logits`, and how many of the batch the network got right, both added to
+    `totals` where given (compiled, the count and the sums fuse into the loss's kernels)."""
     loss, logits = loss_and_logits(net, x, y, **options)
-    return loss, logits, (logits.argmax(1) == y).sum()
+    correct = (logits.argmax(1) == y).sum()
+    if totals is not None:
+        totals.add(loss.detach(), _images_per_loss(len(y), options["reduction"]), correct)
+    return loss, logits, correct
+
+
+@functools.cache
+def compiled_fed_batch():
+    """`fed_batch` compiled: reading the feed, the gather, the conversion and the scaling in
+    one or two kernels."""
+    return compile_step_part(fed_batch)
 
 
 @functools.cache
