@@ -11,6 +11,11 @@
 #   OUT=$OUT bash docs/experiments/gpu_check.sh kernels      (the GPU tests, then fast's kernels
 #                                                             profiled and switches that keep its
 #                                                             recipe: fast_gpu_kernels.py)
+#   OUT=$OUT BASELINE=DIR bash docs/experiments/gpu_check.sh ab
+#                                                            (the GPU tests, then fast benched from
+#                                                             DIR/src and from this tree in turns;
+#                                                             DIR from `git archive COMMIT src |
+#                                                             tar -x -C DIR`)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
 # `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); `api` checks that
@@ -84,11 +89,36 @@ kernels() {
   timeout "${SECONDS_LEFT:-360}" $py docs/experiments/fast_gpu_kernels.py --json "$OUT/fast-gpu-kernels.json"
 }
 
+ab() {
+  gpu_tests
+  echo "== fast, 10 seeds, from $BASELINE/src and from this tree, in turns (each side first once)"
+  local side src
+  for round in 1 2; do
+    for side in $([ $round = 1 ] && echo baseline this || echo this baseline); do
+      src=$PWD/src; [ $side = baseline ] && src=$BASELINE/src
+      PYTHONPATH=$src timeout 150 $py -m mnistlab bench fast --seeds 10 --device cuda --compile \
+        --json /tmp/bench/fast-compile-$side-$round.json
+      [ $round = 1 ] && PYTHONPATH=$src timeout 120 $py -m mnistlab bench fast --seeds 10 \
+        --device cuda --json /tmp/bench/fast-$side-$round.json
+    done
+  done
+  $py - <<'PY'
+import glob, json, os
+for path in sorted(glob.glob("/tmp/bench/fast*-[12].json")):
+    r = json.load(open(path))
+    print(f"{os.path.basename(path):32} median {r['train_seconds_median']:.4f} s  "
+          f"range {min(r['train_seconds']):.4f}-{max(r['train_seconds']):.4f}  "
+          f"accuracy {r['accuracy_mean']:.4%}  compile {r['compile_seconds'][0]:.1f} s")
+PY
+  tar czf "$OUT/bench.tgz" -C /tmp bench
+}
+
 case "${1:-all}" in
   speed) speed ;;
   accuracy) accuracy ;;
   api) api ;;
   fast) fast ;;
   kernels) kernels ;;
+  ab) ab ;;
   *) speed; accuracy; api ;;
 esac
