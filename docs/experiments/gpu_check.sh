@@ -16,6 +16,10 @@
 #                                                             DIR/src and from this tree in turns;
 #                                                             DIR from `git archive COMMIT src |
 #                                                             tar -x -C DIR`)
+#   OUT=$OUT BASELINE=DIR bash docs/experiments/gpu_check.sh steps
+#                                                            (a fast --compile step's GPU and host
+#                                                             time, from DIR/src and this tree in
+#                                                             turns: step_time_gpu.py)
 # Writes log.txt (everything printed) and bench.tgz (the bench JSON files) into $OUT.
 # `speed` runs the GPU tests and benches fast, fast-99.2 and fast-99.5 (docs/BENCHMARKS.md);
 # `accuracy` runs docs/experiments/ensemble_members_gpu.py (docs/RESULTS.md); `api` checks that
@@ -113,6 +117,18 @@ PY
   tar czf "$OUT/bench.tgz" -C /tmp bench
 }
 
+steps() {
+  echo "== a fast --compile step's GPU and host time, from $BASELINE/src and this tree, in turns"
+  local side src
+  for round in 1 2 3; do
+    for side in $([ $round = 2 ] && echo this baseline || echo baseline this); do
+      src=$PWD/src; [ $side = baseline ] && src=$BASELINE/src
+      PYTHONPATH=$src timeout 100 $py docs/experiments/step_time_gpu.py --seeds 8 \
+        --json "$OUT/step-time-$side-$round.json" | tail -1 | sed "s/^/$side $round: /"
+    done
+  done
+}
+
 case "${1:-all}" in
   speed) speed ;;
   accuracy) accuracy ;;
@@ -120,5 +136,6 @@ case "${1:-all}" in
   fast) fast ;;
   kernels) kernels ;;
   ab) ab ;;
+  steps) steps ;;
   *) speed; accuracy; api ;;
 esac
