@@ -43,8 +43,10 @@ from mnistlab.training.ema import WeightAverage
 from mnistlab.training.optim import compiled_adam_step
 
 # eager steps before the capture: they create the optimiser's state and let cuDNN and cuBLAS
-# initialise lazily, which a capture cannot do
-WARMUP_STEPS = 3
+# initialise lazily, which a capture cannot do. One does it all; each costs 5 to 10 ms on an
+# H200 where a replayed `fast` step costs 0.14 ms, and `fast --compile` trained in 0.046 s
+# with one, 0.061 s with two and 0.065 s with three (docs/BENCHMARKS.md)
+WARMUP_STEPS = 1
 
 
 class Totals:
@@ -82,7 +84,7 @@ class DeviceFeed:
     each parameter group, the batch's indices) cost a few microseconds of a `fast` step's 0.22
     ms. Each group's rate is the step's rate times its gate, 0 once the group froze."""
 
-    CHUNK = 256  # steps uploaded at once
+    CHUNK = 64  # steps uploaded at once: few enough that the first steps start at once
 
     def __init__(self, feed: Feed, *, steps: int, batch_size: int, groups: int,
                  device: torch.device):
@@ -115,7 +117,9 @@ class DeviceFeed:
         full = [i if len(i) == self.batch_size else self.rows[0] for i, _ in self._batches]
         count = len(full)
         self.rows[:count].copy_(torch.stack(full))
-        self.rates[:count].copy_(torch.tensor([lr for _, lr in self._batches]))
+        # from pinned memory, so that the host goes on without waiting for the queued steps
+        rates = torch.tensor([lr for _, lr in self._batches], pin_memory=self.rates.is_cuda)
+        self.rates[:count].copy_(rates, non_blocking=True)
         self.slot.zero_()
 
 
@@ -158,6 +162,7 @@ class TrainStep:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_steps = 0
         self._device_feed: DeviceFeed | None = None
+        self._side_stream: torch.cuda.Stream | None = None  # where the warm-up steps run
         if cuda_graph:
             groups = optimizer.param_groups
             self._device_feed = DeviceFeed(feed, steps=steps, batch_size=batch_size,
@@ -255,8 +260,11 @@ class TrainStep:
             self.ema.update()
 
     def _warm_up(self) -> None:
-        # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one
-        side = torch.cuda.Stream()
+        # PyTorch's rule for graphs: warm up on a side stream, as the capture will run on one;
+        # the same one each time, as cuBLAS sets up its workspace once for each stream
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream()
+        side = self._side_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _outside_graph():
             self._compute(None)
