@@ -74,7 +74,8 @@ class Way:
 def forget_compiled() -> None:
     """Drop what torch.compile made, so that the next compiled step traces the network anew."""
     torch._dynamo.reset()
-    for made in (step.compiled_step_loss, step.compiled_training_batch, optim._compiled_adam_update):
+    for made in (step.compiled_step_loss, step.compiled_training_batch, step.compiled_fed_batch,
+                 optim._compiled_adam_update):
         made.cache_clear()
 
 
