@@ -1,7 +1,6 @@
 """The engine on real MNIST data (a small slice of it where whole epochs are needed)."""
 
 import io
-import json
 
 import pytest
 import safetensors.torch
@@ -13,6 +12,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.metrics import compute_metrics
 from mnistlab.models import build_model
 from mnistlab.recipebook import load_recipe
+from mnistlab.report.run import read_metrics
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged, _epochs
 from mnistlab.training.freeze import Freezer
@@ -264,8 +264,8 @@ def test_compiled_steps_train_as_eager_steps_do(tmp_path, small_mnist, recipe_fi
 
 
 def train_records(run_dir) -> list[dict]:
-    lines = (run_dir / METRICS_FILE).read_text().splitlines()
-    return [record for record in map(json.loads, lines) if record["event"] == "train"]
+    records, _ = read_metrics(run_dir / METRICS_FILE)
+    return [record for record in records if record["event"] == "train"]
 
 
 def test_epochs_are_said_whole_or_to_a_tenth_and_a_few_steps_not_as_none():

@@ -174,7 +174,7 @@ class TrainStep:
                 group["lr"] = lr
 
     def __call__(self, step: int) -> tuple[torch.Tensor, float]:
-        if self._device_feed is None:
+        if not self.cuda_graph:
             indices, lr = self.feed(step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -204,7 +204,7 @@ class TrainStep:
         their gradients, still computed, go unused. Capturing anew would cost eager warm-up steps,
         on a GPU more than the backward saved. Otherwise what was compiled for the old backward
         is dropped: the next steps compile again, timed apart as the first ones were."""
-        if self._device_feed is not None:
+        if self.cuda_graph:
             for gate, group in zip(self._device_feed.gates, self.optimizer.param_groups):
                 if not _trains(group):
                     gate.zero_()
