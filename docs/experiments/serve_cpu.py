@@ -2,6 +2,7 @@
 request is served" in docs/SERVING.md.
 
     python docs/experiments/serve_cpu.py [--requests 250] [--backend torch onnx] [--model M]
+        [--threads 1 2]
 
 1. The reading of a picture in this process, one thread: CPU milliseconds per call of
    `decode_image` and `read_digits` on MNIST test digit 0 (a 7, dark on white as the load test
@@ -11,8 +12,8 @@ request is served" in docs/SERVING.md.
    (all the process's threads counted; calls 0.5 ms apart, as requests come, so that idle
    thread pools show what they cost), PyTorch with one thread and ONNX Runtime with its
    defaults and with threads=1. The best of 5 blocks of 300 calls.
-3. `mnistlab serve --model M` (default: the shipped model; one worker, --threads 1) for each
-   backend, sent `--requests` requests of each payload (JSON pixels, the 28x28 PNG, the
+3. `mnistlab serve --model M --threads T` (default: the shipped model; one worker; each T of
+   `--threads`, default 1) for each backend, sent `--requests` requests of each payload (JSON pixels, the 28x28 PNG, the
    280x280 PNG) over one keep-alive connection, one after the other; the server process's CPU
    time (user + system, from /proc, in clock ticks) over them, divided by their number. The
    best of 4 rounds.
@@ -121,10 +122,11 @@ def model_costs(model: str) -> None:
         print(f"| {name} | {1000 * best:.3f} |")
 
 
-def server_costs(backend: str, requests: int, model: str) -> None:
+def server_costs(backend: str, threads: int, requests: int, model: str) -> None:
     port = free_port()
     server = subprocess.Popen([*MNISTLAB, "serve", "--port", str(port), "--backend", backend,
-                               "--model", model], stdout=subprocess.DEVNULL)
+                               "--model", model, "--threads", str(threads)],
+                              stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -149,7 +151,7 @@ def server_costs(backend: str, requests: int, model: str) -> None:
                 start = cpu_seconds(server.pid)
                 send(connection, body, ctype, requests)
                 rounds.append((cpu_seconds(server.pid) - start) / requests)
-            print(f"| {backend} | {name} | {1000 * min(rounds):.2f} |")
+            print(f"| {backend} | {threads} | {name} | {1000 * min(rounds):.2f} |")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -160,16 +162,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=250)
     parser.add_argument("--backend", nargs="+", default=["torch", "onnx"])
     parser.add_argument("--model", default="default")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="the server's --threads, each in turn (default: 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"cpu: {os.cpu_count()} cores; numpy {np.__version__}, torch {torch.__version__}\n")
     reading_costs()
     print()
     model_costs(args.model)
-    print("\n| backend | payload | server CPU ms per request |")
-    print("|---|---|---|")
+    print("\n| backend | threads | payload | server CPU ms per request |")
+    print("|---|---|---|---|")
     for backend in args.backend:
-        server_costs(backend, args.requests, args.model)
+        for threads in args.threads:
+            server_costs(backend, threads, args.requests, args.model)
 
 
 if __name__ == "__main__":
