@@ -21,10 +21,12 @@ import select
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -479,6 +481,38 @@ def test_hostile_json_numbers_and_shapes_get_a_4xx_json_answer(client, body, sta
     else:
         assert r.json()["digit"] == 1
     assert client.get("/api/health").status_code == 200
+
+
+def _padded_png(picture: np.ndarray, chunks: int) -> bytes:
+    """A PNG of `picture` with `chunks` empty private chunks after its header: megabytes that
+    claim a digit's size, and that Pillow must step through one by one."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "PNG")
+    data = buffer.getvalue()
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return data[:33] + empty * chunks + data[33:]  # 33: the signature and the IHDR chunk
+
+
+def test_a_large_body_is_read_off_the_event_loop_whatever_size_it_claims(client, monkeypatch,
+                                                                        mnist_images):
+    where = []
+    read = app_module.digits_from_image
+
+    def noting_where(data: bytes):
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:
+            where.append("thread")
+        return read(data)
+
+    monkeypatch.setattr(app_module, "digits_from_image", noting_where)
+    headers = {"Content-Type": "image/png"}
+    for chunks in (0, 100_000):  # a 28x28 PNG of 0.3 KB, then the same of 1.2 MB
+        r = client.post("/api/predict", content=_padded_png(255 - mnist_images[0], chunks),
+                        headers=headers)
+        assert r.status_code == 200 and r.json()["digit"] == 7, r.text
+    assert where == ["event loop", "thread"]
 
 
 # ---- a model that does not answer -----------------------------------------------------------

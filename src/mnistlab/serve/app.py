@@ -111,7 +111,11 @@ MAX_JSON_BYTES = 256 * 1024  # 784 numbers in JSON need about 16 KB
 # server.HEAD_TIMEOUT): a digit's picture is kilobytes, and even the largest body accepted
 # arrives in a minute at 1.5 Mbit/s; a client dribbling its body holds a connection no longer.
 BODY_TIMEOUT = 60.0
-INLINE_PIXELS = 160 * 160  # pictures up to this size are read on the event loop, larger in a thread
+# Pictures up to this size, in pixels and in bytes, are read on the event loop, others in a
+# thread. Both bounds matter: a body of megabytes can claim 28x28 in its header and hold
+# Pillow for seconds in chunks or markers it must step through.
+INLINE_PIXELS = 160 * 160
+INLINE_BYTES = 32 * 1024
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp")
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
@@ -601,8 +605,10 @@ def public_info(info: dict[str, Any]) -> dict[str, Any]:
 
 def _small_picture(data: bytes) -> bool:
     """Whether the picture is small enough to read on the event loop (a thread hop costs more
-    than reading it): from its header alone, nothing decoded. Unreadable headers count as
-    small: decoding refuses them at once."""
+    than reading it): from its length and header alone, nothing decoded. Unreadable headers
+    count as small: decoding refuses them at once."""
+    if len(data) > INLINE_BYTES:
+        return False
     if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])  # a PNG's size, without Pillow
         return width * height <= INLINE_PIXELS
