@@ -177,6 +177,19 @@ def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, 
     assert list(tmp_path.iterdir()) == []  # each refused before anything was written
 
 
+def test_a_path_holding_a_nul_byte_is_one_line_naming_it(tmp_path, model):
+    """No file's name holds one; Python's own ValueError ("embedded null byte") it was."""
+    nul = str(tmp_path / "a\0b")
+    calls = [(model.predict, nul + ".png"), (model.predict, [nul + ".png"]),
+             (mnistlab.recipe, nul + ".toml"), (model.export, nul + ".onnx"),
+             (mnistlab.load, nul + ".onnx")]
+    for call, path in calls:
+        assert "embedded null byte" in refusal(call, path)
+    line = refusal(mnistlab.train, "softmax-regression", out=nul, steps=1, device="cpu", quiet=True)
+    assert line.startswith("cannot create the run folder") and "embedded null byte" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_threads_are_checked_alike_on_both_backends():
     """ONNX Runtime's threads: the torch backend took 0, '2' or 10**9 without a word, and the
     onnx one raised a TypeError or blamed the checkpoint for a failed allocation."""
@@ -267,7 +280,9 @@ def test_predict_refuses_degenerate_pictures_with_one_line(model, tmp_path):
            (unread, "the image's file was closed before its pixels were read"),
            (torch.empty((28, 28), device="meta"), "a tensor on the meta device has no pixel values"),
            (np.eye(28, dtype=np.complex64), "pixels must be real numbers, got complex64"),
-           (torch.eye(28, dtype=torch.complex64) * 255, "pixels must be real numbers, got complex64")]
+           (torch.eye(28, dtype=torch.complex64) * 255, "pixels must be real numbers, got complex64"),
+           (Image.fromarray(np.full((28, 28), np.nan, np.float32), "F"), "pixels hold NaN"),
+           (Image.new("L", (4001, 4000)), "the image is too large: 4001x4000 pixels")]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning or ComplexWarning on the way
         for value, words in bad:
@@ -282,9 +297,22 @@ def test_predict_reads_tensors_numpy_has_no_type_for(model, test_split):
     images, _ = test_split
     [plain] = model.predict(images[0])
     seven = torch.from_numpy(images[0])
-    for kind in (seven.to(torch.bfloat16), seven.to_sparse(), seven.float().to(torch.bfloat16)):
+    with warnings.catch_warnings():  # PyTorch's: quantized tensors deprecated, nested ones new
+        warnings.simplefilter("ignore", UserWarning)
+        quantized = torch.quantize_per_tensor(seven.float(), 1.0, 0, torch.quint8)  # 0-255 exactly
+        nested = torch.nested.nested_tensor([seven, torch.eye(40) * 255])
+        ragged = torch.nested.nested_tensor([seven, torch.zeros(27, 28, dtype=torch.uint8)])
+    for kind in (seven.to(torch.bfloat16), seven.to_sparse(), seven.float().to(torch.bfloat16),
+                 quantized):
         [reading] = model.predict(kind)  # 0-255 in bfloat16 is exact: the same picture
         assert (reading.text, reading.confidence) == (plain.text, plain.confidence)
+    # a nested tensor holds pictures of several sizes: each is read, as from a list
+    [first, second] = model.predict(nested)
+    [alone] = model.predict(torch.eye(40) * 255)
+    assert [(r.text, r.confidence) for r in (first, second)] == [(plain.text, plain.confidence),
+                                                                 (alone.text, alone.confidence)]
+    with pytest.raises(mnistlab.ImageError, match="uint8 images of shape \\(N, 28, 28\\)"):
+        model.predict_proba(ragged)
 
 
 def test_predict_proba_takes_mnist_form_only(model, test_split):
@@ -297,6 +325,9 @@ def test_predict_proba_takes_mnist_form_only(model, test_split):
     assert np.allclose(model.predict_proba(torch.from_numpy(images[:4])), p[:4], atol=1e-6)
     with pytest.raises(mnistlab.ImageError, match="uint8 images of shape \\(N, 28, 28\\)"):
         model.predict_proba(images[:4] / 255.0)
+    for ragged in ([[0] * 28, [0] * 27], [images[0], images[1][:27]]):
+        with pytest.raises(mnistlab.ImageError, match="uint8 images of shape \\(N, 28, 28\\)"):
+            model.predict_proba(ragged)
 
 
 def test_evaluate_agrees_with_the_command_and_with_onnx(model, tmp_path):

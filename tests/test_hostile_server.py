@@ -457,6 +457,7 @@ SHAPES = [  # (a whole body, the status, the error code)
     (json.dumps({"pixels": [[1] * 3000] * 28}).encode(), 422, "bad_pixels"),
     (json.dumps({"pixels": [[0] * 28] * 28 + [[]]}).encode(), 422, "bad_pixels"),
     (b'{"pixels": "\xff"}', 400, "bad_json"),  # not UTF-8
+    (json.dumps({"pixels": [[0] * 28] * 28}).encode("utf-16"), 400, "bad_json"),  # nor this
 ]
 
 

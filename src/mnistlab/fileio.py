@@ -73,6 +73,8 @@ def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
         raise MnistlabError(f"{path}: no such {what} file") from None
     except OSError as e:
         raise MnistlabError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the path, which no file's name holds
+        raise MnistlabError(f"{str(path)!r}: cannot read the {what}: {e}") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -101,6 +103,8 @@ def atomic_writer(path: str | os.PathLike, *, exclusive: bool = False) -> Iterat
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from e
+    except ValueError as e:  # a NUL byte in the path
+        raise MnistlabError(f"cannot write {str(path)!r}: {e}") from None
     try:
         # mkstemp creates the file private (0600); give it the permissions open() would have
         os.fchmod(fd, 0o666 & ~_umask())

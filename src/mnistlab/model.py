@@ -216,6 +216,8 @@ def _pictures(images: Any) -> Iterable[Image.Image]:
         return [load_image(os.fspath(images))]
     if isinstance(images, Image.Image):
         return [usable_image(images)]
+    if isinstance(images, torch.Tensor) and images.is_nested:  # pictures of several sizes
+        return [p for picture in images.unbind() for p in _pictures(picture)]
     if isinstance(images, (np.ndarray, torch.Tensor)):
         array = _array(images)
         if _is_stack(array):
@@ -230,7 +232,12 @@ def _pictures(images: Any) -> Iterable[Image.Image]:
 def _array(images: Any) -> np.ndarray:
     if isinstance(images, torch.Tensor):
         return _tensor_array(images)
-    return np.asarray(images)
+    try:
+        return np.asarray(images)
+    except ValueError:  # nested lists of unequal lengths
+        raise BadPixelsError("the images' rows differ in length: predict_proba takes uint8 "
+                             "images of shape (N, 28, 28); use predict for pictures of any "
+                             "size") from None
 
 
 def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
@@ -239,6 +246,12 @@ def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
     if tensor.is_meta:  # shapes only, as a model built on the meta device has
         raise BadPixelsError(f"a tensor on the meta device has no pixel values "
                              f"(shape {tuple(tensor.shape)})")
+    if tensor.is_nested:  # predict_proba's batch, which must be one size
+        raise BadPixelsError("a nested tensor's pictures differ in size: predict_proba takes "
+                             "uint8 images of shape (N, 28, 28); use predict for pictures of "
+                             "any size")
+    if tensor.is_quantized:
+        tensor = tensor.dequantize()
     if tensor.layout != torch.strided:
         tensor = tensor.to_dense()
     if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32,

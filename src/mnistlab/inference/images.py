@@ -20,6 +20,7 @@ from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import read_limited
 from mnistlab.inference.errors import (  # ImageError and EmptyImageError: also imported from here
+    BadPixelsError,
     EmptyImageError,
     ImageError,
     ImageFileError,
@@ -158,6 +159,9 @@ def usable_image(image: Image.Image) -> Image.Image:
     width, height = image.size
     if width == 0 or height == 0:
         raise UnreadableImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:  # as for a file, before its pixels are decoded
+        raise ImageTooLargeError(f"the image is too large: {width}x{height} pixels, "
+                                 f"the limit is {MAX_IMAGE_PIXELS:,} pixels")
     try:
         image.load()
     except (AssertionError, AttributeError):  # its file closed first, as a `with` block does:
@@ -180,6 +184,8 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         # 16-bit or float pixels: Pillow's conversion to "L" clips rather than scales
         a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all():  # a float image made in Python can hold them
+            raise BadPixelsError("pixels hold NaN or infinite values")
         top = 65535.0 if mode != "F" and a.max(initial=0) > 255 else 255.0
         if mode == "F" and a.max(initial=0) <= 1.0:
             top = 1.0

@@ -146,6 +146,8 @@ def read_onnx(path: Path) -> bytes:
         raise MnistlabError(f"{path}: no such ONNX file") from None
     except OSError as e:
         raise MnistlabError(f"{path}: cannot read the ONNX model: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise MnistlabError(f"{str(path)!r}: cannot read the ONNX model: {e}") from None
     if size > MAX_ONNX_BYTES:  # refused before reading a gigabyte; read_limited bounds the rest
         raise MnistlabError(f"{path}: {size:,} bytes is too large for an ONNX model "
                             f"(at most {MAX_ONNX_BYTES:,})")

@@ -183,7 +183,8 @@ def _reject_constant(name: str) -> float:
 
 def pixels_from_json(body: bytes) -> np.ndarray:
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
+        # decoded as UTF-8, JSON's encoding (RFC 8259): json.loads would also guess UTF-16 or 32
+        payload = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:
         raise BadJsonError("the JSON body is nested too deeply") from None
     except (_NotANumber, json.JSONDecodeError) as e:

@@ -564,6 +564,8 @@ class Trainer:
             why = ("something that is not a folder is in its place"
                    if os.path.lexists(self.run_dir) and not self.run_dir.is_dir() else e.strerror or e)
             raise MnistlabError(f"cannot create the run folder {self.run_dir}: {why}") from None
+        except ValueError as e:  # a NUL byte in the path
+            raise MnistlabError(f"cannot create the run folder {str(self.run_dir)!r}: {e}") from None
         lock = None
         try:
             lock = rundir.RunLock(self.run_dir)
