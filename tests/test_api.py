@@ -254,7 +254,8 @@ def test_predict_refuses_what_is_not_a_picture_with_one_line(model):
     bad = [(np.full((28, 28), np.nan), "NaN"), (np.full((28, 28), 300.0), "0-255"),
            (np.zeros((2, 2, 28, 28, 1)), "H x W"), (object(), "cannot read a object"),
            (np.array([["a"]]), "must be numbers"), (np.zeros((28, 28)), "empty image"),
-           ("missing.png", "missing.png")]
+           ("missing.png", "missing.png"), (3, "cannot read a int"),
+           ((np.eye(28) * 255).tolist(), "a list of numbers is not a picture")]
     for value, words in bad:
         with pytest.raises(mnistlab.ImageError, match=words):
             model.predict(value)

@@ -114,6 +114,9 @@ TRIGGERS = {
     UnsupportedMediaTypeError: [dict(content=b"7", headers={"Content-Type": "text/plain"})],
     InvalidRequestError: [
         dict(files={"other": ("a.png", b"x", "image/png")}),
+        dict(content=b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+                     b"Content-Type: image/png\r\n\r\n\x89PNG",  # cut off before its boundary
+             headers={"Content-Type": "multipart/form-data; boundary=x"}),
         dict(json={"pixels": [[0] * 28] * 28}, params={"top_k": "11"}),
     ],
     ImageTooLargeError: [png(pixel_bomb()), png(text_bomb())],

@@ -224,6 +224,9 @@ def _pictures(images: Any) -> Iterable[Image.Image]:
             return [_picture(a, stack=array.shape) for a in array]
         return [_picture(array)]
     if isinstance(images, (list, tuple)):
+        if any(isinstance(item, (int, float, np.number)) for item in images):  # as tolist() gives
+            raise UnsupportedImageError("a list of numbers is not a picture: give a picture's "
+                                        "rows as a numpy array (np.asarray) or a tensor")
         return [p for item in images for p in _pictures(item)]
     raise UnsupportedImageError(f"cannot read a {type(images).__name__} as a picture: give a "
                                 "file's path, a PIL image, a numpy array or a tensor, or a list")

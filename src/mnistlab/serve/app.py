@@ -166,8 +166,9 @@ async def multipart_file(request: Request, body: bytes) -> bytes:
     try:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
+            # Starlette drops a part cut off before the closing boundary: it may have been sent
             raise InvalidRequestError("a multipart upload needs the image in a file field "
-                                      "named 'file'")
+                                      "named 'file', whole, before the closing boundary")
         return await upload.read()
     finally:
         await form.close()
