@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab.errors import MnistlabError
-from mnistlab.fileio import atomic_writer, read_limited
+from mnistlab.fileio import atomic_write_text, atomic_writer, check_writable, read_limited
 
 
 def test_read_limited_reads_a_file_up_to_its_limit(tmp_path):
@@ -49,3 +49,29 @@ def test_an_exclusive_write_creates_and_never_replaces(tmp_path):
     with atomic_writer(path) as f:  # without it, the file is replaced as before
         f.write(b"third")
     assert path.read_bytes() == b"third"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and special files")
+def test_a_write_replaces_the_file_a_link_names_and_nothing_but_a_file(tmp_path):
+    """A results file given as a link, a FIFO or a device (--json out.json, /dev/full) was
+    replaced by a new file: the link, the FIFO, the device node lost."""
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    (tmp_path / "pipe-link.json").symlink_to(fifo)
+    for path, kind in [(fifo, "a FIFO"), (tmp_path / "pipe-link.json", "a FIFO"),
+                       (tmp_path, "a folder")]:
+        for write in (check_writable, lambda p: atomic_write_text(p, "x")):
+            with pytest.raises(MnistlabError, match=f"cannot write {path}: {kind} is in its place"):
+                write(path)
+    assert fifo.is_fifo() and (tmp_path / "pipe-link.json").is_symlink()
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(MnistlabError, match=r"afile/out.onnx: .*afile is a file, not a folder"):
+        atomic_write_text(tmp_path / "afile" / "out.onnx", "x")
+    assert (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "link.json", "pipe-link.json",
+                                                          "pipe.json", "real.json"]

@@ -231,7 +231,7 @@ def test_small_command_line_values_out_of_range_are_one_line(workdir, capsys):
     refused(capsys, ["loadtest", "--image", "/dev/zero", "--seconds", "1"], "not a regular file")
     # a results file that could not be written is refused before the minutes of work
     (workdir / "results").mkdir()
-    refused(capsys, ["loadtest", "--json", "results"], "cannot write results: it is a folder")
+    refused(capsys, ["loadtest", "--json", "results"], "cannot write results: a folder is in its place, not a file")
     refused(capsys, ["bench", "fast", "--json", "no/such.json"],
             "cannot write no/such.json: no folder no")
     (workdir / "results").rmdir()
@@ -258,3 +258,13 @@ def test_numbers_too_large_for_a_float_or_a_message_are_refused_in_words():
         check_model_args("fast-cnn", {"hidden": 10**5000})
     with pytest.raises(MnistlabError, match=r"got \[a whole number of 401 digits, 64\]$"):
         check_model_args("fast-cnn", {"widths": [10**400, 64]})
+
+
+def test_a_name_longer_than_the_system_allows_is_one_line(capsys, tmp_path):
+    """Python's Path.exists raises on such a name (ENAMETOOLONG), where it answers False for
+    most: a traceback it was, from every command that takes a path."""
+    long = str(tmp_path / ("x" * 300))
+    for args in (["evaluate", long, "--device", "cpu"], ["summary", long],
+                 ["train", "--recipe", "fast", "--device", "cpu", "--out", long]):
+        refused(capsys, args, "File name too long")
+    assert list(tmp_path.iterdir()) == []

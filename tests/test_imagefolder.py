@@ -1,5 +1,6 @@
 """Folders of one's own images as datasets, any number of classes, and fine-tuning (--init)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,12 +11,15 @@ from PIL import Image
 
 import mnistlab
 from mnistlab.checkpoint import load_model
+from mnistlab.cli import main
 from mnistlab.data import imagefolder
 from mnistlab.data.imagefolder import load_image_folder
 from mnistlab.inference.images import load_image
+from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import to_mnist
 from mnistlab.models import build_model
 from mnistlab.report.build import write_report
+from mnistlab.serve.server import served_top_k
 from mnistlab.training.start import plan_start, start_from
 
 DIGITS, LABELS = mnistlab.datasets.load("mnist", split="train")
@@ -144,6 +148,30 @@ def test_letters_train_and_their_names_come_out_everywhere(tmp_path):
     assert len(evaluation.metrics.confusion) == 3 and evaluation.accuracy == run.test_accuracy
     report = write_report(run.run_dir, device="cpu")  # its figures name the three classes
     assert len(report.analysis.metrics.confusion) == 3
+
+
+def test_a_model_of_two_classes_lists_two_candidates_by_default(tmp_path, capsys):
+    """The default of 3 candidates made `predict`, `serve` and Model.predict refuse such a
+    model, each image blamed for it."""
+    root = write_folder(tmp_path / "two", ["a", "b"], 20)
+    recipe = mnistlab.recipe("fast", steps=3, train={"batch_size": 16})
+    model = mnistlab.train(recipe, device="cpu", out=tmp_path / "run", data_dir=root,
+                           quiet=True, report=False).model
+    picture = root / "train" / "b" / "0003.png"
+    [reading] = model.predict(picture)
+    assert len(reading.digits[0].top) == 2
+    assert main(["predict", str(picture), "--model", str(tmp_path / "run"), "--json"]) == 0
+    [answer] = json.loads(capsys.readouterr().out)["images"]
+    assert len(answer["top"]) == 2
+    assert main(["predict", str(picture), str(picture), "--model", str(tmp_path / "run"),
+                 "--top-k", "3"]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "mnistlab: error: --top-k must be from 1 to 2, the classes the "
+                              "model reads, got 3\n")
+    served = {"two": Predictor.load(str(tmp_path / "run"))}  # as `mnistlab serve` loads it
+    assert served_top_k(None, served) == 2
+    with pytest.raises(mnistlab.MnistlabError, match="top_k must be from 1 to 2"):
+        served_top_k(3, served)
 
 
 def test_init_keeps_every_weight_but_a_classifier_for_other_classes(tmp_path):

@@ -236,6 +236,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mnistlab.inference.reading import format_reading
 
     model = mnistlab.load(args.model, backend=args.backend, device="cpu")
+    classes = len(model.class_names)
+    if args.top_k is not None and args.top_k > classes:  # said once, not for each image
+        raise MnistlabError(f"--top-k must be from 1 to {classes}, the classes the model reads, "
+                            f"got {args.top_k}")
     results, failed = [], 0
     for name in args.images:
         # one bad file is reported and skipped: the others are still read
@@ -475,11 +479,12 @@ def _model_options(p: argparse.ArgumentParser, many: bool = False) -> None:
         p.add_argument("--backend", choices=["torch", "onnx"],
                        help="run the model with PyTorch or ONNX Runtime (default: onnx for an "
                             ".onnx file, torch otherwise)")
+    # by default 3 candidates, or the model's classes where it reads fewer
     if many:  # a request may ask for up to its model's classes (`?top_k=`)
-        p.add_argument("--top-k", type=_positive, default=3, metavar="K",
+        p.add_argument("--top-k", type=_positive, metavar="K",
                        help="candidates listed per digit, at most the model's classes (default 3)")
     else:
-        p.add_argument("--top-k", type=_positive, default=3, choices=range(1, 11), metavar="K",
+        p.add_argument("--top-k", type=_positive, choices=range(1, 11), metavar="K",
                        help="candidates listed per digit, 1-10 (default 3)")
 
 
@@ -625,3 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # what the system refused (a name too long, a folder unreadable)
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mnistlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

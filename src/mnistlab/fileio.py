@@ -97,10 +97,14 @@ def atomic_writer(path: str | os.PathLike, *, exclusive: bool = False) -> Iterat
     creates it meanwhile) the block's bytes are dropped and FileExistsError is raised: the
     complete temporary file is given its name by a hard link, which fails on an existing name,
     where a rename would replace it."""
-    path = Path(path)
+    # an exclusive write refuses whatever is in its place already (the link below fails)
+    path = Path(path) if exclusive else _write_target(Path(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError) as e:  # a file where a folder should be
+        raise MnistlabError(f"cannot write {path}: {_file_in_the_way(path.parent)} is a file, "
+                            "not a folder") from e
     except OSError as e:
         raise write_error(path, e) from e
     except ValueError as e:  # a NUL byte in the path
@@ -126,6 +130,35 @@ def atomic_writer(path: str | os.PathLike, *, exclusive: bool = False) -> Iterat
     _fsync_dir(path.parent)
 
 
+def _write_target(path: Path) -> Path:
+    """Where writing `path` puts the file: the file a symbolic link names (the link is kept),
+    else `path`; refused where a folder, FIFO, device or socket is in its place, which a new
+    file would replace."""
+    try:
+        target = Path(os.path.realpath(path)) if path.is_symlink() else path
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except NotADirectoryError:  # a file where a folder should be: said when creating the folder
+        return path
+    except OSError as e:
+        raise write_error(path, e) from None
+    except ValueError as e:  # a NUL byte in the path
+        raise MnistlabError(f"cannot write {str(path)!r}: {e}") from None
+    if not stat.S_ISREG(mode):
+        raise MnistlabError(f"cannot write {path}: {_file_kind(mode)} is in its place, not a "
+                            "file")
+    return target
+
+
+def _file_in_the_way(folder: Path) -> Path:
+    """The first part of `folder` that exists and is no folder."""
+    for part in reversed([folder, *folder.parents]):
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
+
+
 def _unlink_quietly(name: str) -> None:
     try:
         os.unlink(name)
@@ -146,9 +179,7 @@ def check_writable(path: str | os.PathLike) -> None:
     """One clear error now for a file a long command writes at its end (a benchmark's, a load
     test's results), rather than after its minutes of work: a folder in its place, or no folder
     to hold it."""
-    path = Path(path)
-    if path.is_dir():
-        raise MnistlabError(f"cannot write {path}: it is a folder")
+    path = _write_target(Path(path))
     if not path.parent.is_dir():
         raise MnistlabError(f"cannot write {path}: no folder {path.parent}")
     if not os.access(path.parent, os.W_OK):

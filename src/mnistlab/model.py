@@ -97,7 +97,7 @@ class Model:
         return (f"Model({self.target!r}: {self.name}, {len(self.class_names)} classes, "
                 f"{self.backend} on {self.device})")
 
-    def predict(self, images: Any, *, top_k: int = 3, number: bool = False) -> list[Reading]:
+    def predict(self, images: Any, *, top_k: int | None = None, number: bool = False) -> list[Reading]:
         """Read pictures of digits as `mnistlab predict` does: one `Reading` per picture.
 
         `images` is one picture or a list of them: a file's path, a PIL image, or a numpy array
@@ -105,7 +105,8 @@ class Model:
         channels, or a 4-D one, is a stack of pictures). Each is turned into MNIST's form (the
         ink found, scaled into 20x20, centred by mass), so dark ink on white paper reads as
         well as MNIST's own light-on-dark digits. A picture holding several separate digits is
-        read as a number, left to right; `number=True` reads every picture so.
+        read as a number, left to right; `number=True` reads every picture so. `top_k`
+        candidates are listed for each digit: by default 3, or the model's classes where fewer.
 
         >>> import numpy as np
         >>> images, labels = mnistlab.datasets.load("mnist", split="test")
@@ -118,6 +119,8 @@ class Model:
         ['2', '8', '5']
         """
         count = len(self.class_names)
+        if top_k is None:
+            top_k = min(3, count)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= count:
             raise MnistlabError(f"top_k must be from 1 to {count}, got {brief(top_k)}")
         return [read_image(self._predictor, picture, top_k=top_k, number=number)

@@ -245,13 +245,19 @@ def check_processes(workers: int, threads: int) -> None:
                                 f"machine), got {value:,}")
 
 
-def check_top_k(top_k: int, predictors: dict[str, Any]) -> None:
-    """`top_k` is capped at each model's classes; more than any served model reads is a
-    mistake, not a cap."""
+DEFAULT_TOP_K = 3  # candidates listed per digit, where the classes are that many
+
+
+def served_top_k(top_k: int | None, predictors: dict[str, Any]) -> int:
+    """`top_k`, or by default 3 (fewer where the models read fewer classes). It is capped at
+    each model's classes; more than any served model reads is a mistake, not a cap."""
     most = max(len(p.info["class_names"]) for p in predictors.values())
+    if top_k is None:
+        return min(DEFAULT_TOP_K, most)
     if not 1 <= top_k <= most:
         raise MnistlabError(f"top_k must be from 1 to {most} (the classes the "
                             f"model{'s' if len(predictors) > 1 else ''} served read), got {top_k:,}")
+    return top_k
 
 
 def load_models(targets: list[str], backend: str, threads: int) -> dict[str, Any]:
@@ -266,7 +272,7 @@ def load_models(targets: list[str], backend: str, threads: int) -> dict[str, Any
 
 
 def serve(models: str | list[str] = "default", *, host: str = "127.0.0.1", port: int = 8000,
-          backend: str = "onnx", workers: int = 1, threads: int = 1, top_k: int = 3,
+          backend: str = "onnx", workers: int = 1, threads: int = 1, top_k: int | None = None,
           collect: str | os.PathLike | None = None, log_level: str = "warning") -> None:
     """Serve the page and the API over one model or several (the first is the default) until
     Ctrl-C (or SIGTERM); with `collect`, store the page's corrections in that folder
@@ -282,7 +288,7 @@ def serve(models: str | list[str] = "default", *, host: str = "127.0.0.1", port:
     set_threads(threads)
     # load once here, also with several workers: a bad checkpoint is one line, before any worker
     predictors = load_models(targets, backend, threads)
-    check_top_k(top_k, predictors)
+    top_k = served_top_k(top_k, predictors)
     first = next(iter(predictors.values()))
     if collect is not None:  # the folder and the class names, checked here for every worker
         Collector(collect, first.info["class_names"])
