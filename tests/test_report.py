@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+from mnistlab.checkpoint import MODEL_FILE, read_file, write_file
 from mnistlab.cli import main
 from mnistlab.recipebook import load_recipe
 from mnistlab.recipebook.recipe import parse_recipe
@@ -364,3 +365,18 @@ def test_bad_input_is_one_error_line(tmp_path, runs, capsys):
     (cut / METRICS_FILE).write_text("".join(lines[:-1]) + lines[-1][:20])
     report = write_report(cut, device="cpu")
     assert "cut short" in report.page.read_text()
+
+
+def test_recorded_metrics_of_another_shape_are_left_out_not_a_traceback(tmp_path, runs):
+    """A checkpoint's metadata holds whatever its writer put there: `metrics.test` a list was
+    an AttributeError in the report."""
+    odd = tmp_path / "odd"
+    shutil.copytree(runs[0], odd)
+    (odd / METRICS_FILE).unlink()  # the page then falls back on what the checkpoint recorded
+    tensors, meta = read_file(odd / MODEL_FILE)
+    meta["metrics"] = {"test": [1], "validation": {"accuracy": "high"}, "train_seconds": "x"}
+    write_file(odd / MODEL_FILE, tensors, json.dumps(meta))
+    page = write_report(odd, device="cpu").page
+    assert page.is_file() and "Validation accuracy" not in page.read_text()  # nor a number made up
+    comparison = compare_runs([odd, runs[1]], tmp_path / "compared")
+    assert comparison.page.is_file()

@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from mnistlab.recipebook import load_recipe
-from mnistlab.reproduction import Outcome, markdown_table
+from mnistlab.checkpoint import MODEL_META_FILE
+from mnistlab.reproduction import Outcome, _finished, markdown_table
 from mnistlab.training.estimate import estimate
 
 
@@ -58,3 +59,17 @@ def test_estimate_times_the_recipes_own_steps_and_counts_its_whole_run(name, upd
     assert got.eval_images == validations * 5000 + 10_000  # each validation, then the test
     assert 0 < got.step_seconds < 5 and 0 < got.image_seconds < 0.01
     assert got.seconds == pytest.approx(updates * got.step_seconds + got.eval_images * got.image_seconds)
+
+
+def test_a_run_record_of_another_shape_is_trained_again_not_a_traceback(tmp_path):
+    """reproduce reads each finished run's model.json back; valid JSON of another shape was an
+    AttributeError or a ValueError in the table's format."""
+    record = tmp_path / MODEL_META_FILE
+    for text in ("[]", "null", '{"complete": true, "metrics": []}',
+                 '{"complete": true, "metrics": {"test": {"accuracy": "high"}, "train_seconds": 1},'
+                 ' "device": "cpu"}'):
+        record.write_text(text)
+        assert _finished(tmp_path) is None, text
+    record.write_text(json.dumps({"complete": True, "device": "cpu",
+                                  "metrics": {"test": {"accuracy": 0.99}, "train_seconds": 2.5}}))
+    assert _finished(tmp_path) == (0.99, 2.5, "cpu")

@@ -124,15 +124,18 @@ def _run_dir(out: Path, recipe: Recipe, seed: int) -> Path:
 
 
 def _finished(run_dir: Path) -> tuple[float, float, str] | None:
-    """A run that already finished: its test accuracy, training time and device."""
+    """A run that already finished: its test accuracy, training time and device; None for
+    one that did not, or whose record cannot be read as one (it is trained again)."""
     try:
         meta = json.loads((run_dir / MODEL_META_FILE).read_text())
-        if meta.get("complete"):
-            m = meta["metrics"]
-            return m["test"]["accuracy"], m["train_seconds"], meta["device"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return None
+        if not meta.get("complete"):
+            return None
+        m = meta["metrics"]
+        accuracy, seconds, device = m["test"]["accuracy"], m["train_seconds"], meta["device"]
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        return None
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (accuracy, seconds))
+    return (accuracy, seconds, device) if numbers and isinstance(device, str) else None
 
 
 def _train(recipe: Recipe, run_dir: Path, seed: int, device: str, quiet: bool) -> tuple[float, float, str]:

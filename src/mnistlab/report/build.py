@@ -185,7 +185,7 @@ def _measure_notes(run: Run, analysis: Analysis | None) -> list[str]:
     if analysis is not None and analysis.dropout_at_test:
         notes.append("Dropout is left on at test time, as this tutorial's printed code does "
                      "(measured here with a fixed random seed).")
-    recorded = ((run.meta.get("metrics") or {}).get("test") or {}).get("accuracy")
+    recorded = run.metrics.get("test", {}).get("accuracy")
     if (analysis is not None and analysis.split == "test" and isinstance(recorded, (int, float))
             and abs(recorded - analysis.metrics.accuracy) > 1e-9 and not analysis.dropout_at_test):
         notes.append(f"The test accuracy measured now, {100 * analysis.metrics.accuracy:.2f}%, "
@@ -195,7 +195,7 @@ def _measure_notes(run: Run, analysis: Analysis | None) -> list[str]:
 
 def _tiles(run: Run, analysis: Analysis | None) -> list[Tile]:
     tiles = []
-    metrics = run.meta.get("metrics") or {}
+    metrics = run.metrics
     if analysis is not None:
         m = analysis.metrics
         tiles.append(Tile(f"{analysis.split.capitalize()} accuracy", f"{100 * m.accuracy:.2f}%",
@@ -211,8 +211,8 @@ def _tiles(run: Run, analysis: Analysis | None) -> list[Tile]:
     elif isinstance(metrics.get("validation"), dict) and (analysis is None or analysis.split != "validation"):
         tiles.append(Tile("Validation accuracy", f"{100 * metrics['validation']['accuracy']:.2f}%",
                           "recorded"))
-    seconds = metrics.get("train_seconds", run.meta.get("train_seconds"))
-    if isinstance(seconds, (int, float)):
+    seconds = metrics.get("train_seconds")
+    if seconds is not None:
         steps = run.meta.get("step")
         detail = f"{steps:,} steps" if isinstance(steps, int) else ""
         rate = _images_per_second(run)

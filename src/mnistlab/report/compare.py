@@ -40,14 +40,12 @@ class Row:
             return curves.test
         if split == "validation" and curves.validation:
             return curves.validation[-1]
-        value = (self.run.meta.get("metrics") or {}).get(split)
-        return value if isinstance(value, dict) else None
+        return self.run.metrics.get(split)
 
     @property
     def train_seconds(self) -> float | None:
-        value = (self.run.meta.get("metrics") or {}).get("train_seconds",
-                                                          self.run.meta.get("train_seconds"))
-        return float(value) if isinstance(value, (int, float)) else None
+        value = self.run.metrics.get("train_seconds")
+        return None if value is None else float(value)
 
 
 @dataclass

@@ -98,6 +98,19 @@ class Run:
         return recipe if isinstance(recipe, dict) else {}
 
     @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics the checkpoint recorded, each kept only in the form the engine writes
+        it (a split's accuracy and loss as numbers; the training seconds a number), for
+        a checkpoint's metadata holds whatever its writer put there."""
+        recorded = self.meta.get("metrics")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        kept = {split: recorded[split] for split in ("test", "validation")
+                if isinstance(recorded.get(split), dict)
+                and all(_number(recorded[split].get(key)) for key in ("accuracy", "loss"))}
+        seconds = recorded.get("train_seconds", self.meta.get("train_seconds"))
+        return kept | ({"train_seconds": seconds} if _number(seconds) else {})
+
+    @property
     def is_shipped(self) -> bool:
         """Inside the installed package (the shipped model): never written into."""
         return self.folder.resolve().is_relative_to(PACKAGE_DIR)
@@ -213,3 +226,7 @@ def output_dir(run: Run, out: str | os.PathLike | None) -> Path:
     if not os.access(run.folder, os.W_OK):
         raise ReportError(f"{run.folder} is read-only: write the report elsewhere with --out DIR")
     return run.folder
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
