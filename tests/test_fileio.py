@@ -75,3 +75,11 @@ def test_a_write_replaces_the_file_a_link_names_and_nothing_but_a_file(tmp_path)
     assert (tmp_path / "afile").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "link.json", "pipe-link.json",
                                                           "pipe.json", "real.json"]
+
+
+def test_text_naming_a_path_that_is_no_utf8_is_written_with_it_escaped(tmp_path):
+    """A run folder named in Latin-1 (its bytes come to Python as lone surrogates) made the
+    report's page a UnicodeEncodeError after training, the page left unwritten."""
+    name = os.fsdecode(b"o\xffut")
+    atomic_write_text(tmp_path / "page.html", f"<p>{name}</p>")
+    assert (tmp_path / "page.html").read_text(encoding="utf-8") == "<p>o\\udcffut</p>"

@@ -1,6 +1,7 @@
 """Folders of one's own images as datasets, any number of classes, and fine-tuning (--init)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -93,6 +94,8 @@ def test_bad_images_are_left_out_and_named_in_one_line(tmp_path, capsys):
     (lambda r: (write_folder(r, ["a", "b"], 7), write_folder(r, ["c"], 1, split="test")),
      "classes with no folder in"),
     (lambda r: write_folder(r, ["a", "x" * 101], 7), "a class name of 101 characters"),
+    (lambda r: write_folder(r, ["a", os.fsdecode(b"b\xff")], 7),  # Latin-1 bytes, say
+     "a class folder's name must be UTF-8 text; rename it"),
     (lambda r: (write_folder(r, ["a", "b"], 7),
                 [p.write_bytes(b"junk") for p in (r / "train" / "b").iterdir()]),
      "class 'b' has no image that could be read"),

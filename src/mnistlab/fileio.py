@@ -172,7 +172,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # a path's bytes that are no UTF-8 come to Python as lone surrogates: written as \udcff
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def check_writable(path: str | os.PathLike) -> None:

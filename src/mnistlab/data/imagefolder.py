@@ -88,6 +88,10 @@ def _class_names(folder: Path, fewest: int = 2) -> tuple[str, ...]:
     if len(names) > MAX_CLASSES:
         raise MnistlabError(f"{folder}: {len(names):,} class folders, more than the "
                             f"{MAX_CLASSES:,} a model may tell apart")
+    undecodable = [n for n in names if not _is_text(n)]
+    if undecodable:  # its bytes came back as surrogates: no text can show it (figures, JSON)
+        raise MnistlabError(f"{os.fsencode(folder / undecodable[0])!r}: a class folder's name "
+                            "must be UTF-8 text; rename it")
     long = [n for n in names if len(n) > MAX_NAME]
     if long:
         raise MnistlabError(f"{folder / long[0]}: a class name of {len(long[0])} characters; "
@@ -95,6 +99,14 @@ def _class_names(folder: Path, fewest: int = 2) -> tuple[str, ...]:
     # digits in numeric order (2 before 10); any other names alphabetically
     numeric = all(n.isdecimal() for n in names)
     return tuple(sorted(names, key=(lambda n: (int(n), n)) if numeric else None))
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _files(split: Path, classes: tuple[str, ...], every_class: bool = True) -> list[tuple[Path, int]]:
