@@ -268,3 +268,13 @@ def test_a_name_longer_than_the_system_allows_is_one_line(capsys, tmp_path):
                  ["train", "--recipe", "fast", "--device", "cpu", "--out", long]):
         refused(capsys, args, "File name too long")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_that_names_parts_of_another_model_says_so_for_init(capsys, tmp_path):
+    """`fast` freezes its model's stem; the shipped model has none. The error named
+    recipe.updated(...), a call the user never made."""
+    refused(capsys, ["train", "--recipe", "fast", "--steps", "2", "--init", "default",
+                     "--device", "cpu", "--out", str(tmp_path / "run")],
+            "recipe 'fast' cannot train the model of default (mnistlab-cnn): [train] "
+            "freeze_after: mnistlab-cnn has no part 'stem'")
+    assert list(tmp_path.iterdir()) == []

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from mnistlab.recipebook import load_recipe
 from mnistlab.checkpoint import MODEL_META_FILE
+from mnistlab.recipebook import load_recipe
 from mnistlab.reproduction import Outcome, _finished, markdown_table
 from mnistlab.training.estimate import estimate
 

@@ -1,11 +1,13 @@
 """The HTTP API against the real shipped model: real MNIST digits in, the right digits out, and
 every kind of hostile request answered with a 4xx and a message, the server going on after it."""
 
+import http.server
 import io
 import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -276,3 +278,14 @@ def test_loadtest_says_at_once_what_it_cannot_measure(predictor):
     with pytest.raises(MnistlabError, match=r"cannot load-test http://127.0.0.1:\d+/api/predict: "
                                             r".*is `mnistlab serve` running there\?"):
         loadtest(f"http://127.0.0.1:{port}", seconds=30)
+    # another server's page of HTML, several lines: said in one
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(MnistlabError, match=r"answered 501 to the payload \(<!DOCTYPE HTML>"
+                                                r" <html lang=\"en\"> <head>") as refused:
+            loadtest(f"http://127.0.0.1:{other.server_port}", seconds=30)
+        assert "\n" not in str(refused.value)
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -465,7 +465,8 @@ def load_arrays(
     else:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
-            raise MnistlabError(f"{folder}: no such folder of IDX files or images")
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise MnistlabError(f"{folder}: {what} of IDX files or images")
         if is_image_folder(folder):
             return _image_folder_arrays(name, folder)
         found, missing = {}, []

@@ -55,6 +55,8 @@ MAX_DESCRIPTION = 2_000
 MAX_CLAIM_TEXT = 2_000
 MAX_TITLE = 200  # a claim's tutorial and document
 
+UPDATED = "recipe.updated(...)"  # where an error in a recipe made by `updated` lies
+
 
 class RecipeError(MnistlabError):
     pass
@@ -289,7 +291,7 @@ class Recipe:
                 table[key] = {**table[key], **value}
             else:
                 table[key] = value
-        return recipe_from_dict(table, "recipe.updated(...)")
+        return recipe_from_dict(table, UPDATED)
 
 
 # ---- loading -------------------------------------------------------------------------------

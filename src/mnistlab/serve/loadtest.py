@@ -147,7 +147,8 @@ async def _client(host: str, port: int, request: bytes, warmup_end: float, end: 
                 if status == 200:
                     latencies.append(done - sent)
                 else:
-                    errors.append(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+                    errors.append(f"HTTP {status}: "
+                                  + " ".join(body[:200].decode("utf-8", "replace").split()))
             if close:
                 writer.close()
                 reader = writer = None
@@ -229,9 +230,10 @@ def _check_answers(host: str, port: int, path: str, body: bytes, content_type: s
         connection.close()
     if status != 200:
         try:
-            detail = json.loads(answer)["detail"]
+            detail = str(json.loads(answer)["detail"])
         except (ValueError, KeyError, TypeError):
             detail = answer[:200].decode("utf-8", "replace")
+        detail = " ".join(detail.split())  # one line, whatever page the server sent
         raise MnistlabError(f"{url} answered {status} to the payload ({detail}): nothing to "
                             "measure")
 

@@ -22,6 +22,7 @@ from mnistlab.data.registry import load_arrays
 from mnistlab.errors import MnistlabError
 from mnistlab.models import classifier_names
 from mnistlab.recipebook import Recipe
+from mnistlab.recipebook.recipe import UPDATED, RecipeError
 
 MNIST_CLASSES = 10  # a model's outputs when its arguments do not say
 
@@ -44,7 +45,11 @@ def plan_start(recipe: Recipe, data_dir: str | None, init: str | None = None,
         model, meta = checkpoint.load_model(init, "cpu")  # checked, as every load is
         spec = meta["model"]
         args = {k: v for k, v in spec.get("args", {}).items() if k != "classes"}
-        recipe = recipe.updated(model={"name": spec["name"], "args": args})
+        try:
+            recipe = recipe.updated(model={"name": spec["name"], "args": args})
+        except RecipeError as e:  # a recipe's [train] may name parts of its own model
+            raise RecipeError(f"recipe {recipe.name!r} cannot train the model of {init} "
+                              f"({spec['name']}): {str(e).removeprefix(UPDATED + ': ')}") from None
         weights = model.state_dict()
         new = sorted(classifier_names(spec["name"], args))
         theirs = checkpoint.class_names(meta)

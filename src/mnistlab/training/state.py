@@ -66,7 +66,8 @@ def save_training_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.
 def read_training_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(run_dir) / STATE_FILE
     if not Path(run_dir).is_dir():
-        raise CheckpointError(f"{run_dir}: nothing to resume: no such run folder")
+        what = "a file, not a run folder" if Path(run_dir).exists() else "no such run folder"
+        raise CheckpointError(f"{run_dir}: nothing to resume: {what}")
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: nothing to resume: no {STATE_FILE} in this folder")
     tensors, meta = read_file(path)
