@@ -238,7 +238,8 @@ def test_predict_reads_every_kind_of_picture_as_the_command_does(model, test_spl
     [from_path] = model.predict(path)
     assert from_path.to_dict() == {k: v for k, v in said.items() if k != "image"}
     kinds = [str(path), Image.open(path), paper[0], torch.from_numpy(paper[0]),
-             np.stack([paper[0]] * 3, axis=-1), torch.from_numpy(paper[0])[None]]
+             np.stack([paper[0]] * 3, axis=-1), torch.from_numpy(paper[0])[None],
+             np.stack([paper[0], np.full_like(paper[0], 255)], axis=-1)]  # grey, opaque alpha
     for kind in kinds:
         [reading] = model.predict(kind)
         assert reading.text == "7" and reading.confidence == pytest.approx(from_path.confidence, abs=1e-6)
@@ -272,9 +273,9 @@ def test_predict_refuses_degenerate_pictures_with_one_line(model, tmp_path):
     closed.close()
     with Image.open(path) as unread:  # the file closes here, before its pixels are read
         pass
-    shape = "a picture's array must be H x W or H x W x 3 (or 4), got shape"
+    shape = "a picture's array must be H x W or H x W x 2, 3 or 4, got shape"
     bad = [(np.zeros((5, 5, 5, 5)), f"{shape} (5, 5, 5) (one of a stack of shape (5, 5, 5, 5))"),
-           (np.zeros((2, 2, 28, 28)), f"{shape} (2, 28, 28) (one of a stack of shape (2, 2, 28, 28))"),
+           (np.zeros((2, 5, 28, 28)), f"{shape} (5, 28, 28) (one of a stack of shape (2, 5, 28, 28))"),
            (Image.new("L", (0, 0)), "the image has no pixels (0x0)"),
            (Image.new("RGBA", (5, 0)), "the image has no pixels (5x0)"),
            (closed, "the image cannot be read (Operation on closed image)"),

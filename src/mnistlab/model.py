@@ -101,8 +101,8 @@ class Model:
         """Read pictures of digits as `mnistlab predict` does: one `Reading` per picture.
 
         `images` is one picture or a list of them: a file's path, a PIL image, or a numpy array
-        or tensor of any size (H x W grey, H x W x 3 or 4 colour; a 3-D array without colour
-        channels, or a 4-D one, is a stack of pictures). Each is turned into MNIST's form (the
+        or tensor of any size (H x W grey, H x W x 2 grey with alpha, H x W x 3 or 4 colour; a
+        3-D array without 1 to 4 channels, or a 4-D one, is a stack of pictures). Each is turned into MNIST's form (the
         ink found, scaled into 20x20, centred by mass), so dark ink on white paper reads as
         well as MNIST's own light-on-dark digits. A picture holding several separate digits is
         read as a number, left to right; `number=True` reads every picture so. `top_k`
@@ -266,28 +266,31 @@ def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+# a picture's channels by their count: grey, grey with alpha, colour, colour with alpha
+MODES = {2: "LA", 3: "RGB", 4: "RGBA"}
+CHANNELS = (1, *MODES)
+
+
 def _is_stack(array: np.ndarray) -> bool:
-    """A 4-D array, or a 3-D one whose last axis is no colour channel (1, 3 or 4 values)."""
-    return array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4))
+    """A 4-D array, or a 3-D one whose last axis is no count of channels (1 to 4 values)."""
+    return array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in CHANNELS)
 
 
 def _picture(array: np.ndarray, stack: tuple[int, ...] | None = None) -> Image.Image:
     """One picture's array (H x W, H x W x C, or a tensor's C x H x W) as a PIL image; `stack`
     is the shape of the stack it came from, for the message."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in CHANNELS and array.shape[-1] not in CHANNELS:
         array = np.moveaxis(array, 0, -1)  # PyTorch's channels first
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    # grey, or colour with or without alpha: the channel counts Image.fromarray is given a mode for
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or array.size == 0:
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in MODES)) or array.size == 0:
         within = f" (one of a stack of shape {stack})" if stack is not None else ""
-        raise BadPixelsError(f"a picture's array must be H x W or H x W x 3 (or 4), got shape "
+        raise BadPixelsError(f"a picture's array must be H x W or H x W x 2, 3 or 4, got shape "
                              f"{array.shape}{within}")
     if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
         raise BadPixelsError(f"a picture of {array.shape[0]:,} x {array.shape[1]:,} pixels is "
                              f"more than the {MAX_IMAGE_PIXELS:,} read")
-    return Image.fromarray(_bytes(array), "L" if array.ndim == 2 else
-                           {3: "RGB", 4: "RGBA"}[array.shape[-1]])
+    return Image.fromarray(_bytes(array), "L" if array.ndim == 2 else MODES[array.shape[-1]])
 
 
 def _bytes(array: np.ndarray) -> np.ndarray:
