@@ -413,9 +413,9 @@ def test_the_model_menu_lists_the_models_and_picks_one(models_page):
     menu = page.get_by_label("Model", exact=True)
     expect(menu.locator("option")).to_have_count(3)
     assert menu.locator("option").all_inner_texts() == [
-        "keras-cnn (keras-cnn, 99.00%, onnx)", "softmax-regression (softmax, 91.68%, onnx)",
+        "keras-cnn (keras-cnn, 99.14%, onnx)", "softmax-regression (softmax, 91.68%, onnx)",
         "default (mnistlab-cnn, 99.74%, torch)"]
-    expect(page.locator("#model")).to_contain_text("keras-cnn (keras-cnn, test accuracy 99.00%, "
+    expect(page.locator("#model")).to_contain_text("keras-cnn (keras-cnn, test accuracy 99.14%, "
                                                    "predictions by ONNX Runtime)")
     seven(Pad(page))
     expect(page.locator("#digit")).to_have_text("7", timeout=WAIT_MS)
