@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+from mnistlab import bench as bench_module
+from mnistlab.training.engine import Trainer
+
 
 def mnistlab(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True,
@@ -156,3 +159,20 @@ def test_bench_times_a_recipe_against_the_plain_loop(tmp_path):
     for rate in ("train_images_per_s", "baseline_images_per_s", "infer_batch1_images_per_s",
                  "infer_batch1024_images_per_s"):
         assert figures[rate] > 0
+
+
+def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch):
+    """The engine saves and returns on Ctrl-C; bench went on to the next seed, then failed on
+    the stopped run's missing test (AttributeError)."""
+    seeds = []
+
+    class StoppedAtStep3(Trainer):  # the engine's own Ctrl-C path, taken at step 3
+        def __init__(self, *args, **kwargs):
+            seeds.append(kwargs["seed"])
+            super().__init__(*args, on_step=lambda trainer, done: done == 3 and trainer.request_stop(),
+                             **kwargs)
+
+    monkeypatch.setattr(bench_module, "Trainer", StoppedAtStep3)
+    with pytest.raises(KeyboardInterrupt):
+        bench_module.bench("fast", seeds=3, device="cpu")
+    assert seeds == [0]

@@ -67,7 +67,7 @@ def test_the_json_option_prints_or_writes_a_file():
     flags = {name: option(p, "--json") for name, p in parsers.items() if option(p, "--json")}
     printing = {name for name, a in flags.items() if isinstance(a, argparse._StoreTrueAction)}
     assert printing == {"evaluate", "ensemble", "predict"}
-    assert {name for name, a in flags.items() if a.metavar == "FILE"} == {"bench", "loadtest"}
+    assert {name for name, a in flags.items() if a.metavar == "FILE.json"} == {"bench", "loadtest"}
     assert len({a.help for a in flags.values()}) == 2
 
 

@@ -230,11 +230,18 @@ def test_small_command_line_values_out_of_range_are_one_line(workdir, capsys):
         refused(capsys, ["loadtest", url, "--seconds", "1"], message)
     refused(capsys, ["loadtest", "--image", "/dev/zero", "--seconds", "1"], "not a regular file")
     # a results file that could not be written is refused before the minutes of work
-    (workdir / "results").mkdir()
-    refused(capsys, ["loadtest", "--json", "results"], "cannot write results: a folder is in its place, not a file")
+    (workdir / "results.json").mkdir()
+    refused(capsys, ["loadtest", "--json", "results.json"],
+            "cannot write results.json: a folder is in its place, not a file")
     refused(capsys, ["bench", "fast", "--json", "no/such.json"],
             "cannot write no/such.json: no folder no")
-    (workdir / "results").rmdir()
+    (workdir / "results.json").rmdir()
+    # nor over a file that is no JSON (a model, say): the name must end in .json
+    for command in (["bench", "fast"], ["loadtest"]):
+        with pytest.raises(SystemExit) as stopped:  # argparse's refusal, status 2
+            main([*command, "--json", "model.safetensors"])
+        assert stopped.value.code == 2
+        assert "expected a file name ending in .json, got model.safetensors" in capsys.readouterr().err
     assert list(workdir.iterdir()) == []
 
 

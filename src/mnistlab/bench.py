@@ -69,7 +69,10 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
             trainer = Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=str(dev),
                               progress=Progress(1, quiet=quiet), cuda_graphs=cuda_graphs,
                               compile=compile)
-            runs.append(trainer.run())
+            result = trainer.run()
+            if result.interrupted:  # Ctrl-C: the bench stops, its temporary runs go with it
+                raise KeyboardInterrupt
+            runs.append(result)
         model, _ = _trained_model(Path(tmp) / f"seed-{seeds - 1}", dev)
     test = load_split("test", recipe.data.dataset, device=dev)
     return BenchResult(

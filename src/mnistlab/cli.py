@@ -508,7 +508,15 @@ def _json_print_option(p: argparse.ArgumentParser) -> None:
 
 
 def _json_file_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--json", metavar="FILE.json", type=_json_name,
+                   help="also write the figures as JSON")
+
+
+def _json_name(text: str) -> str:
+    # a .json name, so that a slip cannot write JSON over a model or other file one needs
+    if not text.lower().endswith(".json"):
+        raise argparse.ArgumentTypeError(f"expected a file name ending in .json, got {text}")
+    return text
 
 
 def _quiet_option(p: argparse.ArgumentParser) -> None:
