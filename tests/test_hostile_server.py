@@ -615,6 +615,24 @@ def test_a_signal_stops_serve_at_once_while_an_inference_is_stuck(looping_model,
     assert "Traceback" not in output, output
 
 
+def test_ctrl_c_just_after_serve_says_it_serves_stops_it():
+    """The line came before the server's setup, whose collection of the loaded objects could
+    swallow a Ctrl-C in one of its callbacks: 50 and 100 ms after the line, the server went
+    on serving (before this test's change)."""
+    for delay in (0.0, 0.05, 0.1, 0.2):
+        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "--backend", "torch",
+                                   "--port", str(_free_port())],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().startswith("mnistlab: serving model default")
+            time.sleep(delay)
+            server.send_signal(signal.SIGINT)
+            assert server.wait(30) == 130, delay  # a bound on a stop, not a timing
+        finally:
+            server.kill()
+            server.communicate()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "flood":  # the attackers, in a process of their own
         print(json.dumps(asyncio.run(_flood(int(sys.argv[2]), float(sys.argv[3])))))

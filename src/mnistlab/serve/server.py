@@ -297,24 +297,29 @@ def serve(models: str | list[str] = "default", *, host: str = "127.0.0.1", port:
     url = f"http://{shown}:{port}/"
     listed = ", ".join(f"{name} ({p.info.get('model') or '?'}, {p.info['backend']})"
                        for name, p in predictors.items())
-    print(f"mnistlab: serving model{'s' if len(predictors) > 1 else ''} {listed} at {url}  "
-          f"(API docs: {url}docs; {workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops)",
-          flush=True)
-    if collect is not None:
-        print(f"mnistlab: storing the page's corrections in {Path(collect) / 'train'}/<class>/",
-              flush=True)
+    plural = "s" if len(predictors) > 1 else ""
     common = uvicorn_options(log_level)
+    config = None
     if workers == 1:
         config = uvicorn.Config(app_module.create_app(predictors, top_k=top_k, collect=collect),
                                 **common)
-        freeze_loaded_objects()
+    else:
+        # several processes: each worker builds its own app (and model) from the variables
+        # below, and uvicorn binds the port again for them; the check above has already given
+        # any clear error
+        sock.close()
+        del predictors, first  # loaded for that check only: not held while the workers serve
+    # before the line that says it serves: a Ctrl-C seen inside this collection's callbacks
+    # would be lost, and the server would go on
+    freeze_loaded_objects()
+    print(f"mnistlab: serving model{plural} {listed} at {url}  (API docs: {url}docs; "
+          f"{workers} worker{'s' if workers > 1 else ''}; Ctrl-C stops)", flush=True)
+    if collect is not None:
+        print(f"mnistlab: storing the page's corrections in {Path(collect) / 'train'}/<class>/",
+              flush=True)
+    if config is not None:
         uvicorn.Server(config).run(sockets=[sock])
         return
-    # several processes: each worker builds its own app (and model) from these variables, and
-    # uvicorn binds the port again for them; the check above has already given any clear error
-    sock.close()
-    del predictors, first  # loaded for that check only: its memory is not held while the workers serve
-    freeze_loaded_objects()
     os.environ[app_module.ENV_MODEL] = json.dumps([os.fspath(t) for t in targets])
     os.environ[app_module.ENV_BACKEND] = backend
     os.environ[app_module.ENV_TOP_K] = str(top_k)
