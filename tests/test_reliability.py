@@ -55,7 +55,10 @@ def crash_recipe(tmp_path):
     return path
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, crash_recipe):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, crash_recipe, sig):
+    """SIGTERM (kill, timeout, a container stopping) ended the process at once, losing the
+    steps since the last checkpoint."""
     data = write_dataset(tmp_path / "data")
     run = tmp_path / "run"
     # the whole run takes a fraction of a second: each write is stretched to 0.1 s to aim at it
@@ -65,7 +68,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, crash_recipe):
     while not (run / STATE_FILE).exists():  # the first epoch's checkpoint
         assert train.poll() is None
         time.sleep(0.005)
-    train.send_signal(signal.SIGINT)
+    train.send_signal(sig)
     out, err = train.communicate(timeout=120)
     assert train.returncode == 130, err
     assert f"checkpoint saved. Continue with: mnistlab train --resume {run}" in out

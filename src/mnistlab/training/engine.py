@@ -673,7 +673,10 @@ def _wrapped(model: torch.nn.Module, world: distributed.World) -> torch.nn.Modul
 
 @contextlib.contextmanager
 def _stop_on_sigint(trainer: Trainer):
-    """Ctrl-C asks the trainer to stop after the current step and save; a second one aborts."""
+    """Ctrl-C asks the trainer to stop after the current step and save; a second one aborts.
+    SIGTERM (`kill`, `timeout`, a container stopping) does the same in a single process; under
+    torchrun it ends the process as before, as torchrun sends it when another process failed,
+    and agreeing on a step to stop at would wait for that one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -683,11 +686,13 @@ def _stop_on_sigint(trainer: Trainer):
             raise KeyboardInterrupt
         trainer.request_stop()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if trainer.world.size == 1 else [])
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old_handler in previous.items():
+            signal.signal(sig, old_handler)
 
 
 def train_summary(result: RunResult) -> str:
