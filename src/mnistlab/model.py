@@ -29,7 +29,7 @@ from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image, usable_image
 from mnistlab.inference.onnxio import check_threads
 from mnistlab.inference.predictor import BACKENDS, Predictor
 from mnistlab.inference.preprocess import pixel_bytes
-from mnistlab.inference.reading import Reading, read_image
+from mnistlab.inference.reading import DEFAULT_TOP_K, Reading, read_image
 from mnistlab.models import format_summary
 
 __all__ = ["Model", "load"]
@@ -102,9 +102,9 @@ class Model:
 
         `images` is one picture or a list of them: a file's path, a PIL image, or a numpy array
         or tensor of any size (H x W grey, H x W x 2 grey with alpha, H x W x 3 or 4 colour; a
-        3-D array without 1 to 4 channels, or a 4-D one, is a stack of pictures). Each is turned into MNIST's form (the
-        ink found, scaled into 20x20, centred by mass), so dark ink on white paper reads as
-        well as MNIST's own light-on-dark digits. A picture holding several separate digits is
+        3-D array without 1 to 4 channels, or a 4-D one, is a stack of pictures). Each is
+        turned into MNIST's form (the ink found, scaled into 20x20, centred by mass), so dark
+        ink on white paper reads as well as MNIST's own light-on-dark digits. A picture holding several separate digits is
         read as a number, left to right; `number=True` reads every picture so. `top_k`
         candidates are listed for each digit: by default 3, or the model's classes where fewer.
 
@@ -120,7 +120,7 @@ class Model:
         """
         count = len(self.class_names)
         if top_k is None:
-            top_k = min(3, count)
+            top_k = min(DEFAULT_TOP_K, count)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= count:
             raise MnistlabError(f"top_k must be from 1 to {count}, got {brief(top_k)}")
         return [read_image(self._predictor, picture, top_k=top_k, number=number)

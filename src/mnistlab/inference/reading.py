@@ -17,6 +17,8 @@ from PIL import Image
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import read_digits
 
+DEFAULT_TOP_K = 3  # candidates listed per digit, where a model reads that many classes
+
 
 @dataclass
 class DigitReading:
@@ -56,7 +58,7 @@ class Reading:
         return {"kind": "digit", **self.digits[0].to_dict()}
 
 
-def read_image(predictor: Predictor, image: Image.Image, *, top_k: int = 3,
+def read_image(predictor: Predictor, image: Image.Image, *, top_k: int = DEFAULT_TOP_K,
                number: bool = False) -> Reading:
     """Read a picture; `number=True` reads it as a number even when it holds one digit.
 

@@ -61,6 +61,7 @@ from mnistlab.inference.errors import BadPixelsError, ImageError, UnreadableImag
 from mnistlab.inference.images import FORMATS
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import MAX_IMAGE_BYTES, decode_image, from_pixels, read_digits
+from mnistlab.inference.reading import DEFAULT_TOP_K
 from mnistlab.serve.batcher import MODEL_TIMEOUT
 from mnistlab.serve.collect import EXTENSIONS, MAX_BYTES, MAX_FILES, Collector
 from mnistlab.serve.errors import (
@@ -526,7 +527,8 @@ async def lifespan(app: FastAPI):
     app.state.explainer.close()
 
 
-def create_app(predictors: Predictor | Mapping[str, Predictor], *, top_k: int = 3,
+def create_app(predictors: Predictor | Mapping[str, Predictor], *,
+               top_k: int = DEFAULT_TOP_K,
                model_timeout: float = MODEL_TIMEOUT,
                collect: str | os.PathLike | None = None) -> FastAPI:
     """The web page and the HTTP API over one loaded predictor, or several by name (the first

@@ -25,6 +25,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mnistlab.errors import MnistlabError
+from mnistlab.inference.reading import DEFAULT_TOP_K
 from mnistlab.serve.errors import error_response, error_shape
 
 # A request's line and headers, in bytes. Browsers send 1-2 KiB, but cookies are shared by
@@ -243,9 +244,6 @@ def check_processes(workers: int, threads: int) -> None:
         if not 1 <= value <= most:
             raise MnistlabError(f"{name} must be from 1 to {most} ({MOST_PER_CPU} per CPU of this "
                                 f"machine), got {value:,}")
-
-
-DEFAULT_TOP_K = 3  # candidates listed per digit, where the classes are that many
 
 
 def served_top_k(top_k: int | None, predictors: dict[str, Any]) -> int:
