@@ -5,8 +5,9 @@ import sys
 import pytest
 
 from mnistlab.checkpoint import MODEL_META_FILE
+from mnistlab.errors import MnistlabError
 from mnistlab.recipebook import load_recipe
-from mnistlab.reproduction import Outcome, _finished, markdown_table
+from mnistlab.reproduction import Outcome, _finished, markdown_table, reproduce
 from mnistlab.training.estimate import estimate
 
 
@@ -73,3 +74,20 @@ def test_a_run_record_of_another_shape_is_trained_again_not_a_traceback(tmp_path
     record.write_text(json.dumps({"complete": True, "device": "cpu",
                                   "metrics": {"test": {"accuracy": 0.99}, "train_seconds": 2.5}}))
     assert _finished(tmp_path) == (0.99, 2.5, "cpu")
+
+
+def test_a_shortened_run_is_never_read_back_as_another_schedule(tmp_path):
+    """A finished 5-step run was read back by a reproduction of the full schedule (or of 6
+    steps) into the same folder, and judged as that one."""
+    five = reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", steps=5, quiet=True)
+    six = reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", steps=6, quiet=True)
+    assert five[0].accuracies != six[0].accuracies  # trained anew, in a folder of its own
+    runs = tmp_path / "runs"
+    assert {p.name for p in runs.iterdir()} == {"softmax-regression-5-steps", "softmax-regression-6-steps"}
+    # a run left where another schedule's belongs (as earlier versions placed them) is refused
+    (runs / "softmax-regression-5-steps").rename(runs / "softmax-regression")
+    with pytest.raises(MnistlabError, match=r"seed-0 holds a run of another softmax-regression "
+                       r"recipe \(its \[train\] differs from today's\): reproduce into another --out"):
+        reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", quiet=True)
+    again = reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", steps=6, quiet=True)
+    assert again[0].accuracies == six[0].accuracies  # read back

@@ -3,7 +3,9 @@ compare with what the tutorial claims.
 
 Every (recipe, random seed) run goes into its own run folder under the output folder, and the tables
 are rewritten after each run, so a long reproduction can be interrupted and continued: a run
-that already finished is read back instead of trained again.
+that already finished is read back instead of trained again. A shortened schedule (--steps) has
+folders of its own, and a folder whose run was trained by another recipe is refused, so a run
+is never judged as another one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mnistlab.checkpoint import MODEL_META_FILE
+from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.fileio import atomic_write_text
-from mnistlab.recipebook import Recipe, load_recipe
+from mnistlab.recipebook import Recipe, RecipeError, load_recipe, recipe_from_dict
 from mnistlab.training.engine import Trainer
 from mnistlab.training.estimate import estimate
 from mnistlab.training.progress import Progress, format_duration
@@ -72,14 +75,17 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
               steps: int | None = None, quiet: bool = False) -> list[Outcome]:
     printer = Progress(1, quiet=quiet)
     recipes = [load_recipe(name).with_length(steps=steps) for name in names]
+    for recipe in recipes:  # before any training: each folder holds this recipe's run or none
+        for seed in range(seeds):
+            _check_same_recipe(_run_dir(out, recipe, seed, steps), recipe)
     if not quiet:
-        printer.line(_expected_time(recipes, seeds, out, device))
+        printer.line(_expected_time(recipes, seeds, out, device, steps))
     started = time.perf_counter()
     outcomes = []
     for recipe in recipes:
         outcome = None
         for seed in range(seeds):
-            run_dir = _run_dir(out, recipe, seed)
+            run_dir = _run_dir(out, recipe, seed, steps)
             accuracy, seconds, run_device = _finished(run_dir) or _train(recipe, run_dir, seed, device, quiet)
             if outcome is None:
                 outcome = Outcome(recipe.name, recipe.claim.tutorial if recipe.claim else "",
@@ -99,11 +105,11 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
     return outcomes
 
 
-def _expected_time(recipes: list[Recipe], seeds: int, out: Path, device: str) -> str:
+def _expected_time(recipes: list[Recipe], seeds: int, out: Path, device: str, steps: int | None) -> str:
     """How long the runs left to train should take, from a few steps of each timed here."""
     parts, total = [], 0.0
     for recipe in recipes:
-        left = sum(_finished(_run_dir(out, recipe, seed)) is None for seed in range(seeds))
+        left = sum(_finished(_run_dir(out, recipe, seed, steps)) is None for seed in range(seeds))
         if left:
             seconds = left * estimate(recipe, device).seconds
             total += seconds
@@ -119,8 +125,30 @@ def _roughly(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(1, round(seconds))} s"
 
 
-def _run_dir(out: Path, recipe: Recipe, seed: int) -> Path:
-    return out / "runs" / recipe.name / f"seed-{seed}"
+def _run_dir(out: Path, recipe: Recipe, seed: int, steps: int | None) -> Path:
+    """OUT/runs/RECIPE/seed-N at the recipe's schedule; OUT/runs/RECIPE-N-steps/seed-N for a
+    shortened one."""
+    name = recipe.name if steps is None else f"{recipe.name}-{steps}-steps"
+    return out / "runs" / name / f"seed-{seed}"
+
+
+def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse a run folder whose run (finished or not) another recipe trained: an older
+    mnistlab's version of this recipe, say. Reading it back would judge that run as this
+    one, and continuing it would train the other recipe."""
+    try:
+        recorded = json.loads((run_dir / MODEL_META_FILE).read_text())["recipe"]
+        theirs = recipe_from_dict(recorded, str(run_dir / MODEL_META_FILE)).to_dict()
+    except (OSError, ValueError, LookupError, TypeError, RecipeError):
+        return  # no run record, or none that can be read: the engine judges the folder
+    ours = recipe.to_dict()
+    differ = [f"[{key}]" if isinstance(ours[key], dict) else key
+              for key in ours if theirs.get(key) != ours[key]]
+    if differ:
+        raise MnistlabError(
+            f"{run_dir} holds a run of another {recipe.name} recipe (its {', '.join(differ)} "
+            f"{'differs' if len(differ) == 1 else 'differ'} from today's): reproduce into "
+            "another --out")
 
 
 def _finished(run_dir: Path) -> tuple[float, float, str] | None:
