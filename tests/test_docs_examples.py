@@ -3,16 +3,19 @@
 import doctest
 import importlib
 import io
+import re
 from pathlib import Path
 
 import nbclient
 import nbformat
 import pytest
+from PIL import Image
 
 import mnistlab
 
 PUBLIC = ["mnistlab", "mnistlab.api", "mnistlab.model", "mnistlab.datasets"]
-TOUR = Path(__file__).resolve().parent.parent / "examples" / "tour.ipynb"
+ROOT = Path(__file__).resolve().parent.parent
+TOUR = ROOT / "examples" / "tour.ipynb"
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -28,6 +31,21 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
         runner.run(test, out=report.write)
     assert tests and runner.tries > 0
     assert runner.failures == 0, report.getvalue()
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, with the two pictures it reads made first (a user's own)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## From Python.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    images, _ = mnistlab.datasets.load("mnist", split="test")
+    Image.fromarray(255 - images[0]).save("digit.png")  # dark ink on white, as a user draws
+    Image.fromarray(255 - images[1]).convert("RGB").save("photo.jpg")
+    names: dict = {}
+    exec(compile(block, "README.md", "exec"), names)
+    assert names["run"].test_accuracy > 0.98
+    assert [r.text for r in names["model"].predict(["digit.png", "photo.jpg"])] == ["7", "2"]
+    assert (tmp_path / "model.onnx").stat().st_size > 0
 
 
 def test_every_public_function_has_an_example():
