@@ -18,6 +18,7 @@ from mnistlab.recipebook.recipe import parse_recipe
 from mnistlab.report import tensorboard as tb
 from mnistlab.report.build import recipe_toml, write_report
 from mnistlab.report.compare import compare_runs, format_comparison
+from mnistlab.report.run import ReportError
 from mnistlab.training.engine import METRICS_FILE, Trainer
 from mnistlab.training.progress import Progress
 
@@ -380,3 +381,15 @@ def test_recorded_metrics_of_another_shape_are_left_out_not_a_traceback(tmp_path
     assert page.is_file() and "Validation accuracy" not in page.read_text()  # nor a number made up
     comparison = compare_runs([odd, runs[1]], tmp_path / "compared")
     assert comparison.page.is_file()
+
+
+def test_a_report_never_replaces_another_runs_report(runs):
+    """`report RUN --out OTHER_RUN` wrote over the other run's report.html and figures."""
+    page = runs[1] / "report.html"
+    before = page.read_bytes() if page.exists() else None
+    with pytest.raises(ReportError, match=r"is another run's folder, whose own report would be "
+                       r"replaced: write this one elsewhere with --out DIR"):
+        write_report(runs[0], out=runs[1], device="cpu")
+    assert (page.read_bytes() if page.exists() else None) == before
+    # its own folder, named another way, is still its own
+    assert write_report(runs[0], out=runs[0] / ".." / runs[0].name, device="cpu").page.is_file()

@@ -219,6 +219,9 @@ def _checked(record: Any, where: str) -> dict[str, Any]:
 def output_dir(run: Run, out: str | os.PathLike | None) -> Path:
     """Where a run's report goes: --out, else the run folder if it may be written into."""
     if out is not None:
+        if _another_run(Path(out), run.folder):
+            raise ReportError(f"{out} is another run's folder, whose own report would be "
+                              "replaced: write this one elsewhere with --out DIR")
         return Path(out)
     if run.is_shipped:
         raise ReportError(f"{run.name}: the shipped model lives inside the installed package, "
@@ -226,6 +229,16 @@ def output_dir(run: Run, out: str | os.PathLike | None) -> Path:
     if not os.access(run.folder, os.W_OK):
         raise ReportError(f"{run.folder} is read-only: write the report elsewhere with --out DIR")
     return run.folder
+
+
+def _another_run(folder: Path, run_folder: Path) -> bool:
+    """Whether `folder` holds a run of its own, other than the one at `run_folder`."""
+    if not any((folder / name).is_file() for name in (MODEL_FILE, METRICS_FILE)):
+        return False
+    try:
+        return not folder.samefile(run_folder)
+    except OSError:
+        return True
 
 
 def _number(value: Any) -> bool:
