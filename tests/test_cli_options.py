@@ -77,7 +77,7 @@ DEVICE_COMMANDS = {
     "reproduce": ["--steps", "1", "--out", "out"],
     "bench": ["--seeds", "1"],
     "evaluate": ["default"],
-    "ensemble": ["default", "default"],
+    "ensemble": ["default", "keras-cnn"],
     "report": ["default", "--out", "out"],
 }
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from mnistlab.checkpoint import MODEL_FILE, shipped_dir
 from mnistlab.committee import Committee, evaluate_ensemble
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import evaluate_checkpoint
@@ -71,3 +72,11 @@ def test_ensemble_errors_are_clear(tmp_path):
         evaluate_ensemble([], device="cpu")
     bad = mnistlab("ensemble", tmp_path / "missing")
     assert bad.returncode == 1 and bad.stderr.startswith("mnistlab: error:")
+
+
+def test_one_checkpoint_named_twice_is_refused_not_weighed_twice():
+    model_file = shipped_dir("keras-cnn") / MODEL_FILE
+    for twice in (["default", "default"], ["keras-cnn", model_file]):
+        with pytest.raises(MnistlabError, match=r"^\S+ and \S+ are the same checkpoint, which "
+                           r"would count twice in the average: give each model once$"):
+            evaluate_ensemble(twice, device="cpu")

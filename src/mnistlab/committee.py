@@ -66,6 +66,7 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
                       data_dir: str | None = None) -> EnsembleResult:
     if not targets:
         raise MnistlabError("an ensemble needs at least one checkpoint")
+    _refuse_repeats(targets)
     dev = resolve_device(device)
     models, datasets, classes = [], set(), set()
     for target in targets:
@@ -86,6 +87,17 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
                for t, m in zip(targets, models)]
     metrics = compute_metrics(Committee(models), data.images, data.labels)
     return EnsembleResult(split, dataset, members, metrics, data_dir)
+
+
+def _refuse_repeats(targets: list[str | Path]) -> None:
+    """One checkpoint named twice (a run folder and its model file, say) would weigh twice."""
+    seen: dict[Path, str | Path] = {}
+    for target in targets:
+        path = resolve_checkpoint(target).resolve()
+        if path in seen:
+            raise MnistlabError(f"{seen[path]} and {target} are the same checkpoint, which would "
+                                "count twice in the average: give each model once")
+        seen[path] = target
 
 
 def format_ensemble(result: EnsembleResult) -> str:
