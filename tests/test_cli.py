@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from mnistlab import bench as bench_module
+from mnistlab.cli import main
 from mnistlab.training.engine import Trainer
 
 
@@ -60,6 +61,22 @@ def test_verifying_every_dataset_skips_the_ones_not_downloaded(tmp_path, monkeyp
     assert [line[:4] for line in every.stdout.splitlines()].count("ok  ") == 4
     named = mnistlab("datasets", "verify", "kmnist")  # asked for by name, missing files fail
     assert named.returncode == 1 and named.stdout.count("FAIL") == 4
+
+
+def test_datasets_heeds_its_name_and_data_dir(tmp_path, capsys):
+    """`datasets list NAME` listed every dataset, and `datasets verify --data-dir DIR` without
+    a name verified the cache, not DIR, and said ok."""
+    assert main(["datasets", "list", "kmnist"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("kmnist ") and not any(line.startswith("mnist ") for line in listed)
+    assert main(["datasets", "list", "emnist"]) == 1
+    assert capsys.readouterr().err.startswith("mnistlab: error: unknown dataset 'emnist'; known: ")
+    for argv in (["verify"], ["list"], ["list", "mnist"], []):
+        assert main(["datasets", *argv, "--data-dir", str(tmp_path)]) == 1
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", "mnistlab: error: --data-dir checks a folder of IDX files against "
+                                  "a dataset's checksums: give the dataset's name (datasets verify "
+                                  "NAME --data-dir DIR)\n")
 
 
 def test_train_then_evaluate(tmp_path, small_mnist):

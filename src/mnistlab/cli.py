@@ -21,6 +21,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     if args.action == "verify" and args.name and is_image_folder(Path(args.name)):
         return _verify_image_folder(Path(args.name))
+    if args.data_dir is not None and not (args.action == "verify" and args.name):
+        raise MnistlabError("--data-dir checks a folder of IDX files against a dataset's "
+                            "checksums: give the dataset's name (datasets verify NAME --data-dir DIR)")
     if args.action == "verify":
         names = [args.name] if args.name else list(registry.DATASETS)
         failures = 0
@@ -34,7 +37,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                 failures += not check.ok
                 print(f"{mark} {name:<14} {check.file.filename:<28} {check.message}")
         return 1 if failures else 0
-    for name, spec in registry.DATASETS.items():
+    for name in [args.name] if args.name else registry.DATASETS:
+        spec = registry.get_spec(name)
         states = [s.state for s in registry.dataset_status(name)]
         overall = states[0] if len(set(states)) == 1 else "partial"
         print(f"{name:<14} {overall:<8} {spec.description}")
