@@ -15,6 +15,7 @@ from mnistlab.checkpoint import load_model
 from mnistlab.cli import main
 from mnistlab.data import imagefolder
 from mnistlab.data.imagefolder import load_image_folder
+from mnistlab.inference.export import format_report
 from mnistlab.inference.images import load_image
 from mnistlab.inference.predictor import Predictor
 from mnistlab.inference.preprocess import to_mnist
@@ -145,12 +146,21 @@ def test_letters_train_and_their_names_come_out_everywhere(tmp_path):
     assert model.predict_proba(np.zeros((1, 28, 28), np.uint8)).shape == (1, 3)
     [reading] = model.predict(root / "train" / "b" / "0003.png")
     assert reading.text in {"a", "b", "c"} and len(reading.digits[0].top) == 3
-    onnx = mnistlab.load(model.export(tmp_path / "letters.onnx").path)
+    exported = model.export(tmp_path / "letters.onnx")  # verified on its own letters
+    assert (exported.dataset, exported.agreement) == ("letters", 1.0)
+    assert exported.onnx_accuracy == exported.torch_accuracy == run.test_accuracy
+    onnx = mnistlab.load(exported.path)
     assert onnx.class_names == ["a", "b", "c"]
     evaluation = model.evaluate()  # on the folder it was trained on, as recorded
     assert len(evaluation.metrics.confusion) == 3 and evaluation.accuracy == run.test_accuracy
     report = write_report(run.run_dir, device="cpu")  # its figures name the three classes
     assert len(report.analysis.metrics.confusion) == 3
+    # the letters moved away: MNIST's digits still prove ONNX agrees, and give no accuracy
+    root.rename(tmp_path / "moved")
+    exported = model.export(tmp_path / "again.onnx")
+    assert (exported.dataset, exported.agreement, exported.onnx_accuracy) == ("mnist", 1.0, None)
+    assert format_report(exported).endswith("labels agree on 100.00% (not the images this model "
+                                            "was trained on, which are not at hand: no accuracy)")
 
 
 def test_a_model_of_two_classes_lists_two_candidates_by_default(tmp_path, capsys):

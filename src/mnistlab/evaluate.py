@@ -11,7 +11,7 @@ from torch import nn
 
 from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
 from mnistlab.data.imagefolder import is_image_folder
-from mnistlab.data.splits import load_split
+from mnistlab.data.splits import Split, load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.metrics import Measured, Metrics, compute_metrics
@@ -74,19 +74,7 @@ def evaluate_model(model: nn.Module, meta: dict[str, Any], path: Path, *, split:
     folder, say), on the device its weights are on. Any module that maps MNIST's float input
     to log-probabilities or logits will do."""
     dev = next(model.parameters(), torch.empty(0)).device
-    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    dataset = (recipe.get("data") or {}).get("dataset", "mnist")
-    folder, origin = data_folder(data_dir, meta)
-    if folder is not None and is_image_folder(Path(folder)):
-        dataset = Path(folder).name  # its classes are the folder's, not the recipe dataset's
-    try:
-        data = load_split(split, dataset, folder, dev, classes=class_names(meta))
-    except MnistlabError as e:
-        if origin != TRAINED_ON:
-            raise
-        # the user never named this folder: say where it came from, and how to name another
-        raise MnistlabError(f"{e} (the data folder {named or path} was trained on, as its checkpoint "
-                            "records: give another with --data-dir)") from None
+    data, dataset, folder, origin = own_split(meta, split, data_dir, dev, named or str(path))
     if dropout_at_test is None:
         dropout_at_test = bool(meta.get("dropout_at_test", False))
     metrics = compute_metrics(model, data.images, data.labels,
@@ -94,6 +82,25 @@ def evaluate_model(model: nn.Module, meta: dict[str, Any], path: Path, *, split:
                               dropout_at_test=dropout_at_test)
     meta = {**meta, "dropout_at_test": dropout_at_test}
     return Evaluation(path, split, dataset, metrics, meta, folder, origin)
+
+
+def own_split(meta: dict[str, Any], split: str, data_dir: str | None, device: torch.device,
+              named: str) -> tuple[Split, str, str | None, str]:
+    """A split of the data the checkpoint `named` (with metadata `meta`) was trained on, or of
+    `data_dir`: the split, its dataset's name, its folder and why that folder (data_folder)."""
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    dataset = (recipe.get("data") or {}).get("dataset", "mnist")
+    folder, origin = data_folder(data_dir, meta)
+    if folder is not None and is_image_folder(Path(folder)):
+        dataset = Path(folder).name  # its classes are the folder's, not the recipe dataset's
+    try:
+        return load_split(split, dataset, folder, device, classes=class_names(meta)), dataset, folder, origin
+    except MnistlabError as e:
+        if origin != TRAINED_ON:
+            raise
+        # the user never named this folder: say where it came from, and how to name another
+        raise MnistlabError(f"{e} (the data folder {named} was trained on, as its checkpoint "
+                            "records: give another with --data-dir)") from None
 
 
 def format_evaluation(ev: Evaluation) -> str:
