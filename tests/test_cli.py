@@ -178,9 +178,10 @@ def test_bench_times_a_recipe_against_the_plain_loop(tmp_path):
         assert figures[rate] > 0
 
 
-def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch):
+def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch, capsys):
     """The engine saves and returns on Ctrl-C; bench went on to the next seed, then failed on
-    the stopped run's missing test (AttributeError)."""
+    the stopped run's missing test (AttributeError). Its --verbose said to continue with
+    `train --resume` on a temporary folder that the bench then removed."""
     seeds = []
 
     class StoppedAtStep3(Trainer):  # the engine's own Ctrl-C path, taken at step 3
@@ -191,5 +192,6 @@ def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch):
 
     monkeypatch.setattr(bench_module, "Trainer", StoppedAtStep3)
     with pytest.raises(KeyboardInterrupt):
-        bench_module.bench("fast", seeds=3, device="cpu")
+        bench_module.bench("fast", seeds=3, device="cpu", quiet=False)
     assert seeds == [0]
+    assert capsys.readouterr().out.splitlines()[-1] == "stopped at step 3/237"

@@ -1,6 +1,8 @@
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,3 +93,26 @@ def test_a_shortened_run_is_never_read_back_as_another_schedule(tmp_path):
         reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", quiet=True)
     again = reproduce(["softmax-regression"], seeds=1, out=tmp_path, device="cpu", steps=6, quiet=True)
     assert again[0].accuracies == six[0].accuracies  # read back
+
+
+def test_ctrl_c_says_to_run_the_reproduction_again_not_train_resume(tmp_path):
+    """A stopped reproduction told the user to `train --resume` its run folder, which
+    finishes that run but never writes the reproduction's tables."""
+    out = tmp_path / "my out"
+    metrics = out / "runs" / "strided-cnn-3000-steps" / "seed-0" / "metrics.jsonl"
+    command = [sys.executable, "-m", "mnistlab", "reproduce", "strided-cnn", "--steps", "3000",
+               "--out", str(out), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and '"train"' in metrics.read_text()):  # training has begun
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert ("checkpoint saved. Continue with: mnistlab reproduce strided-cnn --seeds 1 --out "
+            f"'{out}' --steps 3000\n") in stdout
+    assert stderr == "mnistlab: interrupted\n"

@@ -68,7 +68,7 @@ def bench(name: str, *, seeds: int, device: str = "auto", baseline_steps: int = 
         for seed in range(seeds):
             trainer = Trainer(recipe, Path(tmp) / f"seed-{seed}", seed=seed, device=str(dev),
                               progress=Progress(1, quiet=quiet), cuda_graphs=cuda_graphs,
-                              compile=compile)
+                              compile=compile, continue_with="")  # its folder goes with it
             result = trainer.run()
             if result.interrupted:  # Ctrl-C: the bench stops, its temporary runs go with it
                 raise KeyboardInterrupt

@@ -11,6 +11,7 @@ is never judged as another one.
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,7 +87,8 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
         outcome = None
         for seed in range(seeds):
             run_dir = _run_dir(out, recipe, seed, steps)
-            accuracy, seconds, run_device = _finished(run_dir) or _train(recipe, run_dir, seed, device, quiet)
+            accuracy, seconds, run_device = (_finished(run_dir) or _train(
+                recipe, run_dir, seed, device, quiet, _continue_with(names, seeds, out, steps)))
             if outcome is None:
                 outcome = Outcome(recipe.name, recipe.claim.tutorial if recipe.claim else "",
                                   recipe.claim.accuracy if recipe.claim else None, run_device,
@@ -166,12 +168,20 @@ def _finished(run_dir: Path) -> tuple[float, float, str] | None:
     return (accuracy, seconds, device) if numbers and isinstance(device, str) else None
 
 
-def _train(recipe: Recipe, run_dir: Path, seed: int, device: str, quiet: bool) -> tuple[float, float, str]:
+def _continue_with(names: list[str], seeds: int, out: Path, steps: int | None) -> str:
+    """The command that continues this reproduction where it stops (the same one, run again)."""
+    words = ["mnistlab", "reproduce", *names, "--seeds", str(seeds), "--out", str(out)]
+    return shlex.join(words + (["--steps", str(steps)] if steps is not None else []))
+
+
+def _train(recipe: Recipe, run_dir: Path, seed: int, device: str, quiet: bool,
+           continue_with: str) -> tuple[float, float, str]:
     progress = Progress(1, quiet=quiet)
     if (run_dir / STATE_FILE).exists():  # an earlier reproduction stopped inside this run
-        trainer = Trainer.resuming(run_dir, device=device, progress=progress)
+        trainer = Trainer.resuming(run_dir, device=device, progress=progress, continue_with=continue_with)
     else:
-        trainer = Trainer(recipe, run_dir, seed=seed, device=device, progress=progress)
+        trainer = Trainer(recipe, run_dir, seed=seed, device=device, progress=progress,
+                          continue_with=continue_with)
     result = trainer.run()
     if result.interrupted:
         raise KeyboardInterrupt

@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -167,7 +168,8 @@ class Trainer:
                  on_step: Callable[[Trainer, int], None] | None = None,
                  on_log: Callable[[dict[str, Any]], None] | None = None,
                  cuda_graphs: bool = True, compile: bool = False, init: str | None = None,
-                 resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None):
+                 resume_from: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+                 continue_with: str | None = None):
         self.recipe = recipe
         self.init = init  # a checkpoint to start from (fine-tuning): start.py
         self.run_dir = Path(run_dir)
@@ -181,6 +183,10 @@ class Trainer:
         self.cuda_graphs = cuda_graphs  # on a GPU, replay each step from a CUDA graph
         self.compile = compile  # torch.compile the forward pass and loss
         self._resume_from = resume_from  # a run folder's training state: (tensors, metadata)
+        # the command a stopped run tells the user to continue it with: `train --resume` unless
+        # a caller that owns the run says otherwise ("" for none: a bench's runs are temporary)
+        self.continue_with = (f"mnistlab train --resume {shlex.quote(str(run_dir))}"
+                              if continue_with is None else continue_with)
         self._stop = threading.Event()
 
     @classmethod
@@ -447,8 +453,8 @@ class Trainer:
         if world.size > 1:
             self._check_replicas(loop)
         if loop.steps_done < loop.plan.total_steps:
-            loop.progress.line(f"stopped at step {loop.steps_done}/{loop.plan.total_steps}; "
-                               f"checkpoint saved. Continue with: mnistlab train --resume {self.run_dir}")
+            hint = f"; checkpoint saved. Continue with: {self.continue_with}" if self.continue_with else ""
+            loop.progress.line(f"stopped at step {loop.steps_done}/{loop.plan.total_steps}{hint}")
             return result
         if loop.steps_done == loop.start_step and loop.validation is not None:
             # a finished run tested again: its validation figures, computed again on the same
