@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from mnistlab import api
 from mnistlab import bench as bench_module
 from mnistlab.cli import main
 from mnistlab.training.engine import Trainer
@@ -77,6 +78,40 @@ def test_datasets_heeds_its_name_and_data_dir(tmp_path, capsys):
         assert (out, err) == ("", "mnistlab: error: --data-dir checks a folder of IDX files against "
                                   "a dataset's checksums: give the dataset's name (datasets verify "
                                   "NAME --data-dir DIR)\n")
+
+
+def test_train_seeds_stopped_then_run_again_continues_where_it_stopped(tmp_path, small_mnist,
+                                                                     monkeypatch, capsys):
+    """An interrupted `train --seeds N` could not be continued as a whole: running it again
+    refused the first seed's folder ("already holds a run")."""
+    def argv(out):
+        return ["train", "--recipe", "fast", "--steps", "8", "--seeds", "3", "--out", str(out),
+                "--device", "cpu", "--data-dir", str(small_mnist), "--no-report", "--quiet"]
+
+    class StopsSeed1AtStep3(Trainer):  # the engine's own Ctrl-C path; a resumed run goes on
+        def __init__(self, *args, **kwargs):
+            if kwargs["seed"] == 1 and kwargs.get("resume_from") is None:
+                kwargs["on_step"] = lambda trainer, done: done == 3 and trainer.request_stop()
+            super().__init__(*args, **kwargs)
+
+    stopped = tmp_path / "stopped"
+    monkeypatch.setattr(sys, "argv", ["mnistlab", *argv(stopped)])
+    with monkeypatch.context() as patch:
+        patch.setattr(api, "Trainer", StopsSeed1AtStep3)
+        assert main(argv(stopped)) == 130
+    printed = capsys.readouterr().out
+    assert printed.endswith(f"or all 3 seeds with the same command again: mnistlab "
+                            f"{' '.join(argv(stopped))}\n")
+    assert not (stopped / "seed-2").exists()
+    assert main(argv(stopped)) == 0  # seed 0 tested again, seed 1 continued, seed 2 trained
+    whole = tmp_path / "whole"
+    assert main(argv(whole)) == 0
+    accuracies = [line.split(";")[0] for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("3 seeds: test accuracy")]
+    assert len(accuracies) == 2 and accuracies[0] == accuracies[1]  # the same weights
+    assert main([*argv(stopped)[:4], "9", *argv(stopped)[5:]]) == 1  # 9 steps: another run
+    assert capsys.readouterr().err == (f"mnistlab: error: {stopped / 'seed-0'} holds a run of another "
+                                       "recipe or seed (its [train] differs): choose another --out\n")
 
 
 def test_train_then_evaluate(tmp_path, small_mnist):

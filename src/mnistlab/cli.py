@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -134,15 +135,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = out or new_run_dir(recipe.name)
     runs = []
     for seed in range(first, first + args.seeds):
-        runs.append(mnistlab.train(recipe, seed=seed, out=out / f"seed-{seed}", init=args.init,
-                                   data_dir=args.data_dir, **options))
+        runs.append(_seed_run(recipe, seed, out / f"seed-{seed}", args, options))
         if _finished(runs[-1:], args.quiet):
+            if runs[-1].result.is_main:
+                again = ["mnistlab", *sys.argv[1:]] + ([] if args.out else ["--out", str(out)])
+                print(f"or all {args.seeds} seeds with the same command again: {shlex.join(again)}")
             return 130
     if runs[0].result.is_main:
         print(_seeds_summary(runs))
         if not args.no_report:  # into OUT, the folder that holds the seed-K runs
             _compare(runs, out)
     return 0
+
+
+def _seed_run(recipe, seed: int, run_dir: Path, args: argparse.Namespace, options: dict) -> mnistlab.Run:
+    """One seed of `train --seeds`: trained, or, where the same command ran before and was
+    stopped, its run continued (a finished one is tested again)."""
+    from mnistlab.training.rundir import recorded_differences
+    from mnistlab.training.state import STATE_FILE
+
+    if not (run_dir / STATE_FILE).exists():
+        return mnistlab.train(recipe, seed=seed, out=run_dir, init=args.init,
+                              data_dir=args.data_dir, **options)
+    # fine-tuning records the model it started from in [model]
+    differ = recorded_differences(run_dir, recipe, seed, ignore=("model",) if args.init else ())
+    if differ:
+        raise MnistlabError(f"{run_dir} holds a run of another recipe or seed (its "
+                            f"{', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}): "
+                            "choose another --out")
+    return mnistlab.resume(run_dir, **options)
 
 
 def _finished(runs: list[mnistlab.Run], quiet: bool) -> int:

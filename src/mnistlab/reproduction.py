@@ -21,10 +21,11 @@ from mnistlab.checkpoint import MODEL_META_FILE
 from mnistlab.errors import MnistlabError
 from mnistlab.evaluate import evaluate_checkpoint
 from mnistlab.fileio import atomic_write_text
-from mnistlab.recipebook import Recipe, RecipeError, load_recipe, recipe_from_dict
+from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.estimate import estimate
 from mnistlab.training.progress import Progress, format_duration
+from mnistlab.training.rundir import recorded_differences
 from mnistlab.training.state import STATE_FILE
 
 TUTORIAL_RECIPES = (
@@ -138,14 +139,7 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Refuse a run folder whose run (finished or not) another recipe trained: an older
     mnistlab's version of this recipe, say. Reading it back would judge that run as this
     one, and continuing it would train the other recipe."""
-    try:
-        recorded = json.loads((run_dir / MODEL_META_FILE).read_text())["recipe"]
-        theirs = recipe_from_dict(recorded, str(run_dir / MODEL_META_FILE)).to_dict()
-    except (OSError, ValueError, LookupError, TypeError, RecipeError):
-        return  # no run record, or none that can be read: the engine judges the folder
-    ours = recipe.to_dict()
-    differ = [f"[{key}]" if isinstance(ours[key], dict) else key
-              for key in ours if theirs.get(key) != ours[key]]
+    differ = recorded_differences(run_dir, recipe)
     if differ:
         raise MnistlabError(
             f"{run_dir} holds a run of another {recipe.name} recipe (its {', '.join(differ)} "

@@ -5,6 +5,7 @@ checkpoint survived, how to continue) instead of lost work."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import stat
@@ -16,7 +17,7 @@ from mnistlab.checkpoint import MODEL_FILE, MODEL_META_FILE
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_bytes, remove_stale_temporaries
 from mnistlab.models import build_model
-from mnistlab.recipebook import Recipe
+from mnistlab.recipebook import Recipe, RecipeError, recipe_from_dict
 from mnistlab.training.state import STATE_FILE
 
 try:
@@ -188,3 +189,19 @@ def save_failed(error: MnistlabError, run_dir: Path, step: int, saved_step: int 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
+
+
+def recorded_differences(run_dir: Path, recipe: Recipe, seed: int | None = None,
+                         ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """How the run a folder records (finished or not) differs from `recipe` (and `seed`):
+    the recipe's sections that differ ("[train]", ...) and "seed"; None where no record can
+    be read (no run yet, or a damaged one: the engine then judges the folder)."""
+    try:
+        meta = json.loads((run_dir / MODEL_META_FILE).read_text())
+        theirs = recipe_from_dict(meta["recipe"], str(run_dir / MODEL_META_FILE)).to_dict()
+    except (OSError, ValueError, LookupError, TypeError, RecipeError):
+        return None
+    ours = recipe.to_dict()
+    differ = [f"[{key}]" if isinstance(ours[key], dict) else key
+              for key in ours if key not in ignore and theirs.get(key) != ours[key]]
+    return differ + (["seed"] if seed is not None and meta.get("seed") != seed else [])
