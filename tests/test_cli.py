@@ -95,7 +95,6 @@ def test_train_seeds_stopped_then_run_again_continues_where_it_stopped(tmp_path,
             super().__init__(*args, **kwargs)
 
     stopped = tmp_path / "stopped"
-    monkeypatch.setattr(sys, "argv", ["mnistlab", *argv(stopped)])
     with monkeypatch.context() as patch:
         patch.setattr(api, "Trainer", StopsSeed1AtStep3)
         assert main(argv(stopped)) == 130

@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         runs.append(_seed_run(recipe, seed, out / f"seed-{seed}", args, options))
         if _finished(runs[-1:], args.quiet):
             if runs[-1].result.is_main:
-                again = ["mnistlab", *sys.argv[1:]] + ([] if args.out else ["--out", str(out)])
+                again = ["mnistlab", *args.argv] + ([] if args.out else ["--out", str(out)])
                 print(f"or all {args.seeds} seeds with the same command again: {shlex.join(again)}")
             return 130
     if runs[0].result.is_main:
@@ -649,6 +649,7 @@ def _non_negative(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # to say how to run it again
     try:
         return args.func(args)
     except MnistlabError as e:
