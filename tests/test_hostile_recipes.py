@@ -4,6 +4,7 @@ problem is one `mnistlab: error:` line and exit status 1 (argparse's own usage l
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,17 @@ def test_recipe_files_are_bounded_by_what_is_read_and_special_files_by_type(work
     assert sorted(p.name for p in workdir.iterdir()) == ["big.toml", "fifo.toml", "latin.toml"]
 
 
-def test_a_recipe_nested_deeper_than_python_recurses_is_one_line(workdir, capsys):
+@pytest.fixture
+def default_recursion_limit():
+    """Python's own limit: another test's library (Hypothesis) may have raised it, and a
+    900-deep list then loads without recursing past it."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(before)
+
+
+def test_a_recipe_nested_deeper_than_python_recurses_is_one_line(workdir, capsys, default_recursion_limit):
     deep = workdir / "deep.toml"
     deep.write_text("x = " + "[" * 30_000 + "]" * 30_000 + "\n")  # within the file's bound
     deep_argument = workdir / "deep-argument.toml"
