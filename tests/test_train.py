@@ -131,6 +131,12 @@ def test_a_run_of_steps_counts_its_part_of_an_epoch(tmp_path, small_mnist, recip
             progress=Progress(1, live=False, out=said)).run()
     assert "epoch 1/1.5  step 22/33" in said.getvalue()
     assert "epoch 1.5/1.5  step 33/33" in said.getvalue()
+    # its log counts the epochs as it says them: the last validation at 1.5, not at 2, where
+    # `compare --x epoch` drew it, half an epoch past the training curve's end
+    records, _ = read_metrics(tmp_path / "run" / METRICS_FILE)
+    validations = [(r["step"], r["epoch"]) for r in records
+                   if r["event"] == "validation"]
+    assert validations == [(22, 1.0), (33, 1.5)]
 
 
 def test_weights_are_grouped_by_the_step_they_freeze_at():

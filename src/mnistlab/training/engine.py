@@ -491,7 +491,6 @@ class Trainer:
     def _end_epoch(self, loop: _Loop) -> Metrics | None:
         """Validate where there is a validation split, log it, and print the epoch's line."""
         plan, done, validation = loop.plan, loop.steps_done, loop.validation
-        epoch = math.ceil(done / plan.steps_per_epoch)
         text = (f"epoch {_epochs(done, plan)}/{_epochs(plan.total_steps, plan)}  "
                 f"step {done}/{plan.total_steps}")
         if loop.last_loss is not None:
@@ -500,7 +499,9 @@ class Trainer:
         if validation is not None:
             metrics = compute_metrics(loop.final(), validation.images, validation.labels,
                                       num_classes=self._classes)
-            self._log({"event": "validation", "step": done, "epoch": epoch,
+            # the epochs done, as a training record counts them: a run that ends partway
+            # through an epoch is validated there, not at the next whole epoch
+            self._log({"event": "validation", "step": done, "epoch": done / plan.steps_per_epoch,
                        "loss": metrics.loss, "accuracy": metrics.accuracy})
             text += f"  val_loss {metrics.loss:.4f}  val_acc {100 * metrics.accuracy:.2f}%"
         loop.progress.line(text)
