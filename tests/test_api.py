@@ -171,10 +171,42 @@ def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, 
              (lambda: mnistlab.train("quick", seed=-10**5000), "seed: expected a whole number "
               "from 0 to 4,294,967,295, got a negative whole number of 5,001 digits"),
              (lambda: model.predict(np.eye(28) * 255, top_k="3"), "top_k must be from 1 to 10, "
-              "got '3'")]
+              "got '3'"),
+             # an audit's finds: each was a hang, a traceback, or a silent wrong choice
+             (lambda: mnistlab.reproduce("softmax-regression", seeds=10**9, out=tmp_path / "r"),
+              "seeds: expected at most 1,000, got 1,000,000,000"),
+             (lambda: mnistlab.reproduce(["keras-cnn", "keras-cnn"], out=tmp_path / "r"),
+              "recipes: keras-cnn named twice: give each recipe once"),
+             (lambda: mnistlab.train("quick", out=tmp_path / "x", report="no"),
+              "report: expected True or False, got 'no'"),
+             (lambda: mnistlab.resume(tmp_path / "x", quiet=None),
+              "quiet: expected True or False, got None"),
+             (lambda: mnistlab.reproduce("keras-cnn", out=tmp_path / "r", report=0),
+              "report: expected True or False, got 0"),
+             (lambda: model.predict(np.eye(28) * 255, number="no"),
+              "number: expected True or False, got 'no'"),
+             (lambda: mnistlab.recipe("fast").with_length(steps=5.5),
+              "steps: expected a whole number of at least 1, got 5.5"),
+             (lambda: mnistlab.recipe("fast").with_length(epochs=True),
+              "epochs: expected a whole number of at least 1, got True"),
+             (lambda: mnistlab.recipe("fast", optimizer={1: 2, "x": 3}), "recipe.updated(...): "
+              "[optimizer]: unknown key '1'; expected one of: name, lr, momentum, nesterov, "
+              "weight_decay, betas, eps, rho"),
+             (lambda: mnistlab.recipe("fast", train={"freeze_after": {3: 0.5}}),
+              "recipe.updated(...): [train] freeze_after: fast-cnn has no part '3' with weights; "
+              "its parts: stem, blocks, hidden, fc")]
     for call, expected in calls:
         assert refusal(call) == expected
     assert list(tmp_path.iterdir()) == []  # each refused before anything was written
+
+
+def test_an_empty_data_dir_is_the_current_folder_not_the_recipes_dataset(tmp_path, model,
+                                                                         monkeypatch):
+    """Model.evaluate(data_dir="") measured MNIST's test set, where every other call reads
+    "" as the current folder."""
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: model.evaluate(data_dir=""), lambda: mnistlab.datasets.load(data_dir="")):
+        assert refusal(call).startswith(".: missing IDX files")
 
 
 def test_a_path_holding_a_nul_byte_is_one_line_naming_it(tmp_path, model):
@@ -378,3 +410,14 @@ def test_resuming_a_finished_run_tests_it_again_and_keeps_its_record(tmp_path):
     # the model file rewritten with the same figures, and one test in the log, not two
     assert json.loads(meta.read_text())["metrics"] == recorded
     assert [json.loads(line)["event"] for line in log.read_text().splitlines()].count("test") == 1
+
+
+def test_a_model_exports_after_the_working_folder_changes(tmp_path, monkeypatch):
+    """export read the checkpoint again by the relative path it was loaded from."""
+    monkeypatch.chdir(tmp_path)
+    mnistlab.train("softmax-regression", steps=3, device="cpu", quiet=True, report=False, out="run")
+    model = mnistlab.load("run", device="cpu")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    report = model.export("run.onnx")
+    assert report.path.resolve() == tmp_path / "elsewhere" / "run.onnx" and report.agreement == 1.0

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnistlab.committee import EnsembleResult, evaluate_ensemble
-from mnistlab.errors import MnistlabError, brief
+from mnistlab.errors import MnistlabError, brief, check_flag
 from mnistlab.fileio import optional_path_argument, path_argument
 from mnistlab.model import Model, load
 from mnistlab.recipebook import Recipe, load_recipe, recipe_names
-from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED
+from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED, MAX_SEED_COUNT
 from mnistlab.reproduction import TUTORIAL_RECIPES, Outcome, markdown_table
 from mnistlab.reproduction import reproduce as reproduce_recipes
 from mnistlab.training.engine import RunResult, Trainer, new_run_dir, train_summary
@@ -139,6 +139,7 @@ def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, "
                             f"got {brief(seed)}")
+    _flags(quiet=quiet, report=report, tensorboard=tensorboard, compile=compile)
     out = optional_path_argument("out", out, "a folder")
     data_dir = optional_path_argument("data_dir", data_dir, "a folder")
     init = optional_path_argument("init", init, "a run folder, a model file or 'default'")
@@ -160,6 +161,7 @@ def resume(run_dir: str | os.PathLike, *, device: str = "auto", quiet: bool = Fa
     >>> again.result.steps_done, again.test_accuracy == run.test_accuracy
     (100, True)
     """
+    _flags(quiet=quiet, report=report, tensorboard=tensorboard, compile=compile)
     folder = Path(path_argument("run_dir", run_dir, "a run folder"))
     trainer = Trainer.resuming(folder, device=device, progress=Progress(1, quiet=quiet),
                                compile=compile)
@@ -263,7 +265,13 @@ def reproduce(recipes: list[str] | str | None = None, *, seeds: int = 1,
     """
     chosen = [] if recipes is None else _paths("recipes", recipes, "a recipe's name or a TOML file")
     names = chosen or list(TUTORIAL_RECIPES)  # an empty list too
+    repeated = sorted({str(name) for name in names if names.count(name) > 1})
+    if repeated:
+        raise MnistlabError(f"recipes: {', '.join(repeated)} named twice: give each recipe once")
     seeds, steps = _count("seeds", seeds, optional=False), _count("steps", steps)
+    if seeds > MAX_SEED_COUNT:
+        raise MnistlabError(f"seeds: expected at most {MAX_SEED_COUNT:,}, got {brief(seeds)}")
+    _flags(quiet=quiet, report=report)
     out = optional_path_argument("out", out, "a folder")
     dest = Path(out) if out is not None else new_run_dir("reproduction", Path("."))
     outcomes = reproduce_recipes(names, seeds=seeds, out=dest, device=device, steps=steps,
@@ -281,6 +289,11 @@ def reproduce(recipes: list[str] | str | None = None, *, seeds: int = 1,
             if not quiet:
                 print(f"the runs compared: {comparison.page}")
     return Reproduction(outcomes, dest)
+
+
+def _flags(**flags: object) -> None:
+    for name, value in flags.items():
+        check_flag(name, value)
 
 
 def _count(name: str, value: int | None, *, optional: bool = True) -> int | None:

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import mnistlab
 from mnistlab.errors import MnistlabError, did_you_mean
-from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED
-
-# --seeds: a run a seed, each training a model; a thousand is more than any ensemble or timing
-MAX_SEED_COUNT = 1_000
+from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED, MAX_SEED_COUNT
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:

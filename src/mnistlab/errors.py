@@ -25,6 +25,13 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """`value` if it is True or False; anything else (a string "no" is true) is refused."""
+    if not isinstance(value, bool):
+        raise MnistlabError(f"{name}: expected True or False, got {brief(value)}")
+    return value
+
+
 def brief(value: Any) -> str:
     """`value` as a message shows what it got: a whole number with thousands separators (or,
     past MAX_SHOWN_DIGITS digits, its length), anything else as a repr cut short."""

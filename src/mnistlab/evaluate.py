@@ -46,7 +46,7 @@ TRAINED_ON = "the folder this model was trained on"
 def data_folder(data_dir: str | None, meta: dict[str, Any]) -> tuple[str | None, str]:
     """The folder of IDX files to measure a model on, and why: `--data-dir` when given, else
     the folder its checkpoint says it was trained on, else none (the recipe's dataset)."""
-    if data_dir:
+    if data_dir is not None:  # "" too: the current folder, as everywhere else
         return data_dir, "--data-dir"
     recorded = meta.get("data_dir")
     return (recorded, TRAINED_ON) if recorded else (None, "")

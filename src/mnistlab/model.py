@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mnistlab.checkpoint import load_model, resolve_checkpoint
+from mnistlab.checkpoint import load_model, resolve_checkpoint, shipped_dir
 from mnistlab.device import check_device_name, resolve_device
-from mnistlab.errors import MnistlabError, brief
+from mnistlab.errors import MnistlabError, brief, check_flag
 from mnistlab.evaluate import Evaluation, evaluate_model
 from mnistlab.fileio import optional_path_argument, path_argument
 from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
@@ -82,6 +82,8 @@ class Model:
     def __init__(self, target: str, predictor: Predictor, module: nn.Module | None = None,
                  meta: dict[str, Any] | None = None) -> None:
         self.target = target
+        # where export reads the checkpoint again: found from any working folder later
+        self._source = target if shipped_dir(target) is not None else os.path.abspath(target)
         self.module = module
         self._predictor = predictor
         self._meta = meta or {}
@@ -123,6 +125,7 @@ class Model:
             top_k = min(DEFAULT_TOP_K, count)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= count:
             raise MnistlabError(f"top_k must be from 1 to {count}, got {brief(top_k)}")
+        number = check_flag("number", number)
         return [read_image(self._predictor, picture, top_k=top_k, number=number)
                 for picture in _pictures(images)]
 
@@ -176,19 +179,20 @@ class Model:
         print(format_summary(self.module, f"{self.name} ({self.target})"))
 
     def export(self, path: str | os.PathLike | None = None) -> ExportReport:
-        """Write the model as an ONNX file and verify it against PyTorch on 1,000 MNIST test
-        images, as `mnistlab export` does; raises MnistlabError if the two disagree. The file
-        goes beside the checkpoint unless `path` names it.
+        """Write the model as an ONNX file and verify it against PyTorch on 1,000 test images
+        of the data it was trained on, as `mnistlab export` does; raises MnistlabError if the
+        two disagree. The file goes beside the checkpoint unless `path` names it (a shipped
+        model's, into the current folder: `mnistlab-default.onnx`).
         """
         path = optional_path_argument("path", path, "the .onnx file's path")
         if self.module is None:
             raise MnistlabError(f"{self.target}: is already an ONNX file")
-        report = export_onnx(self.target, path)
+        report = export_onnx(self._source, path)
         if not (report.max_abs_diff <= 1e-4 and report.agreement == 1.0):  # NaN fails too
             raise MnistlabError(
                 f"{report.path} does not compute what PyTorch does: largest probability "
                 f"difference {report.max_abs_diff:.2e}, labels agree on "
-                f"{100 * report.agreement:.2f}% of {report.images:,} MNIST test images")
+                f"{100 * report.agreement:.2f}% of {report.images:,} test images")
         return report
 
     def _predictor_meta(self) -> dict[str, Any]:

@@ -44,6 +44,8 @@ MAX_BATCH_SIZE = 65_536  # MNIST's training split has 60,000 images: a batch is 
 # Random seeds: torch.manual_seed takes 64 bits, and the batch plan seeds each epoch's generator
 # with seed * 1,000,003 + epoch, which 32-bit seeds keep well inside them.
 MAX_SEED = 2**32 - 1
+# --seeds: a run a seed, each training a model; a thousand is more than any ensemble or timing
+MAX_SEED_COUNT = 1_000
 DEFAULT_RECIPE = "quick"
 MAX_TEACHERS = 32  # models a run distils from: an ensemble's members  # what `mnistlab train` and `mnistlab.train()` train when not told
 # A recipe's name names its run folder (runs/NAME-TIME): one plain path component, never a path.
@@ -272,6 +274,9 @@ class Recipe:
         """The same recipe trained for another length (one of epochs or steps)."""
         if epochs is None and steps is None:
             return self
+        for name, value in (("epochs", epochs), ("steps", steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise RecipeError(f"{name}: expected a whole number of at least 1, got {brief(value)}")
         train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
         # the model is this recipe's, whose loading checked it
         return _checked(dataclasses.replace(self, train=train), "command line", check_model=False)
@@ -450,8 +455,9 @@ def _check_parts(recipe: Recipe, where: str) -> None:
     freeze_after = recipe.train.freeze_after
     for name in freeze_after:
         if name not in parts:
+            hint = did_you_mean(name, parts) if isinstance(name, str) else ""
             raise RecipeError(f"{where}: [train] freeze_after: {recipe.model.name} has no part "
-                              f"'{name}' with weights{did_you_mean(name, parts)}; its parts: "
+                              f"'{name}' with weights{hint}; its parts: "
                               f"{', '.join(parts)}")
     # with every part frozen before the end, the steps left have nothing to train, and
     # PyTorch's backward pass fails on a loss that no weight gets a gradient from
@@ -477,7 +483,7 @@ def _build(cls: type, table: Any, where: str, prefix: str) -> Any:
     unknown = set(table) - set(fields)
     if unknown:
         raise RecipeError(
-            f"{where}: {section}: unknown key '{sorted(unknown)[0]}'; expected one of: "
+            f"{where}: {section}: unknown key '{sorted(unknown, key=str)[0]}'; expected one of: "
             f"{', '.join(fields)}"
         )
     values = {}
