@@ -109,8 +109,32 @@ def test_train_seeds_stopped_then_run_again_continues_where_it_stopped(tmp_path,
                   if line.startswith("3 seeds: test accuracy")]
     assert len(accuracies) == 2 and accuracies[0] == accuracies[1]  # the same weights
     assert main([*argv(stopped)[:4], "9", *argv(stopped)[5:]]) == 1  # 9 steps: another run
-    assert capsys.readouterr().err == (f"mnistlab: error: {stopped / 'seed-0'} holds a run of another "
-                                       "recipe or seed (its [train] differs): choose another --out\n")
+    assert capsys.readouterr().err == (f"mnistlab: error: {stopped / 'seed-0'} holds another run "
+                                       "(its [train] differs): choose another --out\n")
+    for other in (["--data-dir", str(tmp_path)], ["--init", "default"]):  # other starts too
+        assert main([*argv(stopped), *other]) == 1
+    _, err = capsys.readouterr()
+    assert err.splitlines() == [f"mnistlab: error: {stopped / 'seed-0'} holds another run (its "
+                                f"{what} differs): choose another --out"
+                                for what in ("data folder", "starting checkpoint")]
+
+
+def test_train_seeds_odd_cases_are_one_line_or_a_summary(tmp_path, small_mnist, capsys):
+    """--seeds 1 ended in a traceback (a standard deviation of one number); --seeds into a
+    run's own folder nested runs inside it; --resume took --data-dir and ignored it."""
+    base = ["train", "--recipe", "fast", "--steps", "2", "--device", "cpu", "--data-dir",
+            str(small_mnist), "--no-report", "--quiet"]
+    assert main([*base, "--seeds", "1", "--out", str(tmp_path / "one")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("1 seed: test accuracy ")
+    run = tmp_path / "one" / "seed-0"
+    assert main([*base, "--seeds", "2", "--out", str(run)]) == 1
+    assert capsys.readouterr().err == (f"mnistlab: error: {run} is a run's own folder; --seeds "
+                                       "puts its runs in OUT/seed-K: choose another --out\n")
+    assert main(["train", "--resume", str(run), "--data-dir", str(small_mnist)]) == 1
+    assert capsys.readouterr().err == ("mnistlab: error: --resume continues a run as it was "
+                                       "recorded: give no --recipe, --epochs, --steps, --seed, "
+                                       "--seeds, --out, --init or --data-dir with it\n")
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == []  # nothing nested in it
 
 
 def test_train_then_evaluate(tmp_path, small_mnist):

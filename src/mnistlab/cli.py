@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -114,10 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                    tensorboard=args.tensorboard, compile=args.compile)
     if args.resume:
         if (args.recipe or args.epochs or args.steps or args.seed is not None or args.out
-                or args.seeds or args.init):
+                or args.seeds or args.init or args.data_dir is not None):
             raise MnistlabError("--resume continues a run as it was recorded: give no "
-                                "--recipe, --epochs, --steps, --seed, --seeds, --out or --init "
-                                "with it")
+                                "--recipe, --epochs, --steps, --seed, --seeds, --out, --init or "
+                                "--data-dir with it")
         return _finished([mnistlab.resume(args.resume, **options)], args.quiet)
     recipe = mnistlab.recipe(args.recipe or DEFAULT_RECIPE, epochs=args.epochs, steps=args.steps)
     out = Path(args.out) if args.out else None
@@ -130,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MnistlabError(f"--seed {first} --seeds {args.seeds} goes past the largest seed, "
                             f"{MAX_SEED:,}")
     out = out or new_run_dir(recipe.name)
+    _check_not_a_run(out)
     runs = []
     for seed in range(first, first + args.seeds):
         runs.append(_seed_run(recipe, seed, out / f"seed-{seed}", args, options))
@@ -145,19 +147,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_not_a_run(out: Path) -> None:
+    """`--seeds` puts its runs in OUT/seed-K: never inside another run's own folder."""
+    from mnistlab.checkpoint import MODEL_FILE
+    from mnistlab.training.engine import METRICS_FILE
+    from mnistlab.training.state import STATE_FILE
+
+    if any((out / name).is_file() for name in (MODEL_FILE, METRICS_FILE, STATE_FILE)):
+        raise MnistlabError(f"{out} is a run's own folder; --seeds puts its runs in "
+                            "OUT/seed-K: choose another --out")
+
+
 def _seed_run(recipe, seed: int, run_dir: Path, args: argparse.Namespace, options: dict) -> mnistlab.Run:
     """One seed of `train --seeds`: trained, or, where the same command ran before and was
     stopped, its run continued (a finished one is tested again)."""
+    from mnistlab.checkpoint import resolve_checkpoint
     from mnistlab.training.rundir import recorded_differences
     from mnistlab.training.state import STATE_FILE
 
     if not (run_dir / STATE_FILE).exists():
         return mnistlab.train(recipe, seed=seed, out=run_dir, init=args.init,
                               data_dir=args.data_dir, **options)
+    start = (os.path.abspath(args.data_dir) if args.data_dir is not None else None,
+             str(resolve_checkpoint(args.init)) if args.init is not None else None)  # as recorded
     # fine-tuning records the model it started from in [model]
-    differ = recorded_differences(run_dir, recipe, seed, ignore=("model",) if args.init else ())
+    differ = recorded_differences(run_dir, recipe, seed, ignore=("model",) if args.init else (),
+                                  start=start)
     if differ:
-        raise MnistlabError(f"{run_dir} holds a run of another recipe or seed (its "
+        raise MnistlabError(f"{run_dir} holds another run (its "
                             f"{', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}): "
                             "choose another --out")
     return mnistlab.resume(run_dir, **options)
@@ -186,6 +203,8 @@ def _seeds_summary(runs: list[mnistlab.Run]) -> str:
 
     accuracies = [100 * r.test_accuracy for r in runs]
     seconds = [r.train_seconds for r in runs]
+    if len(runs) == 1:
+        return f"1 seed: test accuracy {accuracies[0]:.2f}%; training time {seconds[0]:.1f} s"
     folders = " ".join(str(r.run_dir) for r in runs)
     return (f"{len(runs)} seeds: test accuracy mean {statistics.fmean(accuracies):.2f}% "
             f"(sd {statistics.stdev(accuracies):.2f}, min {min(accuracies):.2f}, "

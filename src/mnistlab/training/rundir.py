@@ -192,16 +192,26 @@ def _mb(n: int) -> str:
 
 
 def recorded_differences(run_dir: Path, recipe: Recipe, seed: int | None = None,
-                         ignore: tuple[str, ...] = ()) -> list[str] | None:
-    """How the run a folder records (finished or not) differs from `recipe` (and `seed`):
-    the recipe's sections that differ ("[train]", ...) and "seed"; None where no record can
-    be read (no run yet, or a damaged one: the engine then judges the folder)."""
+                         ignore: tuple[str, ...] = (),
+                         start: tuple[str | None, str | None] | None = None) -> list[str] | None:
+    """How the run a folder records (finished or not) differs from `recipe` (and `seed`, and
+    `start`: the data folder and the checkpoint it started from, absolute paths or None): the
+    recipe's sections that differ ("[train]", ...), "seed", "data folder" and "starting
+    checkpoint"; None where no record can be read (no run yet, or a damaged one: the engine
+    then judges the folder)."""
     try:
         meta = json.loads((run_dir / MODEL_META_FILE).read_text())
         theirs = recipe_from_dict(meta["recipe"], str(run_dir / MODEL_META_FILE)).to_dict()
-    except (OSError, ValueError, LookupError, TypeError, RecipeError):
+        init = meta.get("init") or {}
+        recorded_start = (meta.get("data_dir"), init.get("checkpoint"))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, RecipeError):
         return None
     ours = recipe.to_dict()
     differ = [f"[{key}]" if isinstance(ours[key], dict) else key
               for key in ours if key not in ignore and theirs.get(key) != ours[key]]
-    return differ + (["seed"] if seed is not None and meta.get("seed") != seed else [])
+    if seed is not None and meta.get("seed") != seed:
+        differ.append("seed")
+    if start is not None:
+        differ += [name for name, a, b in zip(("data folder", "starting checkpoint"), start,
+                                                recorded_start) if a != b]
+    return differ
