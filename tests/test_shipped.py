@@ -20,6 +20,7 @@ from mnistlab.checkpoint import (
 )
 from mnistlab.data.registry import load_arrays
 from mnistlab.inference.predictor import Predictor
+from mnistlab.recipebook import load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 # each tutorial model: its architecture, and the test accuracy its faithful recipe reached
@@ -50,6 +51,15 @@ def test_a_tutorial_model_by_name_is_its_recipe_s_model(name):
     assert np.mean(predicted == test.test_labels[:500]) >= at_least - 0.03
     onnx = Predictor.load(name, backend="onnx")  # exported in memory, as serve does
     assert onnx.info["model"] == architecture
+
+
+@pytest.mark.parametrize("name, recipe", [("default", "compact"), *((t, t) for t in TUTORIALS)])
+def test_each_shipped_model_records_the_recipe_that_ships_under_its_name(name, recipe):
+    """`default` recorded the recipe `best`, the name compact's settings had when it was
+    trained; report and compare said so, though `best` has since grown wider and longer."""
+    _, meta = load_model(name)
+    recorded = recipe_from_dict(meta["recipe"], name)
+    assert recorded == load_recipe(recipe) and meta["seed"] == 0
 
 
 def test_a_folder_of_a_shipped_model_s_name_wins(tmp_path, monkeypatch):
