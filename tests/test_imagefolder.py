@@ -153,6 +153,10 @@ def test_letters_train_and_their_names_come_out_everywhere(tmp_path):
     assert onnx.class_names == ["a", "b", "c"]
     evaluation = model.evaluate()  # on the folder it was trained on, as recorded
     assert len(evaluation.metrics.confusion) == 3 and evaluation.accuracy == run.test_accuracy
+    together = mnistlab.ensemble([run.run_dir], device="cpu")  # so too an ensemble (not MNIST)
+    assert (together.dataset, together.data_dir, together.accuracy) == ("letters", str(root),
+                                                                       run.test_accuracy)
+    assert f"on the images in {root} (the folder this model was trained on)" in str(together)
     report = write_report(run.run_dir, device="cpu")  # its figures name the three classes
     assert len(report.analysis.metrics.confusion) == 3
     # the letters moved away: MNIST's digits still prove ONNX agrees, and give no accuracy

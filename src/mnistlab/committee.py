@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
-from mnistlab.data.splits import load_split
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import data_line
+from mnistlab.evaluate import data_folder, data_line, own_split
 from mnistlab.metrics import Measured, Metrics, compute_metrics
 
 
@@ -39,7 +38,8 @@ class EnsembleResult(Measured):
     dataset: str
     members: list[tuple[Path, Metrics]]
     metrics: Metrics
-    data_dir: str | None = None  # the folder of IDX files given with --data-dir, if any
+    data_dir: str | None = None  # the folder measured on: --data-dir, or the one trained on
+    data_origin: str = "--data-dir"  # which of the two (evaluate.data_folder)
 
     def __repr__(self) -> str:
         mean = statistics.fmean(m.accuracy for _, m in self.members)
@@ -68,25 +68,31 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
         raise MnistlabError("an ensemble needs at least one checkpoint")
     _refuse_repeats(targets)
     dev = resolve_device(device)
-    models, datasets, classes = [], set(), set()
+    models, metas, datasets, classes = [], [], set(), set()
     for target in targets:
         model, meta = load_model(target, dev)
         recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
         datasets.add((recipe.get("data") or {}).get("dataset", "mnist"))
         classes.add(tuple(class_names(meta)))
         models.append(model.eval())  # channels last, as load_model gives it
+        metas.append(meta)
     if len(datasets) > 1:
         raise MnistlabError(f"these checkpoints were trained on different datasets "
                             f"({', '.join(sorted(datasets))}); an ensemble needs one")
     if len(classes) > 1:
         raise MnistlabError("these checkpoints tell different classes apart; an ensemble's "
                             "members share theirs")
-    dataset, names = datasets.pop(), list(classes.pop())
-    data = load_split(split, dataset, data_dir, dev, classes=names)
+    folders = {data_folder(data_dir, meta)[0] for meta in metas}
+    if len(folders) > 1:  # none given, and the members were trained on different folders
+        raise MnistlabError("these checkpoints were trained on different data folders "
+                            f"({', '.join(sorted(str(f) for f in folders))}): give the one to "
+                            "measure on with --data-dir")
+    # the data the members were trained on (as evaluate measures one), or --data-dir
+    data, dataset, folder, origin = own_split(metas[0], split, data_dir, dev, str(targets[0]))
     members = [(resolve_checkpoint(t), compute_metrics(m, data.images, data.labels))
                for t, m in zip(targets, models)]
     metrics = compute_metrics(Committee(models), data.images, data.labels)
-    return EnsembleResult(split, dataset, members, metrics, data_dir)
+    return EnsembleResult(split, dataset, members, metrics, folder, origin)
 
 
 def _refuse_repeats(targets: list[str | Path]) -> None:
@@ -105,7 +111,7 @@ def format_ensemble(result: EnsembleResult) -> str:
     lines = [f"{count} model{'s' if count != 1 else ''} on {result.dataset} {result.split} "
              f"({result.metrics.count:,} images)"]
     if result.data_dir:
-        lines.append(data_line(result.data_dir, "--data-dir"))
+        lines.append(data_line(result.data_dir, result.data_origin))
     for path, m in result.members:
         lines.append(f"  {100 * m.accuracy:6.2f}%  {path}")
     accuracies = [m.accuracy for _, m in result.members]
