@@ -122,10 +122,12 @@ def test_train_seeds_stopped_then_run_again_continues_where_it_stopped(tmp_path,
 def test_train_seeds_odd_cases_are_one_line_or_a_summary(tmp_path, small_mnist, capsys):
     """--seeds 1 ended in a traceback (a standard deviation of one number); --seeds into a
     run's own folder nested runs inside it; --resume took --data-dir and ignored it."""
-    base = ["train", "--recipe", "fast", "--steps", "2", "--device", "cpu", "--data-dir",
+    base = ["train", "--recipe", "fast", "--steps", "1", "--device", "cpu", "--data-dir",
             str(small_mnist), "--no-report", "--quiet"]
     assert main([*base, "--seeds", "1", "--out", str(tmp_path / "one")]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("1 seed: test accuracy ")
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[-1].startswith("1 seed: test accuracy ")
+    assert "\ntrained 1 step in " in printed  # not "1 steps"
     run = tmp_path / "one" / "seed-0"
     assert main([*base, "--seeds", "2", "--out", str(run)]) == 1
     assert capsys.readouterr().err == (f"mnistlab: error: {run} is a run's own folder; --seeds "
@@ -253,3 +255,12 @@ def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch, capsys):
         bench_module.bench("fast", seeds=3, device="cpu", quiet=False)
     assert seeds == [0]
     assert capsys.readouterr().out.splitlines()[-1] == "stopped at step 3/237"
+
+
+def test_loadtest_refuses_a_payload_it_would_not_send(tmp_path, capsys):
+    """--payload json beside --image was dropped: the image file went as it is."""
+    image = tmp_path / "seven.png"
+    image.write_bytes(b"\x89PNG")  # refused before it is read
+    assert main(["loadtest", "http://127.0.0.1:9", "--image", str(image), "--payload", "json"]) == 1
+    assert capsys.readouterr() == ("", "mnistlab: error: --payload says how the MNIST digit is "
+                                       "sent; --image sends its file as it is: give one of them\n")

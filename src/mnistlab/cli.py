@@ -331,10 +331,13 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     if args.json:
         check_writable(args.json)
+    if args.image and args.payload:
+        raise MnistlabError("--payload says how the MNIST digit is sent; --image sends its file "
+                            "as it is: give one of them")
     if args.image:
         body, kind, name = load_image_file(args.image), None, args.image
     else:
-        body, kind, name = payload(args.payload, args.digit)
+        body, kind, name = payload(args.payload or "png", args.digit)
     result = loadtest(args.url, seconds=args.seconds, concurrency=args.concurrency,
                       warmup=args.warmup, body=body, content_type=kind, payload_name=name)
     print(format_result(result))
@@ -485,7 +488,7 @@ def _loadtest_options(p: argparse.ArgumentParser) -> None:
     payload.add_argument("--image", metavar="FILE", help="send this image file")
     payload.add_argument("--digit", type=_non_negative, default=0, metavar="N",
                          help="send MNIST test image N (default 0)")
-    p.add_argument("--payload", choices=["png", "json"], default="png",
+    p.add_argument("--payload", choices=["png", "json"],
                    help="the MNIST digit as a PNG file (default) or as JSON pixels")
     _json_file_option(p)
 

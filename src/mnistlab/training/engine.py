@@ -713,7 +713,8 @@ def train_summary(result: RunResult) -> str:
     where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
     # the rate is this session's: none when a resumed run had nothing left to train
     rate = f", {result.images_per_s:,.0f} images/s" if result.images_per_s else ""
-    lines.append(f"trained {result.steps_done:,} steps in {format_duration(result.train_seconds)} "
+    steps = f"{result.steps_done:,} step{'s' * (result.steps_done != 1)}"
+    lines.append(f"trained {steps} in {format_duration(result.train_seconds)} "
                  f"({result.train_seconds:.1f} s{rate}) on {where}")
     apart = [f"{what} {seconds:.2f} s" for what, seconds in
              [("torch.compile", result.compile_seconds), ("CUDA graph capture", result.capture_seconds)]
