@@ -8,6 +8,7 @@ import pytest
 
 from mnistlab import api
 from mnistlab import bench as bench_module
+from mnistlab.checkpoint import MODEL_FILE, shipped_dir
 from mnistlab.cli import main
 from mnistlab.training.engine import Trainer
 
@@ -264,3 +265,18 @@ def test_loadtest_refuses_a_payload_it_would_not_send(tmp_path, capsys):
     assert main(["loadtest", "http://127.0.0.1:9", "--image", str(image), "--payload", "json"]) == 1
     assert capsys.readouterr() == ("", "mnistlab: error: --payload says how the MNIST digit is "
                                        "sent; --image sends its file as it is: give one of them\n")
+
+
+def test_a_split_the_model_trained_on_is_said_to_be_one(capsys):
+    """keras-cnn trains on train-full, which holds the validation images: its 99.74% on them
+    was printed as any other measure."""
+    note = ("note: {} trained on these images (its recipe's [train] split is train-full, which "
+            "holds the validation split): not a measure of unseen digits")
+    assert main(["evaluate", "keras-cnn", "--split", "validation", "--device", "cpu"]) == 0
+    assert note.format("this model") in capsys.readouterr().out.splitlines()
+    assert main(["ensemble", "keras-cnn", "default", "--split", "validation", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if line.startswith("note:")] == [
+        note.format(shipped_dir("keras-cnn") / MODEL_FILE)]  # the default trained on "train"
+    assert main(["evaluate", "keras-cnn", "--device", "cpu"]) == 0  # the test split: no note
+    assert "note:" not in capsys.readouterr().out

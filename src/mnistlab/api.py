@@ -226,9 +226,9 @@ def ensemble(models: list[str | os.PathLike | Run], *, split: str = "test", devi
     `mnistlab ensemble` from Python. Each member's accuracy is measured too. `models` is a
     list of run folders, checkpoints and `Run`s; one alone is taken as a list of one.
 
-    >>> result = mnistlab.ensemble(["default", "keras-cnn"], split="validation")
+    >>> result = mnistlab.ensemble(["default", "keras-cnn"])
     >>> result
-    Ensemble(2 models on validation: accuracy 99.82%, members' mean 99.72%)
+    Ensemble(2 models on test: accuracy 99.52%, members' mean 99.44%)
     """
     targets = _paths("models", models, "a run folder or a checkpoint")
     return evaluate_ensemble(targets, split=split, device=device,

@@ -8,7 +8,7 @@ exactly the committee's loss, and their argmax its vote.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from torch import nn
 from mnistlab.checkpoint import class_names, load_model, resolve_checkpoint
 from mnistlab.device import resolve_device
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import data_folder, data_line, own_split
+from mnistlab.evaluate import data_folder, data_line, own_split, trained_on_note
 from mnistlab.metrics import Measured, Metrics, compute_metrics
 
 
@@ -40,6 +40,7 @@ class EnsembleResult(Measured):
     metrics: Metrics
     data_dir: str | None = None  # the folder measured on: --data-dir, or the one trained on
     data_origin: str = "--data-dir"  # which of the two (evaluate.data_folder)
+    metas: list[dict[str, Any]] = field(default_factory=list, repr=False)  # the members' records
 
     def __repr__(self) -> str:
         mean = statistics.fmean(m.accuracy for _, m in self.members)
@@ -92,7 +93,7 @@ def evaluate_ensemble(targets: list[str | Path], *, split: str = "test", device:
     members = [(resolve_checkpoint(t), compute_metrics(m, data.images, data.labels))
                for t, m in zip(targets, models)]
     metrics = compute_metrics(Committee(models), data.images, data.labels)
-    return EnsembleResult(split, dataset, members, metrics, folder, origin)
+    return EnsembleResult(split, dataset, members, metrics, folder, origin, metas)
 
 
 def _refuse_repeats(targets: list[str | Path]) -> None:
@@ -112,6 +113,8 @@ def format_ensemble(result: EnsembleResult) -> str:
              f"({result.metrics.count:,} images)"]
     if result.data_dir:
         lines.append(data_line(result.data_dir, result.data_origin))
+    for (path, _), meta in zip(result.members, result.metas):
+        lines += trained_on_note(meta, result.split, str(path))
     for path, m in result.members:
         lines.append(f"  {100 * m.accuracy:6.2f}%  {path}")
     accuracies = [m.accuracy for _, m in result.members]

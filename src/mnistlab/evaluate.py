@@ -103,6 +103,17 @@ def own_split(meta: dict[str, Any], split: str, data_dir: str | None, device: to
                             "records: give another with --data-dir)") from None
 
 
+def trained_on_note(meta: dict[str, Any], split: str, who: str = "this model") -> list[str]:
+    """A line saying that `split` holds images the model trained on, where its recipe trained
+    on the whole training set: its validation images are then no held-out measure."""
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    trained = (recipe.get("train") or {}).get("split") if isinstance(recipe.get("train"), dict) else None
+    if trained == "train-full" and split in ("validation", "train"):
+        return [f"note: {who} trained on these images (its recipe's [train] split is "
+                f"train-full, which holds the {split} split): not a measure of unseen digits"]
+    return []
+
+
 def format_evaluation(ev: Evaluation) -> str:
     m = ev.metrics
     names = ev.meta.get("class_names") or [str(i) for i in range(len(m.confusion))]
@@ -115,6 +126,7 @@ def format_evaluation(ev: Evaluation) -> str:
     ]
     if ev.meta.get("dropout_at_test"):
         lines.append("dropout left on at test time, as the tutorial's printed code does")
+    lines += trained_on_note(ev.meta, ev.split)
     lines += ["", "per-class accuracy:"]
     width = max(len(str(n)) for n in names)
     for name, acc, row in zip(names, m.per_class_accuracy, m.confusion):
