@@ -16,7 +16,7 @@ from mnistlab.cli import main
 from mnistlab.recipebook import load_recipe
 from mnistlab.recipebook.recipe import parse_recipe
 from mnistlab.report import tensorboard as tb
-from mnistlab.report.build import recipe_toml, write_report
+from mnistlab.report.build import FIGURE_NAMES, recipe_toml, write_report
 from mnistlab.report.compare import compare_runs, format_comparison
 from mnistlab.report.run import ReportError
 from mnistlab.training.engine import METRICS_FILE, Trainer
@@ -393,3 +393,16 @@ def test_a_report_never_replaces_another_runs_report(runs):
     assert (page.read_bytes() if page.exists() else None) == before
     # its own folder, named another way, is still its own
     assert write_report(runs[0], out=runs[0] / ".." / runs[0].name, device="cpu").page.is_file()
+
+
+def test_a_report_drawn_again_leaves_no_figure_of_the_last_one(tmp_path, runs):
+    """The run's log deleted, the report said "4 PNG figures" and figures/ still held the last
+    report's curves.png, which the page no longer showed."""
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    first = write_report(run, device="cpu")
+    assert {p.name for p in first.figures} == set(FIGURE_NAMES)  # every figure, this time
+    (run / METRICS_FILE).unlink()
+    again = write_report(run, device="cpu")
+    assert sorted(p.name for p in (run / "figures").iterdir()) == sorted(p.name for p in again.figures)
+    assert "curves.png" not in {p.name for p in again.figures}

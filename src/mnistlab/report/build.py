@@ -6,6 +6,7 @@ files in `figures/`, into the run folder or, with `out`, into another folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -59,6 +60,9 @@ def write_report(target: str | os.PathLike, *, out: str | os.PathLike | None = N
     for name, png in pngs.items():
         atomic_write_bytes(dest / FIGURES / name, png)
         written.append(dest / FIGURES / name)
+    for name in set(FIGURE_NAMES) - pngs.keys():  # an earlier report's, not this one's
+        with contextlib.suppress(FileNotFoundError):
+            (dest / FIGURES / name).unlink()
     atomic_write_text(dest / PAGE, page)
     events = None
     if logger is not None and run.records:
@@ -104,6 +108,12 @@ def _analyse(run: Run, data_dir: str | None) -> Analysis | None:
     if folder:  # not the dataset the recipe names: say which files the figures come from
         run.notes.append(f"The model is measured {data_line(folder, origin)}.")
     return analysis
+
+
+# every figure a report may draw: one it does not draw this time is removed from figures/, so
+# that the folder holds what the page shows (a run's log deleted since, say)
+FIGURE_NAMES = ("curves.png", "confusion.png", "per-class-accuracy.png", "mistakes.png",
+                "first-layer.png")
 
 
 def _figures(run: Run, analysis: Analysis | None, filters: Filters | None) -> dict[str, bytes]:
