@@ -73,6 +73,10 @@ def test_datasets_heeds_its_name_and_data_dir(tmp_path, capsys):
     assert listed[0].startswith("kmnist ") and not any(line.startswith("mnist ") for line in listed)
     assert main(["datasets", "list", "emnist"]) == 1
     assert capsys.readouterr().err.startswith("mnistlab: error: unknown dataset 'emnist'; known: ")
+    for folder, why in ((tmp_path / "none", "does not exist"), (__file__, "is not a folder")):
+        assert main(["datasets", "verify", "mnist", "--data-dir", str(folder)]) == 1  # not 4 FAILs
+        assert capsys.readouterr() == ("", f"mnistlab: error: --data-dir {folder} {why}: give the "
+                                           "folder that holds mnist's IDX files\n")
     for argv in (["verify"], ["list"], ["list", "mnist"], []):
         assert main(["datasets", *argv, "--data-dir", str(tmp_path)]) == 1
         out, err = capsys.readouterr()

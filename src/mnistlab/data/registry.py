@@ -281,6 +281,10 @@ class FileCheck:
 def verify_dataset(name: str, data_dir: str | os.PathLike | None = None) -> list[FileCheck]:
     """Read, validate and checksum every available file of a dataset (missing ones fail)."""
     spec = get_spec(name)
+    if data_dir is not None and not Path(data_dir).is_dir():
+        why = "is not a folder" if os.path.lexists(data_dir) else "does not exist"
+        raise MnistlabError(f"--data-dir {data_dir} {why}: give the folder that holds "
+                            f"{name}'s IDX files")
     checks = []
     for file in spec.files:
         if data_dir is not None:
