@@ -529,7 +529,8 @@ def _model_options(p: argparse.ArgumentParser, many: bool = False) -> None:
                        help="candidates listed per digit, at most the model's classes (default 3)")
     else:
         p.add_argument("--top-k", type=_positive, choices=range(1, 11), metavar="K",
-                       help="candidates listed per digit, 1-10 (default 3)")
+                       help="candidates listed per digit, 1-10 (default 3); a number's "
+                            "digits list theirs in --json")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
