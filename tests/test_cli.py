@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +285,17 @@ def test_a_split_the_model_trained_on_is_said_to_be_one(capsys):
         note.format(shipped_dir("keras-cnn") / MODEL_FILE)]  # the default trained on "train"
     assert main(["evaluate", "keras-cnn", "--device", "cpu"]) == 0  # the test split: no note
     assert "note:" not in capsys.readouterr().out
+
+
+def test_summary_reads_a_recipe_file_by_any_name_as_train_does(tmp_path, capsys):
+    """A recipe file not named .toml (`myrecipe`, `my.TOML`) trained, but summary read it as a
+    checkpoint: "not a valid safetensors file"."""
+    recipe = (Path(__file__).parents[1] / "src" / "mnistlab" / "recipebook" / "fast.toml").read_text()
+    for name in ("myrecipe", "my.TOML"):
+        (tmp_path / name).write_text(recipe)
+        assert main(["summary", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().out.startswith('Model: "fast-cnn (recipe fast)"')
+    model_file = tmp_path / "no-suffix"  # a checkpoint by any name is still one
+    model_file.write_bytes((shipped_dir("keras-cnn") / MODEL_FILE).read_bytes())
+    assert main(["summary", str(model_file)]) == 0
+    assert capsys.readouterr().out.startswith(f'Model: "keras-cnn ({model_file})"')

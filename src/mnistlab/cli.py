@@ -77,7 +77,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     # default arguments), though a shipped model and a recipe are named so too
     if name in MODELS:  # the model with its default arguments
         model, title = build_model(name, init="pytorch"), name
-    elif name in recipe_names() or name.endswith(".toml"):  # the model a recipe trains
+    elif name in recipe_names() or _recipe_file(name):  # the model a recipe trains
         recipe = load_recipe(name)
         model = build_model(recipe.model.name, init="pytorch", **recipe.model.args)
         title = f"{recipe.model.name} (recipe {recipe.name})"
@@ -90,6 +90,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
                             f"{', '.join(MODELS)} (see also mnistlab recipes)")
     print(format_summary(model, title))
     return 0
+
+
+def _recipe_file(name: str) -> bool:
+    """A recipe's file, as `train --recipe` reads one: a .toml name, or a file of text by any
+    other name (a model file's header holds NUL bytes; a run is a folder)."""
+    if name.lower().endswith(".toml"):
+        return True
+    if name.lower().endswith((".safetensors", ".onnx")) or not Path(name).is_file():
+        return False
+    try:
+        with open(name, "rb") as f:
+            return b"\0" not in f.read(64)
+    except OSError:
+        return False  # the checkpoint reader says why
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
