@@ -413,11 +413,14 @@ def test_resuming_a_finished_run_tests_it_again_and_keeps_its_record(tmp_path):
 
 
 def test_a_model_exports_after_the_working_folder_changes(tmp_path, monkeypatch):
-    """export read the checkpoint again by the relative path it was loaded from."""
+    """export, and a Run's model, read the checkpoint again by the relative path it was
+    loaded from."""
     monkeypatch.chdir(tmp_path)
-    mnistlab.train("softmax-regression", steps=3, device="cpu", quiet=True, report=False, out="run")
+    run = mnistlab.train("softmax-regression", steps=3, device="cpu", quiet=True, report=False,
+                         out="run")
     model = mnistlab.load("run", device="cpu")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
+    assert run.model.path == tmp_path / "run" / "model.safetensors"  # run.model too
     report = model.export("run.onnx")
     assert report.path.resolve() == tmp_path / "elsewhere" / "run.onnx" and report.agreement == 1.0

@@ -68,6 +68,10 @@ class Run:
     result: RunResult
     report: Path | None = None
 
+    def __post_init__(self) -> None:
+        # where `model` loads from, found from any working folder later (a notebook's %cd)
+        self._folder = Path(os.path.abspath(self.result.run_dir))
+
     @property
     def run_dir(self) -> Path:
         return self.result.run_dir
@@ -95,7 +99,7 @@ class Run:
     @functools.cached_property
     def model(self) -> Model:
         """The model the run saved (its weight average where the recipe keeps one)."""
-        return load(self.run_dir, device=self.result.device)
+        return load(self._folder, device=self.result.device)
 
     def __repr__(self) -> str:
         done = ("stopped at step " f"{self.result.steps_done:,}" if self.interrupted
