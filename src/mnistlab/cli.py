@@ -176,7 +176,7 @@ def _seed_run(recipe, seed: int, run_dir: Path, args: argparse.Namespace, option
     """One seed of `train --seeds`: trained, or, where the same command ran before and was
     stopped, its run continued (a finished one is tested again)."""
     from mnistlab.checkpoint import resolve_checkpoint
-    from mnistlab.training.rundir import recorded_differences
+    from mnistlab.training.rundir import differences_text, recorded_differences
     from mnistlab.training.state import STATE_FILE
 
     if not (run_dir / STATE_FILE).exists():
@@ -188,8 +188,7 @@ def _seed_run(recipe, seed: int, run_dir: Path, args: argparse.Namespace, option
     differ = recorded_differences(run_dir, recipe, seed, ignore=("model",) if args.init else (),
                                   start=start)
     if differ:
-        raise MnistlabError(f"{run_dir} holds another run (its "
-                            f"{', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}): "
+        raise MnistlabError(f"{run_dir} holds another run ({differences_text(differ)}): "
                             "choose another --out")
     return mnistlab.resume(run_dir, **options)
 

@@ -107,7 +107,8 @@ def trained_on_note(meta: dict[str, Any], split: str, who: str = "this model") -
     """A line saying that `split` holds images the model trained on, where its recipe trained
     on the whole training set: its validation images are then no held-out measure."""
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    trained = (recipe.get("train") or {}).get("split") if isinstance(recipe.get("train"), dict) else None
+    train = recipe.get("train")
+    trained = train.get("split") if isinstance(train, dict) else None
     if trained == "train-full" and split in ("validation", "train"):
         return [f"note: {who} trained on these images (its recipe's [train] split is "
                 f"train-full, which holds the {split} split): not a measure of unseen digits"]

@@ -106,9 +106,10 @@ class Model:
         or tensor of any size (H x W grey, H x W x 2 grey with alpha, H x W x 3 or 4 colour; a
         3-D array without 1 to 4 channels, or a 4-D one, is a stack of pictures). Each is
         turned into MNIST's form (the ink found, scaled into 20x20, centred by mass), so dark
-        ink on white paper reads as well as MNIST's own light-on-dark digits. A picture holding several separate digits is
-        read as a number, left to right; `number=True` reads every picture so. `top_k`
-        candidates are listed for each digit: by default 3, or the model's classes where fewer.
+        ink on white paper reads as well as MNIST's own light-on-dark digits. A picture holding
+        several separate digits is read as a number, left to right; `number=True` reads every
+        picture so. `top_k` candidates are listed for each digit: by default 3, or the model's
+        classes where fewer.
 
         >>> import numpy as np
         >>> images, labels = mnistlab.datasets.load("mnist", split="test")

@@ -25,7 +25,7 @@ from mnistlab.recipebook import Recipe, load_recipe
 from mnistlab.training.engine import Trainer
 from mnistlab.training.estimate import estimate
 from mnistlab.training.progress import Progress, format_duration
-from mnistlab.training.rundir import recorded_differences
+from mnistlab.training.rundir import differences_text, recorded_differences
 from mnistlab.training.state import STATE_FILE
 
 TUTORIAL_RECIPES = (
@@ -83,13 +83,14 @@ def reproduce(names: list[str], *, seeds: int, out: Path, device: str = "auto",
     if not quiet:
         printer.line(_expected_time(recipes, seeds, out, device, steps))
     started = time.perf_counter()
+    continue_with = _continue_with(names, seeds, out, steps)
     outcomes = []
     for recipe in recipes:
         outcome = None
         for seed in range(seeds):
             run_dir = _run_dir(out, recipe, seed, steps)
             accuracy, seconds, run_device = (_finished(run_dir) or _train(
-                recipe, run_dir, seed, device, quiet, _continue_with(names, seeds, out, steps)))
+                recipe, run_dir, seed, device, quiet, continue_with))
             if outcome is None:
                 outcome = Outcome(recipe.name, recipe.claim.tutorial if recipe.claim else "",
                                   recipe.claim.accuracy if recipe.claim else None, run_device,
@@ -141,10 +142,8 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     one, and continuing it would train the other recipe."""
     differ = recorded_differences(run_dir, recipe)
     if differ:
-        raise MnistlabError(
-            f"{run_dir} holds a run of another {recipe.name} recipe (its {', '.join(differ)} "
-            f"{'differs' if len(differ) == 1 else 'differ'} from today's): reproduce into "
-            "another --out")
+        raise MnistlabError(f"{run_dir} holds a run of another {recipe.name} recipe "
+                            f"({differences_text(differ)} from today's): reproduce into another --out")
 
 
 def _finished(run_dir: Path) -> tuple[float, float, str] | None:

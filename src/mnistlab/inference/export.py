@@ -5,8 +5,8 @@ folder of the user's own, as its checkpoint records): the file is read back from
 the reader `predict` and `serve` use (so what is checked is what was written, and that it
 loads), and the report gives the largest difference in any probability and how often the two
 predicted labels agree. Where that data is not at hand (a folder since moved, a dataset not
-downloaded), MNIST's test images still prove the two agree, with no accuracy. The graph is checked as on every load before it is written, and a NaN anywhere
-fails the export.
+downloaded), MNIST's test images still prove the two agree, with no accuracy. The graph is
+checked as on every load before it is written, and a NaN anywhere fails the export.
 """
 
 from __future__ import annotations

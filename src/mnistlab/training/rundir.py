@@ -215,3 +215,8 @@ def recorded_differences(run_dir: Path, recipe: Recipe, seed: int | None = None,
         differ += [name for name, a, b in zip(("data folder", "starting checkpoint"), start,
                                                 recorded_start) if a != b]
     return differ
+
+
+def differences_text(differ: list[str]) -> str:
+    """`its [train] differs`, `its [train], seed differ`: recorded_differences said in words."""
+    return f"its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}"
