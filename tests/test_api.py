@@ -36,6 +36,17 @@ def test_the_verbs_stay_callable_whatever_was_imported_first():
         assert not isinstance(getattr(mnistlab, verb), type(mnistlab)), verb
 
 
+def test_recipes_are_keys_equal_ones_alike():
+    best, again = mnistlab.recipe("best"), mnistlab.recipe("best")  # lists and dicts inside
+    shorter = best.with_length(steps=5)
+    assert hash(best) == hash(again) and {best: 1}[again] == 1
+    assert len({best, again, shorter}) == 2
+    # equal numbers of two types are equal recipes, so they hash alike too
+    integral = best.updated(optimizer={"lr": 1}, augment={"translate": 2})
+    assert integral == best.updated(optimizer={"lr": 1.0}, augment={"translate": 2.0})
+    assert len({integral, best.updated(optimizer={"lr": 1.0}, augment={"translate": 2.0})}) == 1
+
+
 def test_a_recipe_changed_is_a_new_recipe_checked_like_a_file():
     fast = mnistlab.recipe("fast")
     mine = mnistlab.recipe("fast", epochs=2, optimizer={"lr": 0.01}, name="mine")
@@ -186,9 +197,14 @@ def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, 
              (lambda: model.predict(np.eye(28) * 255, number="no"),
               "number: expected True or False, got 'no'"),
              (lambda: mnistlab.recipe("fast").with_length(steps=5.5),
-              "steps: expected a whole number of at least 1, got 5.5"),
+              "steps: expected a whole number of at least 1, at most 10,000,000, got 5.5"),
              (lambda: mnistlab.recipe("fast").with_length(epochs=True),
-              "epochs: expected a whole number of at least 1, got True"),
+              "epochs: expected a whole number of at least 1, at most 10,000, got True"),
+             # a length out of range is the argument's error, not the command line's
+             (lambda: mnistlab.train("quick", steps=10**8, out=tmp_path / "x"),
+              "steps: expected a whole number of at least 1, at most 10,000,000, got 100,000,000"),
+             (lambda: mnistlab.reproduce("keras-cnn", steps=10**8, out=tmp_path / "r"),
+              "steps: expected a whole number of at least 1, at most 10,000,000, got 100,000,000"),
              (lambda: mnistlab.recipe("fast", optimizer={1: 2, "x": 3}), "recipe.updated(...): "
               "[optimizer]: unknown key '1'; expected one of: name, lr, momentum, nesterov, "
               "weight_decay, betas, eps, rho"),

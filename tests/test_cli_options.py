@@ -105,6 +105,12 @@ def test_a_wrong_device_is_one_line_and_writes_nothing(tmp_path, monkeypatch, ca
     (["serve", "--backend", "tf"], "argument --backend: invalid choice: 'tf'"),
     (["evaluate", "default", "--split", "dev"], "argument --split: invalid choice: 'dev'"),
     (["train", "--epochs", "1", "--steps", "1"], "argument --steps: not allowed with argument --epochs"),
+    (["train", "--steps", "10000001"],
+     "argument --steps: expected a whole number of at least 1, at most 10,000,000, got 10000001"),
+    (["train", "--epochs", "10001"],
+     "argument --epochs: expected a whole number of at least 1, at most 10,000, got 10001"),
+    (["reproduce", "--steps", "0"],
+     "argument --steps: expected a whole number of at least 1, at most 10,000,000, got 0"),
     (["evaluate"], "the following arguments are required: CHECKPOINT"),
 ])
 def test_a_bad_option_value_ends_in_one_error_line(capsys, args, message):

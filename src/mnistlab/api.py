@@ -56,7 +56,7 @@ def recipe(source: str | os.PathLike | Recipe = DEFAULT_RECIPE, /, *, epochs: in
     loaded = source if isinstance(source, Recipe) else load_recipe(_recipe_path(source))
     if sections:
         loaded = loaded.updated(**sections)
-    return loaded.with_length(epochs=_count("epochs", epochs), steps=_count("steps", steps))
+    return loaded.with_length(epochs=epochs, steps=steps)  # which checks them
 
 
 @dataclass
@@ -139,7 +139,7 @@ def train(recipe: str | os.PathLike | Recipe = DEFAULT_RECIPE, *, epochs: int | 
     Evaluation(validation: accuracy ...%, loss ..., 5,000 images)
     """
     chosen = recipe if isinstance(recipe, Recipe) else load_recipe(_recipe_path(recipe))
-    chosen = chosen.with_length(epochs=_count("epochs", epochs), steps=_count("steps", steps))
+    chosen = chosen.with_length(epochs=epochs, steps=steps)  # which checks them
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise MnistlabError(f"seed: expected a whole number from 0 to {MAX_SEED:,}, "
                             f"got {brief(seed)}")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import mnistlab
 from mnistlab.errors import MnistlabError, did_you_mean
-from mnistlab.recipebook.recipe import DEFAULT_RECIPE, MAX_SEED, MAX_SEED_COUNT
+from mnistlab.recipebook.recipe import (
+    DEFAULT_RECIPE,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_SEED_COUNT,
+    MAX_STEPS,
+    count_rule,
+)
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -378,8 +385,10 @@ def _summary_options(p: argparse.ArgumentParser) -> None:
 def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help=f"a shipped recipe name or a .toml file (default: {DEFAULT_RECIPE})")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=_positive, metavar="N", help="train for N epochs instead")
-    length.add_argument("--steps", type=_positive, metavar="N", help="train for N steps instead")
+    length.add_argument("--epochs", type=_at_most(MAX_EPOCHS), metavar="N",
+                        help="train for N epochs instead")
+    length.add_argument("--steps", type=_at_most(MAX_STEPS), metavar="N",
+                        help="train for N steps instead")
     p.add_argument("--seed", type=_seed, help=f"random seed, 0 to {MAX_SEED:,} (default 0)")
     p.add_argument("--seeds", type=_seed_count, metavar="N",
                    help="train N models, seeds SEED to SEED+N-1, into OUT/seed-K (ensemble members)")
@@ -405,7 +414,7 @@ def _reproduce_options(p: argparse.ArgumentParser) -> None:
     _device_option(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default ./reproduction-TIME); "
                                                 "an existing one is continued, finished runs are reused")
-    p.add_argument("--steps", type=_positive, metavar="N",
+    p.add_argument("--steps", type=_at_most(MAX_STEPS), metavar="N",
                    help="shorten every recipe to N steps (a smoke test: claims are not judged)")
     _quiet_option(p)
     _no_report_option(p)
@@ -664,6 +673,16 @@ def _seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"expected a seed from 0 to {MAX_SEED:,}, got {text}")
     return value
+
+
+def _at_most(most: int):
+    """An argument type: a whole number from 1 to `most`."""
+    def count(text: str) -> int:
+        value = _whole_number(text)
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{count_rule(most)}, got {text}")
+        return value
+    return count
 
 
 def _seed_count(text: str) -> int:

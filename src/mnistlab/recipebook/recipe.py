@@ -270,16 +270,22 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def __hash__(self) -> int:
+        # equal recipes hash alike (a key in a dict or a set); the generated hash would fail on
+        # the sections' lists and dicts
+        return hash(_hashable(self.to_dict()))
+
     def with_length(self, *, epochs: int | None = None, steps: int | None = None) -> Recipe:
         """The same recipe trained for another length (one of epochs or steps)."""
         if epochs is None and steps is None:
             return self
-        for name, value in (("epochs", epochs), ("steps", steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise RecipeError(f"{name}: expected a whole number of at least 1, got {brief(value)}")
+        for name, value, most in (("epochs", epochs, MAX_EPOCHS), ("steps", steps, MAX_STEPS)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= most):
+                raise RecipeError(f"{name}: {count_rule(most)}, got {brief(value)}")
         train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
-        # the model is this recipe's, whose loading checked it
-        return _checked(dataclasses.replace(self, train=train), "command line", check_model=False)
+        # the model is this recipe's, whose loading checked it; the length is checked above
+        return _checked(dataclasses.replace(self, train=train), self.name, check_model=False)
 
     def updated(self, **sections: Any) -> Recipe:
         """A new recipe with some keys of its sections replaced, checked as a recipe file is:
@@ -536,10 +542,23 @@ def _convert(value: Any, hint: Any, where: str, key: str) -> Any:
 _NAMES = {str: "a string", bool: "true or false"}
 
 
+def _hashable(value: Any) -> Any:
+    """`value` with its dicts and lists made tuples, which hash as equal values do (1 as 1.0)."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _hashable(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(item) for item in value)
+    return value
+
+
+def count_rule(most: int) -> str:
+    """What a count from 1 to `most` is expected to be, in an error message."""
+    return f"expected a whole number of at least 1, at most {most:,}"
+
+
 def _check_count(key: str, value: int | None, most: int) -> None:
     if value is not None and not 1 <= value <= most:
-        raise ValueError(f"{key}: expected a whole number of at least 1, at most {most:,}, "
-                         f"got {brief(value)}")
+        raise ValueError(f"{key}: {count_rule(most)}, got {brief(value)}")
 
 
 def _check_length(key: str, text: str, most: int) -> None:
