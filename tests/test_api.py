@@ -140,6 +140,16 @@ def refusal(call, *args, **kwargs) -> str:
     return line
 
 
+def test_onnx_runtime_refuses_other_devices_a_misspelt_one_as_such(tmp_path, model):
+    """They blamed the backend for a misspelt name, and for a checkpoint the machine's GPUs."""
+    onnx_file = model.export(tmp_path / "m.onnx").path
+    for target in ("default", onnx_file):
+        assert refusal(mnistlab.load, target, backend="onnx", device="gpu") == (
+            "--device gpu: expected auto, cpu, cuda, mps, xpu, hpu or mtia")
+        assert refusal(mnistlab.load, target, backend="onnx", device="mps") == (
+            "--device mps: the onnx backend runs on the CPU only: use --device cpu")
+
+
 def test_arguments_of_the_wrong_type_are_one_line_naming_the_argument(tmp_path, model):
     """Not os.fspath's TypeError nor an AttributeError from deep inside: the argument's name,
     what it takes, and what it got."""
@@ -361,8 +371,13 @@ def test_predict_reads_tensors_numpy_has_no_type_for(model, test_split):
     [alone] = model.predict(torch.eye(40) * 255)
     assert [(r.text, r.confidence) for r in (first, second)] == [(plain.text, plain.confidence),
                                                                  (alone.text, alone.confidence)]
-    with pytest.raises(mnistlab.ImageError, match="uint8 images of shape \\(N, 28, 28\\)"):
+    with pytest.raises(mnistlab.ImageError, match="pictures differ in size"):
         model.predict_proba(ragged)
+    # one of a size is a batch: it was refused as pictures that "differ in size"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        batch = torch.nested.nested_tensor([seven, torch.from_numpy(images[1])])
+    assert np.array_equal(model.predict_proba(batch), model.predict_proba(images[:2]))
 
 
 def test_predict_proba_takes_mnist_form_only(model, test_split):

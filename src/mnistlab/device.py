@@ -24,16 +24,10 @@ ACCELERATORS = ("cuda", "mps", "xpu", "hpu", "mtia")
 def resolve_device(name: str = "auto") -> torch.device:
     """The device `name` names, checked here, where it comes in: PyTorch would take a name
     such as `cuda:7` on a machine with one GPU, and fail only when it is first used."""
-    check_device_name(name)
+    check_device_spelling(name)
     if name in ("auto", "cpu"):
         return torch.device(_auto() if name == "auto" else "cpu")
-    kind = name.partition(":")[0]
-    if kind not in ACCELERATORS and kind != accelerator():
-        raise MnistlabError(f"--device {name[:40]}: expected auto, cpu, "
-                            f"{', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}")
-    match = DEVICE_NAME.fullmatch(name)
-    if not match:
-        raise MnistlabError(f"--device {name[:40]}: {_kind_rule(kind)}")
+    kind, match = name.partition(":")[0], DEVICE_NAME.fullmatch(name)
     count = device_count(kind)
     if count == 0:
         raise MnistlabError(f"--device {name}: no {_label(kind)} is available here "
@@ -43,6 +37,20 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MnistlabError(f"--device {name}: this machine has {count} {_label(kind)}"
                             f"{'s' * (count != 1)}, {last}")
     return torch.device(name)
+
+
+def check_device_spelling(name: object) -> None:
+    """Refuse what names no device at all (`gpu`, `cuda:x`), whether or not this machine has
+    the one named."""
+    check_device_name(name)
+    if name in ("auto", "cpu"):
+        return
+    kind = name.partition(":")[0]
+    if kind not in ACCELERATORS and kind != accelerator():
+        raise MnistlabError(f"--device {name[:40]}: expected auto, cpu, "
+                            f"{', '.join(ACCELERATORS[:-1])} or {ACCELERATORS[-1]}")
+    if not DEVICE_NAME.fullmatch(name):
+        raise MnistlabError(f"--device {name[:40]}: {_kind_rule(kind)}")
 
 
 def check_device_name(name: object) -> None:

@@ -27,7 +27,7 @@ from mnistlab.inference.errors import BadPixelsError, UnsupportedImageError
 from mnistlab.inference.export import ExportReport, export_onnx
 from mnistlab.inference.images import MAX_IMAGE_PIXELS, load_image, usable_image
 from mnistlab.inference.onnxio import check_threads
-from mnistlab.inference.predictor import BACKENDS, Predictor
+from mnistlab.inference.predictor import BACKENDS, Predictor, check_onnx_device
 from mnistlab.inference.preprocess import pixel_bytes
 from mnistlab.inference.reading import DEFAULT_TOP_K, Reading, read_image
 from mnistlab.models import format_summary
@@ -60,6 +60,8 @@ def load(target: str | os.PathLike = "default", *, backend: str | None = None,
         raise MnistlabError(f"unknown backend {backend!r}: expected {' or '.join(BACKENDS)}")
     if backend == "onnx" and device == "auto":
         device = "cpu"  # the only device mnistlab runs ONNX Runtime on
+    if backend == "onnx" and not target.lower().endswith(".onnx"):
+        check_onnx_device(device)  # as for an .onnx file, before the checkpoint loads
     if backend == "onnx" and target.lower().endswith(".onnx"):
         return Model(target, Predictor.load(target, backend="onnx", device=device,
                                             threads=threads))
@@ -258,9 +260,12 @@ def _tensor_array(tensor: torch.Tensor) -> np.ndarray:
         raise BadPixelsError(f"a tensor on the meta device has no pixel values "
                              f"(shape {tuple(tensor.shape)})")
     if tensor.is_nested:  # predict_proba's batch, which must be one size
-        raise BadPixelsError("a nested tensor's pictures differ in size: predict_proba takes "
-                             "uint8 images of shape (N, 28, 28); use predict for pictures of "
-                             "any size")
+        pictures = tensor.unbind()
+        if len({picture.shape for picture in pictures}) > 1:
+            raise BadPixelsError("a nested tensor's pictures differ in size: predict_proba "
+                                 "takes uint8 images of shape (N, 28, 28); use predict for "
+                                 "pictures of any size")
+        tensor = torch.stack(pictures) if pictures else torch.empty(0, dtype=tensor.dtype)
     if tensor.is_quantized:
         tensor = tensor.dequantize()
     if tensor.layout != torch.strided:

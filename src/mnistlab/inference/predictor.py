@@ -30,7 +30,7 @@ from mnistlab.checkpoint import (
 )
 from mnistlab.cpu_memory import keep_freed_memory
 from mnistlab.data.splits import as_input
-from mnistlab.device import resolve_device
+from mnistlab.device import check_device_spelling, resolve_device
 from mnistlab.errors import MnistlabError
 from mnistlab.inference import onnxio
 from mnistlab.inference.errors import InferenceError, InferenceInterrupted
@@ -41,6 +41,14 @@ BATCH_SIZE = 256  # what evaluation found fastest on the CPU (docs/BENCHMARKS.md
 # the check on load of an ONNX graph (a few images, milliseconds for ours) stops after this:
 # a graph can hold a Loop of days, and a model this slow could not serve anyway
 CHECK_SECONDS = 5.0
+
+
+def check_onnx_device(device: object) -> None:
+    """ONNX Runtime runs here on the CPU: refuse any other device, a misspelt name as such."""
+    check_device_spelling(device)
+    if device != "cpu":
+        raise MnistlabError(f"--device {device}: the onnx backend runs on the CPU only: use "
+                            "--device cpu")
 
 
 class Predictor:
@@ -87,8 +95,7 @@ class Predictor:
             raise MnistlabError(f"unknown backend {backend!r}: expected {' or '.join(BACKENDS)}")
         target = str(target)
         if backend == "onnx":
-            if device != "cpu":
-                raise MnistlabError("the onnx backend runs on the CPU only: use --device cpu")
+            check_onnx_device(device)
             if target.lower().endswith(".onnx"):
                 return cls._from_onnx_file(Path(target), threads)
         elif target.lower().endswith(".onnx"):
