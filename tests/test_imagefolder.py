@@ -191,6 +191,27 @@ def test_a_model_of_two_classes_lists_two_candidates_by_default(tmp_path, capsys
         served_top_k(3, served)
 
 
+def test_a_number_of_word_classes_is_read_word_by_word(tmp_path, capsys):
+    """Names longer than a character were joined into one word: "zeroone"."""
+    root = write_folder(tmp_path / "words", ["zero", "one"], 20)
+    recipe = mnistlab.recipe("fast", steps=3, train={"batch_size": 16})
+    model = mnistlab.train(recipe, device="cpu", out=tmp_path / "run", data_dir=root,
+                           quiet=True, report=False).model
+    pages = [np.asarray(Image.open(root / "train" / name / "0001.png")) for name in ("zero", "one")]
+    [reading] = model.predict(np.hstack(pages))
+    first, second = (d.digit for d in reading.digits)
+    assert reading.is_number and reading.text == f"{first} {second}"
+    assert main(["predict", str(root / "train" / "one" / "0002.png"), "--model",
+                 str(tmp_path / "run"), "--number", "--json"]) == 0
+    [answer] = json.loads(capsys.readouterr().out)["images"]
+    assert answer["number"] == answer["digits"][0]["digit"]  # one name: nothing to join
+    letters = write_folder(tmp_path / "letters", ["a", "b"], 20)  # one character each: joined
+    model = mnistlab.train(recipe, device="cpu", out=tmp_path / "ab", data_dir=letters,
+                           quiet=True, report=False).model
+    [reading] = model.predict(np.hstack(pages))
+    assert reading.text == "".join(d.digit for d in reading.digits) and len(reading.text) == 2
+
+
 def test_init_keeps_every_weight_but_a_classifier_for_other_classes(tmp_path):
     recipe = mnistlab.recipe("finetune")
     default, _ = load_model("default")

@@ -36,11 +36,14 @@ class Reading:
     digits: list[DigitReading]
     is_number: bool
     images: np.ndarray = field(repr=False)  # (N, 28, 28) uint8: what the model saw
+    # between a number's names: none where every class is one character (digits, letters),
+    # a space where a class is a word ("seven one", not "sevenone")
+    separator: str = field(default="", repr=False)
 
     @property
     def text(self) -> str:
         """The digit, or the number's digits left to right."""
-        return "".join(d.digit for d in self.digits)
+        return self.separator.join(d.digit for d in self.digits)
 
     @property
     def confidence(self) -> float:
@@ -74,7 +77,8 @@ def read_image(predictor: Predictor, image: Image.Image, *, top_k: int = DEFAULT
         order = np.argsort(-p, kind="stable")[:max(1, top_k)]
         digits.append(DigitReading(names[order[0]], float(p[order[0]]),
                                    [(names[i], float(p[i])) for i in order]))
-    return Reading(digits, is_number, images)
+    separator = "" if all(len(name) == 1 for name in names) else " "
+    return Reading(digits, is_number, images, separator)
 
 
 def format_reading(name: str, reading: Reading) -> str:
