@@ -1,6 +1,8 @@
 """The engine on real MNIST data (a small slice of it where whole epochs are needed)."""
 
 import io
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -14,7 +16,7 @@ from mnistlab.models import build_model
 from mnistlab.recipebook import load_recipe
 from mnistlab.report.run import read_metrics
 from mnistlab.training.batches import BatchPlan
-from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged, _epochs
+from mnistlab.training.engine import METRICS_FILE, Trainer, TrainingDiverged, _epochs, train_summary
 from mnistlab.training.freeze import Freezer
 from mnistlab.training.progress import Progress
 from mnistlab.training.state import STATE_FILE, read_training_state
@@ -68,6 +70,32 @@ def test_same_seed_same_weights_on_cpu(tmp_path, small_mnist, recipe_file):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+FIRST_AND_SECOND_RUN = """
+import sys, safetensors.torch, torch
+from mnistlab.recipebook import load_recipe
+from mnistlab.training.engine import Trainer
+from mnistlab.training.progress import Progress
+recipe, data, out = load_recipe(sys.argv[1]).with_length(steps=3), sys.argv[2], sys.argv[3]
+for name in ("first", "second"):
+    Trainer(recipe, f"{out}/{name}", seed=7, device="cpu", data_dir=data,
+            progress=Progress(1, quiet=True)).run()
+first, second = (safetensors.torch.load_file(f"{out}/{n}/model.safetensors") for n in ("first", "second"))
+print(all(torch.equal(first[k], second[k]) for k in first))
+"""
+
+
+def test_a_process_first_run_is_the_same_as_its_later_ones(tmp_path, small_mnist, recipe_file):
+    """A check of oneDNN, run lazily inside the first step, drew from the global generator:
+    the first run of a seed in a process (every `mnistlab train`) drew other dropout masks
+    than the next ones (`reproduce`, a notebook's second run). In a process of its own, as
+    the tests before it have made those checks in this one."""
+    done = subprocess.run([sys.executable, "-c", FIRST_AND_SECOND_RUN, str(recipe_file(SMALL)),
+                           str(small_mnist), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+
+
 @pytest.mark.parametrize("average", ["", "ema = 0.9\n", "freeze_after = { conv1 = 0.25 }\n"],
                          ids=["last-weights", "weight-average", "frozen-before-the-stop"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_mnist, recipe_file,
@@ -86,6 +114,10 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, small_
     assert read_training_state(tmp_path / "resumed")[1]["step"] == 31
     second = Trainer.resuming(tmp_path / "resumed", device="cpu", **QUIET).run()
     assert second.steps_done == straight.steps_done == 66
+    # its rate is the 35 steps trained since the resume, and the summary says so
+    assert (first.resumed_at, second.resumed_at) == (0, 31)
+    assert "images/s from step 31) on cpu" in train_summary(second)
+    assert "images/s) on cpu" in train_summary(straight)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert second.test.accuracy == straight.test.accuracy > 0.6

@@ -64,7 +64,7 @@ class RunResult:
     steps_done: int
     total_steps: int
     train_seconds: float  # first step to last, without data loading, validation or checkpoints
-    images_per_s: float
+    images_per_s: float  # this session's: since the resumed step where a run was resumed
     test: Metrics | None  # None when the run was interrupted
     validation: Metrics | None
     setup_seconds: float = 0.0  # data loading and model building, before the first step
@@ -74,6 +74,7 @@ class RunResult:
     cuda_graph: bool = False  # whether the steps were replayed from a CUDA graph
     compile_seconds: float = 0.0  # torch.compile's, with the first step, not in train_seconds
     compiled: bool = False  # whether the forward pass and loss went through torch.compile
+    resumed_at: int = 0  # the step this session began at: 0, or where a resumed run had stopped
 
     @property
     def interrupted(self) -> bool:
@@ -449,7 +450,7 @@ class Trainer:
             setup_seconds=loop.session_start - self._started, processes=world.size,
             is_main=world.is_main, capture_seconds=train_step.capture_seconds,
             cuda_graph=train_step.cuda_graph, compile_seconds=train_step.compile_seconds,
-            compiled=self.compile)
+            compiled=self.compile, resumed_at=loop.start_step)
         if world.size > 1:
             self._check_replicas(loop)
         if loop.steps_done < loop.plan.total_steps:
@@ -711,8 +712,9 @@ def train_summary(result: RunResult) -> str:
             text += f"; the tutorial claims {100 * claim.accuracy:.2f}%"
         lines.append(text)
     where = result.device + (f" x {result.processes} processes" if result.processes > 1 else "")
-    # the rate is this session's: none when a resumed run had nothing left to train
-    rate = f", {result.images_per_s:,.0f} images/s" if result.images_per_s else ""
+    # the rate is this session's, said so after a resume: none when nothing was left to train
+    since = f" from step {result.resumed_at:,}" if result.resumed_at else ""
+    rate = f", {result.images_per_s:,.0f} images/s{since}" if result.images_per_s else ""
     steps = f"{result.steps_done:,} step{'s' * (result.steps_done != 1)}"
     lines.append(f"trained {steps} in {format_duration(result.train_seconds)} "
                  f"({result.train_seconds:.1f} s{rate}) on {where}")
