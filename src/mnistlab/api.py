@@ -211,8 +211,8 @@ def compare(runs: list[str | os.PathLike | Run], out: str | os.PathLike | None =
     >>> runs = [mnistlab.train("softmax-regression", steps=50, seed=seed, device="cpu",
     ...                        quiet=True, report=False) for seed in (0, 1)]
     >>> comparison = mnistlab.compare(runs, "both-seeds")
-    >>> str(comparison.page), len(comparison.rows)
-    ('both-seeds/compare.html', 2)
+    >>> comparison
+    Comparison(2 runs: ..., ...; page 'both-seeds/compare.html')
     """
     from mnistlab.report.compare import compare_runs
 

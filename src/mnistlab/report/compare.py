@@ -55,6 +55,12 @@ class Comparison:
     figure: Path
     seconds: float
 
+    def __repr__(self) -> str:
+        # the runs by their labels, not every run's records (kilobytes of them in a notebook)
+        shown = ", ".join(row.label for row in self.rows[:4]) + ", ..." * (len(self.rows) > 4)
+        count = len(self.rows)
+        return f"Comparison({count} run{'s' * (count != 1)}: {shown}; page {str(self.page)!r})"
+
 
 def labels_for(folders: list[Path]) -> list[str]:
     """The shortest path endings that tell the runs apart: seed-0 and seed-1, or
