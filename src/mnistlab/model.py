@@ -58,13 +58,12 @@ def load(target: str | os.PathLike = "default", *, backend: str | None = None,
         backend = "onnx" if target.lower().endswith(".onnx") else "torch"
     if backend not in BACKENDS:
         raise MnistlabError(f"unknown backend {backend!r}: expected {' or '.join(BACKENDS)}")
-    if backend == "onnx" and device == "auto":
-        device = "cpu"  # the only device mnistlab runs ONNX Runtime on
-    if backend == "onnx" and not target.lower().endswith(".onnx"):
-        check_onnx_device(device)  # as for an .onnx file, before the checkpoint loads
-    if backend == "onnx" and target.lower().endswith(".onnx"):
-        return Model(target, Predictor.load(target, backend="onnx", device=device,
-                                            threads=threads))
+    if backend == "onnx":
+        device = "cpu" if device == "auto" else device  # the one ONNX Runtime runs on here
+        check_onnx_device(device)  # for a checkpoint too, before it loads
+        if target.lower().endswith(".onnx"):
+            return Model(target, Predictor.load(target, backend="onnx", device=device,
+                                                threads=threads))
     dev = resolve_device(device)
     module, meta = load_model(target, dev)
     predictor = Predictor.from_model(module, meta, resolve_checkpoint(target), backend=backend,
