@@ -244,6 +244,19 @@ def test_bench_times_a_recipe_against_the_plain_loop(tmp_path):
         assert figures[rate] > 0
 
 
+def test_bench_json_alone_prints_the_figures_and_only_them(tmp_path):
+    """As evaluate's --json does; it took a file name only. --verbose's progress goes to stderr."""
+    recipe = tmp_path / "short.toml"
+    recipe.write_text('name = "short"\ndescription = "softmax, 20 steps"\n'
+                      '[model]\nname = "softmax"\n[optimizer]\nname = "sgd"\nlr = 0.5\n'
+                      '[train]\nbatch_size = 100\nsteps = 20\n')
+    out = mnistlab("bench", recipe, "--seeds", 1, "--device", "cpu", "--json", "--verbose")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["seeds"] == 1 and 0.5 < figures["accuracy_mean"] < 1
+    assert "step 20/20" in out.stderr or "trained 20 steps" in out.stderr
+
+
 def test_a_bench_stopped_by_ctrl_c_stops_at_that_seed(monkeypatch, capsys):
     """The engine saves and returns on Ctrl-C; bench went on to the next seed, then failed on
     the stopped run's missing test (AttributeError). Its --verbose said to continue with

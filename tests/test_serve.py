@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
 from mnistlab.serve import create_app
 from mnistlab.serve.app import MAX_BODY_BYTES, MAX_JSON_BYTES, public_info
@@ -264,6 +265,21 @@ def test_loadtest_against_a_real_server(predictor):
     assert 0 < result.p50_ms <= result.p99_ms
     with pytest.raises(MnistlabError, match="this machine"):
         loadtest("http://192.0.2.1:8000", seconds=1)
+
+
+def test_loadtest_json_prints_the_figures_or_writes_them_beside_the_table(predictor, tmp_path,
+                                                                          capsys):
+    """--json alone prints them, as evaluate's, predict's and ensemble's --json do; it took a
+    file name only."""
+    with running_server(create_app(predictor)) as url:
+        timed = [url, "--seconds", "0.5", "--warmup", "0.1", "--concurrency", "2"]
+        assert main(["loadtest", *timed, "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert main(["loadtest", *timed, "--json", str(tmp_path / "load.json")]) == 0
+    out = capsys.readouterr().out
+    written = json.loads((tmp_path / "load.json").read_text())
+    assert printed.keys() == written.keys() and printed["requests"] > 0 and written["errors"] == 0
+    assert f"written: {tmp_path / 'load.json'}" in out and "{" not in out
 
 
 def test_loadtest_says_at_once_what_it_cannot_measure(predictor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -282,13 +283,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mnistlab.bench import bench, format_bench
     from mnistlab.fileio import atomic_write_text, check_writable
 
-    if args.json:
+    if _json_file(args):
         check_writable(args.json)
-    result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
-                   cuda_graphs=not args.eager, compile=args.compile)
-    print(format_bench(result))
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+    # --verbose's progress goes to stderr where stdout holds the JSON
+    with contextlib.redirect_stdout(sys.stderr) if _json_printed(args) else contextlib.nullcontext():
+        result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
+                       cuda_graphs=not args.eager, compile=args.compile)
+    figures = json.dumps(result.to_dict(), indent=2) + "\n"
+    print(figures if _json_printed(args) else format_bench(result) + "\n", end="")
+    if _json_file(args):
+        atomic_write_text(args.json, figures)
         print(f"written: {args.json}")
     return 0
 
@@ -349,7 +353,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         result_json,
     )
 
-    if args.json:
+    if _json_file(args):
         check_writable(args.json)
     if args.image and args.payload:
         raise MnistlabError("--payload says how the MNIST digit is sent; --image sends its file "
@@ -360,8 +364,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         body, kind, name = payload(args.payload or "png", args.digit)
     result = loadtest(args.url, seconds=args.seconds, concurrency=args.concurrency,
                       warmup=args.warmup, body=body, content_type=kind, payload_name=name)
-    print(format_result(result))
-    if args.json:
+    print(result_json(result) if _json_printed(args) else format_result(result) + "\n", end="")
+    if _json_file(args):
         atomic_write_text(args.json, result_json(result))
         print(f"written: {args.json}")
     return 1 if result.errors else 0
@@ -574,9 +578,23 @@ def _json_print_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+# --json without a file: the figures printed as JSON (not a string, which argparse would
+# check as a file name)
+JSON_PRINTED = True
+
+
 def _json_file_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", metavar="FILE.json", type=_json_name,
-                   help="also write the figures as JSON")
+    p.add_argument("--json", metavar="FILE.json", type=_json_name, nargs="?", const=JSON_PRINTED,
+                   help="print the figures as JSON instead; with FILE.json, print the table "
+                        "and write the JSON there")
+
+
+def _json_printed(args: argparse.Namespace) -> bool:
+    return args.json is JSON_PRINTED
+
+
+def _json_file(args: argparse.Namespace) -> bool:
+    return args.json not in (None, JSON_PRINTED)
 
 
 def _json_name(text: str) -> str:
