@@ -171,11 +171,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_not_a_run(out: Path) -> None:
     """`--seeds` puts its runs in OUT/seed-K: never inside another run's own folder."""
-    from mnistlab.checkpoint import MODEL_FILE
-    from mnistlab.training.engine import METRICS_FILE
-    from mnistlab.training.state import STATE_FILE
+    from mnistlab.training.rundir import holds_a_run
 
-    if any((out / name).is_file() for name in (MODEL_FILE, METRICS_FILE, STATE_FILE)):
+    if holds_a_run(out):
         raise MnistlabError(f"{out} is a run's own folder; --seeds puts its runs in "
                             "OUT/seed-K: choose another --out")
 
@@ -290,7 +288,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench(args.recipe, seeds=args.seeds, device=args.device, quiet=not args.verbose,
                        cuda_graphs=not args.eager, compile=args.compile)
     figures = json.dumps(result.to_dict(), indent=2) + "\n"
-    print(figures if _json_printed(args) else format_bench(result) + "\n", end="")
+    if _json_printed(args):
+        print(figures, end="")
+    else:
+        print(format_bench(result))
     if _json_file(args):
         atomic_write_text(args.json, figures)
         print(f"written: {args.json}")
@@ -364,7 +365,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         body, kind, name = payload(args.payload or "png", args.digit)
     result = loadtest(args.url, seconds=args.seconds, concurrency=args.concurrency,
                       warmup=args.warmup, body=body, content_type=kind, payload_name=name)
-    print(result_json(result) if _json_printed(args) else format_result(result) + "\n", end="")
+    if _json_printed(args):
+        print(result_json(result), end="")
+    else:
+        print(format_result(result))
     if _json_file(args):
         atomic_write_text(args.json, result_json(result))
         print(f"written: {args.json}")

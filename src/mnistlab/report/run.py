@@ -23,6 +23,7 @@ from mnistlab.checkpoint import MODEL_FILE, load_model, shipped_dir
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import read_limited
 from mnistlab.training.engine import METRICS_FILE
+from mnistlab.training.rundir import holds_a_run
 
 PACKAGE_DIR = Path(mnistlab.__file__).resolve().parent
 # every numeric field a record of each event must hold
@@ -233,7 +234,7 @@ def output_dir(run: Run, out: str | os.PathLike | None) -> Path:
 
 def _another_run(folder: Path, run_folder: Path) -> bool:
     """Whether `folder` holds a run of its own, other than the one at `run_folder`."""
-    if not any((folder / name).is_file() for name in (MODEL_FILE, METRICS_FILE)):
+    if not holds_a_run(folder):
         return False
     try:
         return not folder.samefile(run_folder)

@@ -191,6 +191,11 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
+def holds_a_run(folder: Path) -> bool:
+    """Whether `folder` is a run's own folder: it holds a model, a log or a training state."""
+    return any((folder / name).is_file() for name in (MODEL_FILE, METRICS_FILE, STATE_FILE))
+
+
 def recorded_differences(run_dir: Path, recipe: Recipe, seed: int | None = None,
                          ignore: tuple[str, ...] = (),
                          start: tuple[str | None, str | None] | None = None) -> list[str] | None:
