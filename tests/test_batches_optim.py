@@ -131,6 +131,26 @@ def test_direct_fused_step_matches_torch_optim_bit_for_bit(spec):
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_step_hooks_run_and_see_torch_optims_update():
+    """The direct step leaves out torch.optim's profiler scope and hooks; a registered hook
+    sends the step through torch.optim, which runs it, with the same update."""
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(6, 3)
+    theirs = copy.deepcopy(ours)
+    hooked, plain = (make_optimizer(m, OptimizerSection(name="adam", lr=1e-2)) for m in (ours, theirs))
+    calls = []
+    hooked.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append("pre"))
+    hooked.register_step_post_hook(lambda optimizer, args, kwargs: calls.append("post"))
+    for _ in range(3):
+        x = torch.randn(4, 6)
+        for model, optimizer in ((ours, hooked), (theirs, plain)):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    assert calls == ["pre", "post"] * 3
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
 @pytest.mark.parametrize("spec", [
     OptimizerSection(name="adam", lr=1e-2, weight_decay=1e-3),
     OptimizerSection(name="adamw", lr=4e-2, weight_decay=5e-4),

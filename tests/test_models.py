@@ -33,6 +33,7 @@ from mnistlab.models.layers import (
     tf_same_padding,
     to_onednn_layout,
     to_plain_layout,
+    weights_layout,
 )
 
 EXPECTED_PARAMS = {
@@ -299,6 +300,27 @@ def test_training_in_onednn_layout_gives_the_plain_layouts_values_and_gradients(
     for a, b in zip(ours, logits_and_gradients()):
         assert not a.is_mkldnn
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deep-cnn", "keras-cnn", "strided-cnn", "mnistlab-cnn"])
+def test_a_training_step_leaves_each_weight_gradient_in_its_weights_layout(name):
+    """Weights are laid out as their convolutions give their gradients: contiguous where the
+    model trains on oneDNN's tensors, channels-last elsewhere; autograd then copies none."""
+    model = build_model(name).train()
+    model = model.to(memory_format=weights_layout(model, torch.device("cpu")))
+    onednn = X86 and getattr(model, "trains_on_onednn_layout", False)
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    given = []  # the gradients as the convolutions give them, before autograd stores them
+    for weight in weights:
+        weight.register_hook(lambda grad: given.append(grad.stride()))
+    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(model(x), torch.randint(0, 10, (8,))).backward()
+    assert weights and len(given) == len(weights)
+    for weight in weights:
+        assert weight.is_contiguous(memory_format=torch.contiguous_format if onednn
+                                    else torch.channels_last)
+    assert sorted(given) == sorted(weight.stride() for weight in weights)
+    assert weights_layout(model, torch.device("meta")) == torch.channels_last  # not the CPU
 
 
 def test_onednn_layout_only_for_float32_training_batches_on_the_cpu():

@@ -2,6 +2,7 @@
 
 from mnistlab.models.args import Arg
 from mnistlab.models.init import INIT_SCHEMES, check_init, init_weights
+from mnistlab.models.layers import weights_layout
 from mnistlab.models.summary import LayerRow, format_summary, summarize
 from mnistlab.models.zoo import (
     MODELS,
@@ -28,4 +29,5 @@ __all__ = [
     "init_weights",
     "model_names",
     "summarize",
+    "weights_layout",
 ]

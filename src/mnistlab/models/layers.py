@@ -244,6 +244,18 @@ def to_onednn_layout(x: torch.Tensor, training: bool) -> torch.Tensor:
     return x
 
 
+def weights_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The memory layout a model's convolution weights train in on `device`: channels-last, the
+    layout oneDNN's and cuDNN's fastest convolutions take, but contiguous for a model that trains
+    its convolutions on oneDNN's own tensors (`trains_on_onednn_layout`, to_onednn_layout) on
+    this CPU. oneDNN gives those convolutions' weight gradients contiguous, and autograd copied
+    each into a channels-last weight's layout at every step: 0.09 ms of the OpenGenus CNN's."""
+    if (getattr(model, "trains_on_onednn_layout", False) and torch.device(device).type == "cpu"
+            and _onednn_layout_works()):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
 def to_plain_layout(x: torch.Tensor) -> torch.Tensor:
     """`x` as an ordinary (strided) tensor, whichever of the two layouts it is in."""
     return x.to_dense() if x.is_mkldnn else x

@@ -65,6 +65,8 @@ class DeepCNN(nn.Module):
     OpenGenus' CNN is the same network with N(0, 1) initialisation and dropout 0.2 (keep 0.8).
     """
 
+    trains_on_onednn_layout = True  # its forward pass calls to_onednn_layout (layers.weights_layout)
+
     def __init__(self, *, dropout: float = 0.5, classes: int = 10) -> None:
         super().__init__()
         # Stride 1 and a 5x5 kernel: TF's SAME is 2 on every side, so padding=2 is exact.
@@ -126,6 +128,8 @@ class StridedCNN(nn.Module):
 
 class KerasCNN(nn.Module):
     """Three 3x3 VALID convolutions, two max-pools, Dense 64, Dense 10: 93,322 parameters."""
+
+    trains_on_onednn_layout = True  # its forward pass calls to_onednn_layout (layers.weights_layout)
 
     def __init__(self, *, classes: int = 10) -> None:
         super().__init__()

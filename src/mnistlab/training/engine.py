@@ -31,7 +31,7 @@ from mnistlab.device import resolve_device, wait_for
 from mnistlab.errors import MnistlabError
 from mnistlab.fileio import atomic_write_text, read_limited
 from mnistlab.metrics import Metrics, compute_metrics
-from mnistlab.models import build_model
+from mnistlab.models import build_model, weights_layout
 from mnistlab.recipebook import Recipe, recipe_from_dict
 from mnistlab.recipebook.recipe import MAX_STEPS, NAME_PATTERN, NAME_RULE
 from mnistlab.training import distributed, rundir, state
@@ -279,8 +279,7 @@ class Trainer:
         torch.manual_seed(self.seed)  # the model's initial weights, then dropout
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
         start_from(model, self._start)  # where fine-tuning, the trained model's weights
-        # channels-last: the layout oneDNN's and cuDNN's fastest convolutions work in
-        model = model.to(self.device, memory_format=torch.channels_last)
+        model = model.to(self.device, memory_format=weights_layout(model, self.device))
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
         net = _wrapped(model, world)
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,

@@ -17,7 +17,7 @@ import torch
 from mnistlab.data.splits import validation_size
 from mnistlab.device import resolve_device, wait_for
 from mnistlab.metrics import compute_metrics
-from mnistlab.models import build_model
+from mnistlab.models import build_model, weights_layout
 from mnistlab.recipebook import Recipe
 from mnistlab.training.batches import BatchPlan
 from mnistlab.training.engine import use_bf16
@@ -53,7 +53,7 @@ def estimate(recipe: Recipe, device: str = "auto") -> Estimate:
     plan = BatchPlan(images, train.batch_size, seed=0, epochs=train.epochs, steps=train.steps)
     updates = math.ceil(plan.total_steps / recipe.quirks.update_every)
     model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
-    model = model.to(where, memory_format=torch.channels_last)
+    model = model.to(where, memory_format=weights_layout(model, where))
     generator = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (max(train.batch_size, EVAL_IMAGES), 28, 28), dtype=torch.uint8,
                          generator=generator).to(where)

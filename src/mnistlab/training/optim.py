@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 
 from mnistlab.recipebook.recipe import OptimizerSection, ScheduleSection
 from mnistlab.training.compiling import compile_step_part
@@ -59,12 +60,24 @@ class _DirectFusedStep:
 
     @torch.no_grad()
     def step(self, closure=None):
-        groups = self._direct_groups() if closure is None else None
+        groups = self._direct_groups() if closure is None and not _has_step_hooks(self) else None
         if groups is None:
-            return super().step(closure)
+            return self._torch_step(closure)
         for group, params, states in groups:
             self._fused_update(group, params, states)
         return None
+
+    # torch.optim wraps each optimiser class's step in a profiler scope that runs the step hooks:
+    # 0.08 ms a call on 2 CPU cores, where the whole step takes 2.5 ms for the strided CNN. The
+    # direct step goes without it; a step that hooks or anything else sends to torch.optim keeps it.
+    step.hooked = True
+
+    @torch.optim.Optimizer.profile_hook_step
+    def _torch_step(self, closure=None):
+        step = super().step
+        if getattr(step, "hooked", False):  # an instance of torch.optim's class wrapped it too:
+            step = functools.partial(step.__wrapped__, self)  # the hooks must run once
+        return step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:
@@ -104,6 +117,13 @@ class _DirectAdam(_DirectFusedStep):
                [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False,
                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+def _has_step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether step hooks are registered, on this optimiser or on all (torch.optim's globals)."""
+    return bool(optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or torch_optimizer._global_optimizer_pre_hooks
+                or torch_optimizer._global_optimizer_post_hooks)
 
 
 def _decoupled(optimizer: torch.optim.Optimizer, group: dict) -> bool:
