@@ -46,8 +46,8 @@ MAX_BATCH_SIZE = 65_536  # MNIST's training split has 60,000 images: a batch is 
 MAX_SEED = 2**32 - 1
 # --seeds: a run a seed, each training a model; a thousand is more than any ensemble or timing
 MAX_SEED_COUNT = 1_000
-DEFAULT_RECIPE = "quick"
-MAX_TEACHERS = 32  # models a run distils from: an ensemble's members  # what `mnistlab train` and `mnistlab.train()` train when not told
+DEFAULT_RECIPE = "quick"  # what `mnistlab train` and `mnistlab.train()` train when not told
+MAX_TEACHERS = 32  # models a run distils from: an ensemble's members
 # A recipe's name names its run folder (runs/NAME-TIME): one plain path component, never a path.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 NAME_RULE = ("letters, digits, '.', '-' and '_', not starting with '.', at most 64 characters "
@@ -280,9 +280,10 @@ class Recipe:
         if epochs is None and steps is None:
             return self
         for name, value, most in (("epochs", epochs, MAX_EPOCHS), ("steps", steps, MAX_STEPS)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not 1 <= value <= most):
-                raise RecipeError(f"{name}: {count_rule(most)}, got {brief(value)}")
+            try:
+                _check_count(name, value, most)
+            except ValueError as e:  # an API caller's argument, named as such
+                raise RecipeError(str(e)) from None
         train = dataclasses.replace(self.train, epochs=epochs, steps=steps)
         # the model is this recipe's, whose loading checked it; the length is checked above
         return _checked(dataclasses.replace(self, train=train), self.name, check_model=False)
@@ -557,7 +558,8 @@ def count_rule(most: int) -> str:
 
 
 def _check_count(key: str, value: int | None, most: int) -> None:
-    if value is not None and not 1 <= value <= most:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 1 <= value <= most):
         raise ValueError(f"{key}: {count_rule(most)}, got {brief(value)}")
 
 
