@@ -184,6 +184,19 @@ def test_page_says_when_an_upload_is_not_an_image(page):
     expect(page.locator("#single")).to_be_hidden()
 
 
+@pytest.mark.parametrize("pixels, message", [
+    (np.full((64, 64), 255), "No digit found: the image is empty."),
+    (np.random.default_rng(0).integers(0, 256, (64, 64)),
+     "No digit found: the picture is noise, where no stroke could stand out."),
+], ids=["blank", "static"])
+def test_page_says_why_an_upload_holds_no_digit(page, pixels, message):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, "PNG")
+    page.set_input_files("#file", files=[{"name": "nothing.png", "mimeType": "image/png",
+                                          "buffer": buffer.getvalue()}])
+    expect(page.locator("#status")).to_have_text(message, timeout=WAIT_MS)
+
+
 # ---- every probability, undo, brush, keyboard, phone width ------------------------------------
 
 

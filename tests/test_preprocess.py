@@ -229,6 +229,14 @@ def test_no_ink_is_reported_empty(image):
         split_digits(image)
 
 
+def test_a_picture_of_static_is_noise_not_an_empty_sheet():
+    static = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8))
+    for read in (to_mnist, split_digits):
+        with pytest.raises(EmptyImageError, match=r"^no digit found \(the picture is noise: no "
+                                                  r"stroke could stand out from it\)$"):
+            read(static)
+
+
 def test_not_an_image():
     with pytest.raises(UnsupportedImageError, match="Pillow image"):
         to_mnist(np.zeros((28, 28)))

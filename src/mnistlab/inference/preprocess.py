@@ -204,7 +204,9 @@ def _find_ink(image: Image.Image) -> _Ink:
     # tight, half "ink", to _background
     visible = max(MIN_CONTRAST, math.ceil(2 * max(noise, _grain(a))))
     if ink_hist[visible:].sum() < MIN_INK_PIXELS:  # none at all when visible is past 255
-        raise EmptyImageError("no digit found (empty image)")
+        # past 255 even black on white would not stand out: static, not a blank sheet
+        why = "the picture is noise: no stroke could stand out from it" if visible > 255 else "empty image"
+        raise EmptyImageError(f"no digit found ({why})")
     threshold = max(_otsu(ink_hist), int(noise))
     strong_hist = ink_hist.copy()
     strong_hist[:threshold + 1] = 0  # the levels of the mask's pixels

@@ -199,7 +199,12 @@ async function ask(model, body, type) {
     const response = await fetch("api/predict?" + query, init);
     const answer = await response.json().catch(() => null);
     if (response.ok) return { answer };
-    if (answer && answer.error === "empty_image") return { empty: true, error: "No digit found: the image is empty." };
+    if (answer && answer.error === "empty_image") {
+      // the server's detail says whether the picture is blank or a picture of noise
+      const noise = /noise/.test(answer.detail || "");
+      return { empty: true, error: noise ? "No digit found: the picture is noise, where no stroke could stand out."
+                                         : "No digit found: the image is empty." };
+    }
     return { error: (answer && answer.detail) || `The server answered ${response.status}.` };
   } catch (err) {
     return { error: "The server did not answer: " + err.message };
