@@ -170,15 +170,14 @@ def _page(run: Run, analysis: Analysis | None, filters: Filters | None, pngs: di
             text += (f". The training loss includes the label-smoothing term ({smoothing:g}); "
                      "the validation and test losses are the plain cross-entropy")
         page.sections.append(Section("curves", "Training curves",
-                                     figure(pngs["curves.png"], "training and validation loss and "
-                                            "accuracy against steps", text + ".", "curves.png")))
+                                     _figure(pngs, "curves.png", "training and validation loss and "
+                                             "accuracy against steps", text + ".")))
     if analysis is not None:
         page.sections += _class_sections(run, analysis, pngs)
     if filters is not None:
-        page.sections.append(Section("first-layer", "First layer", figure(
-            pngs["first-layer.png"], f"the weights of {filters.layer}",
-            "Each tile is one filter, scaled to its largest weight: red positive, blue negative.",
-            "first-layer.png")))
+        page.sections.append(Section("first-layer", "First layer", _figure(
+            pngs, "first-layer.png", f"the weights of {filters.layer}",
+            "Each tile is one filter, scaled to its largest weight: red positive, blue negative.")))
     page.sections.append(Section("model", "Model", pre(format_summary(run.model, str(model.get("name", ""))))))
     if recipe:
         page.sections.append(Section("recipe", "Recipe", paragraph(
@@ -252,10 +251,10 @@ def _class_sections(run: Run, analysis: Analysis, pngs: dict[str, bytes]) -> lis
     on = f"on the {m.count:,} {analysis.split} images"
     classes = Section("classes", "Confusion matrix and accuracy per class", (
         '<div class="columns">'
-        + figure(pngs["confusion.png"], "confusion matrix heat map",
-                 f"Rows: the true class; columns: the predicted one; {on}.", "confusion.png")
-        + figure(pngs["per-class-accuracy.png"], "accuracy per class bar chart",
-                 "The worst class in red.", "per-class-accuracy.png")
+        + _figure(pngs, "confusion.png", "confusion matrix heat map",
+                  f"Rows: the true class; columns: the predicted one; {on}.")
+        + _figure(pngs, "per-class-accuracy.png", "accuracy per class bar chart",
+                  "The worst class in red.")
         + "</div>"
         + table(["class", num("images"), num("correct"), num("accuracy"), "most often read as"], rows)))
     listed = len(analysis.mistakes)
@@ -267,9 +266,14 @@ def _class_sections(run: Run, analysis: Analysis, pngs: dict[str, bytes]) -> lis
     details = ("<details><summary>their indices in the split</summary>"
                + table([num("#"), num("index"), "true", "predicted", num("confidence")], index_rows)
                + "</details>") if index_rows else ""
-    mistakes = Section("mistakes", "Mistakes", figure(
-        pngs["mistakes.png"], "a grid of misclassified images", text + ".", "mistakes.png") + details)
+    mistakes = Section("mistakes", "Mistakes", _figure(
+        pngs, "mistakes.png", "a grid of misclassified images", text + ".") + details)
     return [classes, mistakes]
+
+
+def _figure(pngs: dict[str, bytes], name: str, alt: str, caption: str) -> str:
+    """The figure drawn as `name` (the file written beside the page), embedded in the page."""
+    return figure(pngs[name], alt, caption, name)
 
 
 def _images_per_second(run: Run) -> float | None:
