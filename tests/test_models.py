@@ -302,19 +302,23 @@ def test_training_in_onednn_layout_gives_the_plain_layouts_values_and_gradients(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
 @pytest.mark.parametrize("name", ["deep-cnn", "keras-cnn", "strided-cnn", "mnistlab-cnn"])
-def test_a_training_step_leaves_each_weight_gradient_in_its_weights_layout(name):
+def test_a_training_step_leaves_each_weight_gradient_in_its_weights_layout(name, bf16):
     """Weights are laid out as their convolutions give their gradients: contiguous where the
-    model trains on oneDNN's tensors, channels-last elsewhere; autograd then copies none."""
+    model trains on oneDNN's tensors (float32), channels-last elsewhere (bfloat16 autocast
+    keeps PyTorch's tensors); autograd then copies none."""
     model = build_model(name).train()
-    model = model.to(memory_format=weights_layout(model, torch.device("cpu")))
-    onednn = X86 and getattr(model, "trains_on_onednn_layout", False)
+    model = model.to(memory_format=weights_layout(model, torch.device("cpu"), bf16=bf16))
+    onednn = X86 and getattr(model, "trains_on_onednn_layout", False) and not bf16
     weights = [p for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1]
     given = []  # the gradients as the convolutions give them, before autograd stores them
     for weight in weights:
         weight.register_hook(lambda grad: given.append(grad.stride()))
     x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    F.cross_entropy(model(x), torch.randint(0, 10, (8,))).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    F.cross_entropy(logits.float(), torch.randint(0, 10, (8,))).backward()
     assert weights and len(given) == len(weights)
     for weight in weights:
         assert weight.is_contiguous(memory_format=torch.contiguous_format if onednn

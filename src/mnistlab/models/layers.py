@@ -244,14 +244,15 @@ def to_onednn_layout(x: torch.Tensor, training: bool) -> torch.Tensor:
     return x
 
 
-def weights_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
+def weights_layout(model: nn.Module, device: torch.device, *, bf16: bool = False) -> torch.memory_format:
     """The memory layout a model's convolution weights train in on `device`: channels-last, the
     layout oneDNN's and cuDNN's fastest convolutions take, but contiguous for a model that trains
     its convolutions on oneDNN's own tensors (`trains_on_onednn_layout`, to_onednn_layout) on
-    this CPU. oneDNN gives those convolutions' weight gradients contiguous, and autograd would
-    copy each into a channels-last weight's layout at every step: 0.09 ms of the OpenGenus CNN's."""
+    this CPU, in float32 (`bf16` is autocast's, which keeps PyTorch's tensors). oneDNN gives
+    those convolutions' weight gradients contiguous, and autograd would copy each into a
+    channels-last weight's layout at every step: 0.09 ms of the OpenGenus CNN's."""
     if (getattr(model, "trains_on_onednn_layout", False) and torch.device(device).type == "cpu"
-            and _onednn_layout_works()):
+            and not bf16 and _onednn_layout_works()):
         return torch.contiguous_format
     return torch.channels_last
 

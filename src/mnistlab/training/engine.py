@@ -279,7 +279,8 @@ class Trainer:
         torch.manual_seed(self.seed)  # the model's initial weights, then dropout
         model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
         start_from(model, self._start)  # where fine-tuning, the trained model's weights
-        model = model.to(self.device, memory_format=weights_layout(model, self.device))
+        bf16 = use_bf16(train_cfg.precision, self.device)
+        model = model.to(self.device, memory_format=weights_layout(model, self.device, bf16=bf16))
         cuda_graph = self.cuda_graphs and can_use_cuda_graph(self.device, world.size, recipe)
         net = _wrapped(model, world)
         plan = BatchPlan(len(train), train_cfg.batch_size, seed=self.seed, epochs=train_cfg.epochs,
@@ -295,7 +296,6 @@ class Trainer:
         if damaged:
             progress.line(f"note: dropped {damaged:,} damaged line{'s' * (damaged > 1)} of "
                           f"{self.run_dir / METRICS_FILE}")
-        bf16 = use_bf16(train_cfg.precision, self.device)
         self._announce(progress, plan, start_step, bf16=bf16, cuda_graph=cuda_graph, ema=ema)
         # a summed loss must stay the sum over the whole batch once DDP averages the shards' gradients
         loss_scale = world.size if train_cfg.loss_reduction == "sum" else 1

@@ -53,7 +53,8 @@ def estimate(recipe: Recipe, device: str = "auto") -> Estimate:
     plan = BatchPlan(images, train.batch_size, seed=0, epochs=train.epochs, steps=train.steps)
     updates = math.ceil(plan.total_steps / recipe.quirks.update_every)
     model = build_model(recipe.model.name, init=recipe.model.init, **recipe.model.args)
-    model = model.to(where, memory_format=weights_layout(model, where))
+    bf16 = use_bf16(train.precision, where)
+    model = model.to(where, memory_format=weights_layout(model, where, bf16=bf16))
     generator = torch.Generator().manual_seed(0)
     data = torch.randint(0, 256, (max(train.batch_size, EVAL_IMAGES), 28, 28), dtype=torch.uint8,
                          generator=generator).to(where)
@@ -62,7 +63,7 @@ def estimate(recipe: Recipe, device: str = "auto") -> Estimate:
     step = TrainStep(model, make_optimizer(model, recipe.optimizer), data, labels, recipe,
                      Totals(where), lambda _: (batch, recipe.optimizer.lr),
                      steps=plan.total_steps, batch_size=train.batch_size,
-                     bf16=use_bf16(train.precision, where))
+                     bf16=bf16)
     step_seconds = _timed(lambda: step(0), where, TIMED_STEPS)
     validations = math.ceil(plan.total_steps / plan.steps_per_epoch) if train.split == "train" else 0
     image_seconds = _timed(lambda: compute_metrics(model, data[:EVAL_IMAGES], labels[:EVAL_IMAGES]),
